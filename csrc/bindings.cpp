@@ -1,0 +1,43 @@
+// fastgan._C: every operator schema in one TORCH_LIBRARY block (implementations are registered
+// per device in <stem>_cpu.cpp and <stem>.cu), plus a small pybind11 module with build facts.
+// Importing fastgan._C is what makes torch.ops.fastgan.* exist.
+#include <torch/extension.h>
+
+TORCH_LIBRARY(fastgan, m) {
+  // ---- losses: one term  scale * phi(sign * x + shift)  (see loss_terms.h), reduced ----
+  // reduction: 0 none (elementwise, x's shape), 1 mean, 2 sum (0-dim). One pass each way.
+  m.def("loss_term_forward(Tensor x, int phi, float sign, float shift, float scale, int reduction) -> Tensor");
+  // grad_out: 0-dim for mean/sum, x's shape for none. Returns d loss / d x.
+  m.def("loss_term_backward(Tensor grad_out, Tensor x, int phi, float sign, float shift, float scale, int reduction) -> Tensor");
+
+  // ---- gradient penalties on per-row input gradients g (rows, features), mean over rows ----
+  // kind 0: weight * |g|^2 / 2 (R1/R2);  kind 1: weight * (|g| - center)^2 (WGAN-GP, DRAGAN).
+  m.def("penalty_forward(Tensor grad, int kind, float weight, float center) -> Tensor");
+  m.def("penalty_backward(Tensor grad_out, Tensor grad, int kind, float weight, float center) -> Tensor");
+
+  // ---- fused MLP discriminator step (DESIGN.md section 4); see fastgan/fused.py ----
+  // Rows are already packed. weights[l]: (H_l, H_{l-1}); biases: empty or one per layer;
+  // w_out: (1, H_L); b_out: (1,) or None. Terms are [phi, sign, shift, scale] with any mean's
+  // 1/N folded into scale; an empty list means no term. paired: term_real applies to
+  // r - f (relativistic) and term_fake is empty. penalty_side: -1 none, 0 real, 1 fake,
+  // 2 penalty_input; penalty_weight already holds the 1/rows of the mean.
+  // Returns [stats = (loss, penalty, mean real logit, mean fake logit),
+  //          dW_1..dW_L, db_1..db_L (if biases), dw_out, db_out (if b_out)].
+  m.def("mlp_disc_step(Tensor real, Tensor fake, Tensor? penalty_input, Tensor[] weights, Tensor[] biases, "
+        "Tensor w_out, Tensor? b_out, float negative_slope, float[] term_real, float[] term_fake, bool paired, "
+        "int penalty_side, int penalty_kind, float penalty_weight, float penalty_center, bool allow_tf32) -> Tensor[]");
+  // Generator side: loss = sum of term over fake logits (or over r - f when paired, which needs
+  // real). Returns [stats = (loss, mean fake logit), d loss / d fake (fake's shape)].
+  m.def("mlp_gen_step(Tensor fake, Tensor? real, Tensor[] weights, Tensor[] biases, Tensor w_out, "
+        "Tensor? b_out, float negative_slope, float[] term, bool paired, bool allow_tf32) -> Tensor[]");
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastgan native kernels (operators live in torch.ops.fastgan)";
+#ifdef FASTGAN_WITH_CUDA
+  m.attr("cuda_compiled") = true;
+#else
+  m.attr("cuda_compiled") = false;
+#endif
+  m.attr("built_with_torch") = FASTGAN_TORCH_VERSION;  // torch.__version__ at build time
+}

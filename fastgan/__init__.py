@@ -1,0 +1,36 @@
+"""fastgan: compiled-kernel GAN losses, gradient penalties and a fused discriminator step.
+
+Nothing here touches a GPU or loads the compiled extension at import; backends are chosen per
+call (see :mod:`fastgan._dispatch`).
+"""
+from fastgan._dispatch import BACKENDS, BackendStatus, available_backends, use_backend
+from fastgan.losses import (
+    LOSSES,
+    GANLoss,
+    HingeLoss,
+    LeastSquaresLoss,
+    MinimaxLoss,
+    NonSaturatingLoss,
+    RelativisticLoss,
+    WassersteinLoss,
+    discriminator_loss,
+    generator_loss,
+    get_loss,
+)
+from fastgan.penalties import (
+    PENALTIES,
+    DRAGANPenalty,
+    GradientPenalty,
+    GradientPenaltyBase,
+    R1Penalty,
+    R2Penalty,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS", "BackendStatus", "available_backends", "use_backend",
+    "LOSSES", "GANLoss", "HingeLoss", "LeastSquaresLoss", "MinimaxLoss", "NonSaturatingLoss",
+    "RelativisticLoss", "WassersteinLoss", "discriminator_loss", "generator_loss", "get_loss",
+    "PENALTIES", "DRAGANPenalty", "GradientPenalty", "GradientPenaltyBase", "R1Penalty", "R2Penalty",
+]

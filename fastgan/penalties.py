@@ -1,0 +1,199 @@
+"""Gradient penalties for any discriminator (the generic autograd path).
+
+Called as ``penalty(discriminator, real, fake)``; each returns a scalar differentiable with
+respect to the discriminator's parameters. The input gradient comes from
+``autograd.grad(create_graph=True)`` (see :mod:`fastgan.reference.penalties`); the row norms
+and the penalty's reduction run in the selected backend's kernels. For
+:class:`fastgan.MLPDiscriminator`, :func:`fastgan.discriminator_step` computes the same
+penalties in closed form without double backward.
+
+Rows follow the discriminator: with PacGAN packing (a ``pack`` attribute, as on
+``MLPDiscriminator``) a row is ``pack`` consecutive samples. Norms are over every non-batch
+dimension of a row; the mean is over rows.
+
+Lazy regularisation (StyleGAN2): ``every=k`` computes the penalty on every k-th call, scaled by
+k, and returns an exact zero with no graph work on the other calls.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastgan import _dispatch, _validate
+from fastgan.reference import penalties as reference
+from fastgan.terms import PenaltyKind, penalty_row_gradient, penalty_rows
+
+
+def discriminator_pack(discriminator: nn.Module) -> int:
+    """Samples per discriminator row (PacGAN); looks through DDP/DataParallel wrappers."""
+    module = getattr(discriminator, "module", discriminator)
+    return int(getattr(module, "pack", 1))
+
+
+class _PenaltyFn(torch.autograd.Function):
+    """Row norms and mean penalty through a native or Triton kernel. Double backward
+    differentiates the torch closed form."""
+
+    @staticmethod
+    def forward(ctx, g, kind: int, weight: float, center: float, backend: str):
+        ctx.save_for_backward(g)
+        ctx.args, ctx.backend = (kind, weight, center), backend
+        return _kernels(backend)[0](g, kind, weight, center)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (g,) = ctx.saved_tensors
+        kind, weight, center = ctx.args
+        if torch.is_grad_enabled():
+            dg = penalty_row_gradient(g, PenaltyKind(kind), weight, center)
+            return grad_out * dg / g.shape[0], None, None, None, None
+        return _kernels(ctx.backend)[1](grad_out, g, kind, weight, center), None, None, None, None
+
+
+def _kernels(backend: str):
+    if backend == "triton":
+        from fastgan.kernels import penalties as triton_penalties
+        return triton_penalties.penalty_forward, triton_penalties.penalty_backward
+    ops = torch.ops.fastgan
+    return ops.penalty_forward, ops.penalty_backward
+
+
+def penalty_from_gradient(g: torch.Tensor, kind: PenaltyKind, weight: float, center: float,
+                          backend: str | None = None) -> torch.Tensor:
+    """Mean over rows of the penalty of input gradients ``g`` (rows, features)."""
+    name = _dispatch.select(backend, g.device)
+    if name == "reference":
+        return (reference.squared_penalty(g, weight) if kind == PenaltyKind.SQUARED
+                else reference.centered_penalty(g, weight, center))
+    if name == "torch":
+        return penalty_rows(g, kind, weight, center).mean()
+    return _PenaltyFn.apply(g, int(kind), float(weight), float(center), name)
+
+
+class GradientPenaltyBase(nn.Module):
+    """Shared machinery: validation, lazy regularisation, input gradient, reduction."""
+
+    kind: PenaltyKind = PenaltyKind.SQUARED
+
+    def __init__(self, weight: float, center: float = 0.0, every: int = 1, backend: str | None = None):
+        super().__init__()
+        if not (isinstance(every, int) and every >= 1):
+            raise ValueError(f"every must be a positive integer, got {every!r}")
+        if weight < 0:
+            raise ValueError(f"weight must be non-negative, got {weight}")
+        self.weight, self.center, self.every = float(weight), float(center), every
+        self.backend = _dispatch._check_name(backend, "backend") if backend is not None else None
+        self.calls = 0
+
+    def next_scale(self) -> int:
+        """Advance the lazy-regularisation counter: ``every`` on a penalty call, else 0."""
+        due = self.calls % self.every == 0
+        self.calls += 1
+        return self.every if due else 0
+
+    def penalty_input(self, real, fake, pack: int, eps=None, generator=None) -> torch.Tensor:
+        """The points whose input gradient is penalised (overridden)."""
+        raise NotImplementedError
+
+    def check_inputs(self, real, fake, pack: int) -> None:
+        _validate.tensors(real=real, fake=fake)
+        for name, x in (("real", real), ("fake", fake)):
+            if x is not None and x.shape[0] % pack:
+                raise ValueError(f"{name} has {x.shape[0]} rows, not divisible by the discriminator's pack={pack}")
+
+    def forward(self, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor | None = None, *,
+                eps: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        pack = discriminator_pack(discriminator)
+        self.check_inputs(real, fake, pack)
+        scale = self.next_scale()
+        if scale == 0:
+            return torch.zeros((), device=real.device, dtype=real.dtype)
+        x = self.penalty_input(real, fake, pack, eps=eps, generator=generator)
+        g = reference.input_gradient(discriminator, x, pack)
+        return scale * penalty_from_gradient(g, self.kind, self.weight, self.center, self.backend)
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}, center={self.center}, every={self.every}"
+
+
+class R1Penalty(GradientPenaltyBase):
+    """R1 (Mescheder et al. 2018): gamma/2 * E |grad_x D(x_real)|^2."""
+
+    kind = PenaltyKind.SQUARED
+
+    def __init__(self, gamma: float = 10.0, every: int = 1, backend: str | None = None):
+        super().__init__(gamma, 0.0, every, backend)
+
+    @property
+    def gamma(self) -> float:
+        return self.weight
+
+    def penalty_input(self, real, fake, pack, eps=None, generator=None):
+        return real.detach()
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.weight}, every={self.every}"
+
+
+class R2Penalty(R1Penalty):
+    """R2: gamma/2 * E |grad_x D(x_fake)|^2."""
+
+    def check_inputs(self, real, fake, pack):
+        if fake is None:
+            raise ValueError("R2Penalty needs fake samples: call penalty(D, real, fake)")
+        super().check_inputs(real, fake, pack)
+
+    def penalty_input(self, real, fake, pack, eps=None, generator=None):
+        return fake.detach()
+
+
+class GradientPenalty(GradientPenaltyBase):
+    """WGAN-GP (Gulrajani et al. 2017): weight * E (|grad D(xhat)| - center)^2 with
+    xhat = eps*real + (1-eps)*fake and one eps ~ U[0,1] per row. Pass ``eps`` (shape (rows,))
+    or a ``generator`` to make it reproducible."""
+
+    kind = PenaltyKind.CENTERED
+
+    def __init__(self, weight: float = 10.0, center: float = 1.0, every: int = 1, backend: str | None = None):
+        super().__init__(weight, center, every, backend)
+
+    def check_inputs(self, real, fake, pack):
+        if fake is None:
+            raise ValueError("GradientPenalty needs fake samples: call penalty(D, real, fake)")
+        super().check_inputs(real, fake, pack)
+        _validate.same_shape("real", real, "fake", fake, "WGAN-GP interpolates between them")
+
+    def penalty_input(self, real, fake, pack, eps=None, generator=None):
+        rows = real.shape[0] // pack
+        if eps is None:
+            eps = torch.rand(rows, device=real.device, dtype=real.dtype, generator=generator)
+        elif tuple(eps.shape) != (rows,):
+            raise ValueError(f"eps must have shape ({rows},) (one value per row), got {tuple(eps.shape)}")
+        elif eps.device != real.device:
+            raise ValueError(f"eps is on {eps.device} but real is on {real.device}")
+        return reference.interpolate(real.detach(), fake.detach(), eps, pack)
+
+
+class DRAGANPenalty(GradientPenaltyBase):
+    """DRAGAN (Kodali et al. 2017): weight * E (|grad D(x_p)| - center)^2 on perturbed real data
+    x_p = real + scale * std(real) * u, u ~ U[0,1) elementwise. Pass ``eps`` (u itself, real's
+    shape) or a ``generator`` to make it reproducible."""
+
+    kind = PenaltyKind.CENTERED
+
+    def __init__(self, weight: float = 10.0, center: float = 1.0, every: int = 1, scale: float = 0.5,
+                 backend: str | None = None):
+        super().__init__(weight, center, every, backend)
+        self.scale = float(scale)
+
+    def penalty_input(self, real, fake, pack, eps=None, generator=None):
+        if eps is None:
+            eps = torch.rand(real.shape, device=real.device, dtype=real.dtype, generator=generator)
+        elif eps.shape != real.shape:
+            raise ValueError(f"eps must have real's shape {tuple(real.shape)}, got {tuple(eps.shape)}")
+        return reference.perturb(real.detach(), eps, self.scale)
+
+
+PENALTIES: dict[str, type[GradientPenaltyBase]] = {
+    "r1": R1Penalty, "r2": R2Penalty, "gp": GradientPenalty, "dragan": DRAGANPenalty,
+}

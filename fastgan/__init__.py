@@ -4,6 +4,7 @@ Nothing here touches a GPU or loads the compiled extension at import; backends a
 call (see :mod:`fastgan._dispatch`).
 """
 from fastgan._dispatch import BACKENDS, BackendStatus, available_backends, use_backend
+from fastgan.fused import StepParts, discriminator_step, generator_step
 from fastgan.losses import (
     LOSSES,
     GANLoss,
@@ -17,6 +18,7 @@ from fastgan.losses import (
     generator_loss,
     get_loss,
 )
+from fastgan.mlp import MLPDiscriminator
 from fastgan.penalties import (
     PENALTIES,
     DRAGANPenalty,
@@ -32,5 +34,6 @@ __all__ = [
     "BACKENDS", "BackendStatus", "available_backends", "use_backend",
     "LOSSES", "GANLoss", "HingeLoss", "LeastSquaresLoss", "MinimaxLoss", "NonSaturatingLoss",
     "RelativisticLoss", "WassersteinLoss", "discriminator_loss", "generator_loss", "get_loss",
+    "MLPDiscriminator", "StepParts", "discriminator_step", "generator_step",
     "PENALTIES", "DRAGANPenalty", "GradientPenalty", "GradientPenaltyBase", "R1Penalty", "R2Penalty",
 ]

@@ -1,0 +1,62 @@
+"""``MLPDiscriminator``: the plain-PyTorch MLP discriminator that the fused step accelerates."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLPDiscriminator(nn.Module):
+    """An MLP discriminator with LeakyReLU hidden layers and one logit per row.
+
+    ``D(x)`` for ``x`` of shape (B, in_features) returns (B // pack,) logits. With PacGAN
+    packing (``pack = m``, Lin et al. 2018) m consecutive samples are concatenated into one
+    row before the first layer, so the first layer has ``m * in_features`` inputs.
+
+    Layers: ``z_l = h_{l-1} W_l^T + b_l``, ``h_l = leaky_relu(z_l, negative_slope)`` (ReLU when
+    the slope is 0), output ``o = h_L w^T + c``. ``forward`` is ordinary PyTorch and serves as
+    the reference for :func:`fastgan.discriminator_step`.
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (256, 256), negative_slope: float = 0.2,
+                 pack: int = 1, bias: bool = True):
+        super().__init__()
+        if not (isinstance(in_features, int) and in_features >= 1):
+            raise ValueError(f"in_features must be a positive integer, got {in_features!r}")
+        hidden = tuple(hidden)
+        if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
+            raise ValueError(f"hidden must be a non-empty sequence of positive integers, got {hidden!r}")
+        if not (isinstance(pack, int) and pack >= 1):
+            raise ValueError(f"pack must be a positive integer, got {pack!r}")
+        if not negative_slope >= 0:
+            raise ValueError(f"negative_slope must be >= 0, got {negative_slope}")
+        self.in_features, self.hidden, self.pack = in_features, hidden, pack
+        self.negative_slope = float(negative_slope)
+        widths = (in_features * pack,) + hidden
+        self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(widths[:-1], widths[1:]))
+        self.out = nn.Linear(hidden[-1], 1, bias=bias)
+
+    @property
+    def bias(self) -> bool:
+        return self.out.bias is not None
+
+    def check_input(self, x: torch.Tensor, name: str = "x") -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.in_features:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{name} must have shape (batch, {self.in_features}), got {shape}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} must not be empty")
+        if x.shape[0] % self.pack:
+            raise ValueError(f"{name} has {x.shape[0]} rows, not divisible by pack={self.pack}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        h = x.reshape(x.shape[0] // self.pack, self.pack * self.in_features)
+        for layer in self.layers:
+            h = F.leaky_relu(layer(h), self.negative_slope)
+        return self.out(h).squeeze(1)
+
+    def extra_repr(self) -> str:
+        return f"pack={self.pack}, negative_slope={self.negative_slope}"

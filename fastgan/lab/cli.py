@@ -1,0 +1,141 @@
+"""``fastgan lab``: train every (data set, objective, seed) in a fixed small regime, print the
+results table and write ``results.md``, ``results.json`` and ``lab.png`` to the output folder.
+
+The default regime (``fastgan.lab.train.DEFAULT``) runs one seed and is meant to finish in a
+few minutes on two CPU cores; ``--full`` runs ``FULL`` (longer) with 5 seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import fastgan
+from fastgan.lab import plots
+from fastgan.lab.data import DATASETS, get_dataset
+from fastgan.lab.metrics import mean_se
+from fastgan.lab.train import DEFAULT, FULL, OBJECTIVES, train_run
+
+METRICS = ("modes_captured", "high_quality_pct", "reverse_kl")
+DIVERGENCES = ("forward_kl", "reverse_kl", "jensen_shannon")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fastgan lab", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", nargs="+", choices=sorted(DATASETS), default=["ring", "grid"],
+                   help="data sets (default: ring grid)")
+    p.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES), default=list(OBJECTIVES),
+                   help="objectives (default: all)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default 1; 5 with --full)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (overrides the regime)")
+    p.add_argument("--backend", default="auto", choices=("auto",) + fastgan.BACKENDS,
+                   help="fastgan backend for the discriminator and generator steps (default auto)")
+    p.add_argument("--out", type=Path, default=Path("lab_results"), help="output folder (default lab_results/)")
+    p.add_argument("--full", action="store_true", help="the longer regime, 5 seeds by default")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: the models are small; results are bitwise "
+                        "reproducible for a fixed thread count)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    for name in ("seeds", "steps", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name} must be a positive integer, got {value}")
+    return args
+
+
+def _fmt(mean: float, se: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(se) else f" ± {se:.{digits}f}")
+
+
+def summarise(results) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
+    """(dataset, objective) -> metric -> (mean, standard error) over seeds."""
+    groups: dict[tuple[str, str], list] = {}
+    for r in results:
+        groups.setdefault((r.dataset, r.objective), []).append(r)
+    out = {}
+    for key, runs in groups.items():
+        row = {m: mean_se([getattr(r.metrics, m) for r in runs]) for m in METRICS}
+        row.update({f"D_{d}": mean_se([r.divergences.get(d) for r in runs]) for d in DIVERGENCES})
+        row["seconds"] = mean_se([r.seconds for r in runs])
+        out[key] = row
+    return out
+
+
+def table(summary, mixtures, seeds: int) -> str:
+    """The markdown results table."""
+    head = ("| data | objective | modes captured | high-quality % | reverse KL | "
+            "D: KL(r‖g) | D: KL(g‖r) | D: JS | s / run |")
+    lines = [head, "|" + "---|" * 9]
+    for (ds, obj), m in summary.items():
+        cells = [ds, obj, _fmt(*m["modes_captured"], 2) + f" / {mixtures[ds].modes}",
+                 _fmt(*m["high_quality_pct"], 1), _fmt(*m["reverse_kl"], 3),
+                 _fmt(*m["D_forward_kl"], 3), _fmt(*m["D_reverse_kl"], 3), _fmt(*m["D_jensen_shannon"], 3),
+                 f"{m['seconds'][0]:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\nMean ± standard error over {seeds} seed(s)."
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    regime = FULL if args.full else DEFAULT
+    if args.steps is not None:
+        regime = replace(regime, steps=args.steps)
+    n_seeds = args.seeds or (5 if args.full else 1)
+    torch.set_num_threads(args.threads)
+    backend = None if args.backend == "auto" else args.backend
+    mixtures = {name: get_dataset(name) for name in args.data}
+    jobs = [(ds, obj, s) for ds in args.data for obj in args.objectives for s in range(n_seeds)]
+
+    started = time.perf_counter()
+    results = []
+    with tqdm(total=len(jobs) * regime.steps, unit="step", disable=args.quiet, dynamic_ncols=True) as bar:
+        for ds, obj, seed in jobs:
+            bar.set_description(f"{ds}/{obj}/seed {seed}")
+            results.append(train_run(mixtures[ds], OBJECTIVES[obj], seed, regime, backend, on_step=bar.update))
+    total = time.perf_counter() - started
+
+    summary = summarise(results)
+    md = table(summary, mixtures, n_seeds)
+    print(md)
+    print(f"\n{len(jobs)} runs in {total:.1f} s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.md").write_text(
+        f"# fastgan lab\n\nRegime: {regime.describe()}.\n\n"
+        + "\n".join(f"- `{o}`: {OBJECTIVES[o]}" for o in args.objectives)
+        + f"\n\n{md}\n\nBackend `{args.backend}`, {args.threads} thread(s), total {total:.1f} s.\n")
+    report = {
+        "regime": asdict(regime), "objectives": {o: asdict(OBJECTIVES[o]) for o in args.objectives},
+        "seeds": n_seeds, "backend": args.backend, "threads": args.threads, "total_seconds": total,
+        "versions": {"fastgan": fastgan.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "runs": [r.to_dict() for r in results],
+        "summary": [{"dataset": ds, "objective": obj, **{k: {"mean": v[0], "se": v[1]} for k, v in m.items()}}
+                    for (ds, obj), m in summary.items()],
+    }
+    (args.out / "results.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    first = {(r.dataset, r.objective): r.samples for r in results if r.seed == 0}
+    plots.figure(first, mixtures, summary, list(args.objectives), args.out / "lab.png")
+    print(f"wrote {args.out / 'results.md'}, {args.out / 'results.json'}, {args.out / 'lab.png'}")
+    return 0
+
+
+def _json_safe(x):
+    """NaN (an undefined metric) becomes null so the file is strict JSON."""
+    if isinstance(x, float):
+        return None if math.isnan(x) else x
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x

@@ -1,0 +1,145 @@
+"""The mode-collapse lab: exact data generators, the published metrics on hand-built samples,
+the CLI end to end on a tiny configuration, and bitwise reproducibility."""
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from fastgan.lab import cli
+from fastgan.lab.data import get_dataset, grid, ring
+from fastgan.lab.metrics import mean_se, mode_metrics
+from fastgan.lab.train import DEFAULT, OBJECTIVES, train_run
+
+TINY = replace(DEFAULT, steps=25, batch=32, g_hidden=(16,), d_hidden=(16,), eval_samples=400)
+
+
+# ---- data ------------------------------------------------------------------------------------
+def test_ring_means_and_std():
+    mix = ring()
+    assert mix.modes == 8 and mix.std == 0.01
+    h = math.sqrt(0.5)
+    expected = torch.tensor([[1, 0], [h, h], [0, 1], [-h, h], [-1, 0], [-h, -h], [0, -1], [h, -h]],
+                            dtype=torch.float64)
+    torch.testing.assert_close(mix.means, expected, rtol=0, atol=1e-15)
+
+
+def test_grid_means_and_std():
+    mix = grid()
+    assert mix.modes == 25 and mix.std == 0.05
+    got = sorted(map(tuple, mix.means.tolist()))
+    assert got == [(float(x), float(y)) for x in (-4, -2, 0, 2, 4) for y in (-4, -2, 0, 2, 4)]
+
+
+@pytest.mark.parametrize("name", ["ring", "grid"])
+def test_samples_have_equal_weights_and_the_stated_std(name):
+    mix = get_dataset(name)
+    n = 100_000
+    x = mix.sample(n, torch.Generator().manual_seed(1), torch.float64)
+    k = torch.cdist(x, mix.means).argmin(dim=1)
+    counts = torch.bincount(k, minlength=mix.modes).double()
+    p = 1 / mix.modes  # each count ~ Binomial(n, p): 5 standard deviations
+    assert (counts - n * p).abs().max() < 5 * math.sqrt(n * p * (1 - p))
+    resid = x - mix.means[k]
+    assert resid.mean(dim=0).abs().max() < 5 * mix.std / math.sqrt(n)
+    assert resid.std(dim=0).sub(mix.std).abs().max() < 0.01 * mix.std  # std of the std ~ 0.2%
+
+
+def test_sampling_is_seeded_and_leaves_the_global_rng_alone():
+    mix = ring()
+    state = torch.get_rng_state()
+    a = mix.sample(64, torch.Generator().manual_seed(3))
+    b = mix.sample(64, torch.Generator().manual_seed(3))
+    c = mix.sample(64, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a.dtype == torch.float32 and a.shape == (64, 2)
+
+
+def test_unknown_dataset_and_bad_size_raise():
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        get_dataset("moons")
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        ring().sample(0, torch.Generator())
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+def test_metrics_all_modes_equally():
+    mix = ring()
+    m = mode_metrics(mix.means.repeat(10, 1), mix)
+    assert (m.modes_captured, m.high_quality_pct) == (8, 100.0)
+    assert m.reverse_kl == pytest.approx(0.0, abs=1e-15)
+
+
+def test_metrics_one_mode():
+    mix = grid()
+    m = mode_metrics(mix.means[7].repeat(30, 1), mix)
+    assert (m.modes_captured, m.high_quality_pct) == (1, 100.0)
+    assert m.reverse_kl == pytest.approx(math.log(25), rel=1e-14)
+
+
+def test_metrics_off_mode_samples_are_not_high_quality():
+    mix = ring()
+    s = mix.std
+    d = lambda dx, dy: torch.tensor([dx * s, dy * s], dtype=torch.float64)  # noqa: E731
+    samples = torch.stack([
+        mix.means[0], mix.means[0], mix.means[0],  # 3 on mode 0
+        mix.means[1] + d(2.9, 0.0),                # inside 3 std of mode 1
+        mix.means[2] + d(3.1, 0.0),                # just outside mode 2
+        mix.means[3] + d(2.2, 2.2),                # |d| = 3.11 std: outside mode 3
+        torch.zeros(2, dtype=torch.float64),       # the centre: far from every mode
+        torch.zeros(2, dtype=torch.float64),
+    ])
+    m = mode_metrics(samples, mix)
+    p = [3 / 4, 1 / 4]
+    assert m.modes_captured == 2
+    assert m.high_quality_pct == pytest.approx(100 * 4 / 8, rel=1e-15)
+    assert m.reverse_kl == pytest.approx(sum(q * math.log(8 * q) for q in p), rel=1e-14)
+
+
+def test_metrics_without_high_quality_samples():
+    m = mode_metrics(torch.zeros(5, 2), ring())
+    assert (m.modes_captured, m.high_quality_pct) == (0, 0.0) and math.isnan(m.reverse_kl)
+
+
+def test_mean_and_standard_error():
+    assert mean_se([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1 / math.sqrt(3)), rel=1e-15)
+    m, se = mean_se([4.0])
+    assert m == 4.0 and math.isnan(se)
+    assert mean_se([1.0, float("nan"), 3.0]) == pytest.approx((2.0, 1.0), rel=1e-15)
+
+
+# ---- training and the command -----------------------------------------------------------------
+@pytest.mark.parametrize("objective", ["ns-r1", "wgan-gp", "ns-pack2"])
+def test_same_seed_same_numbers(objective):
+    torch.set_num_threads(1)
+    runs = [train_run(ring(), OBJECTIVES[objective], seed, TINY, backend="reference") for seed in (5, 5, 6)]
+    a, b, c = runs
+    assert torch.equal(a.samples, b.samples) and not torch.equal(a.samples, c.samples)
+    assert a.metrics == b.metrics and a.divergences == b.divergences
+    assert a.samples.shape == (TINY.eval_samples, 2)
+    assert bool(a.divergences) == OBJECTIVES[objective].logistic
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    out = tmp_path / "lab"
+    rc = cli.main(["--data", "ring", "--objectives", "ns", "ns-pack2", "--steps", "20", "--seeds", "2",
+                   "--out", str(out), "--quiet", "--backend", "reference"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| ring | ns |" in printed and "| ring | ns-pack2 |" in printed
+    md = (out / "results.md").read_text()
+    assert "| ring | ns-pack2 |" in md and "Regime:" in md
+    report = json.loads((out / "results.json").read_text())
+    assert [(r["objective"], r["seed"]) for r in report["runs"]] == [("ns", 0), ("ns", 1), ("ns-pack2", 0),
+                                                                   ("ns-pack2", 1)]
+    assert report["regime"]["steps"] == 20 and report["seeds"] == 2
+    assert (out / "lab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_rejects_bad_options():
+    with pytest.raises(SystemExit):
+        cli.main(["--objectives", "nope"])
+    with pytest.raises(SystemExit):
+        cli.main(["--steps", "0"])

@@ -123,10 +123,10 @@ def test_same_seed_same_numbers(objective):
 
 
 def test_cli_end_to_end(tmp_path, capsys):
+    args = ["--data", "ring", "--objectives", "ns", "ns-pack2", "--steps", "20", "--seeds", "2", "--quiet",
+            "--backend", "reference"]
     out = tmp_path / "lab"
-    rc = cli.main(["--data", "ring", "--objectives", "ns", "ns-pack2", "--steps", "20", "--seeds", "2",
-                   "--out", str(out), "--quiet", "--backend", "reference"])
-    assert rc == 0
+    assert cli.main(args + ["--out", str(out), "--jobs", "2"]) == 0
     printed = capsys.readouterr().out
     assert "| ring | ns |" in printed and "| ring | ns-pack2 |" in printed
     md = (out / "results.md").read_text()
@@ -136,6 +136,11 @@ def test_cli_end_to_end(tmp_path, capsys):
                                                                    ("ns-pack2", 1)]
     assert report["regime"]["steps"] == 20 and report["seeds"] == 2
     assert (out / "lab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # one process gives the same numbers as two
+    assert cli.main(args + ["--out", str(tmp_path / "serial"), "--jobs", "1"]) == 0
+    serial = json.loads((tmp_path / "serial" / "results.json").read_text())
+    strip = lambda runs: [{k: v for k, v in r.items() if k != "seconds"} for r in runs]  # noqa: E731
+    assert strip(serial["runs"]) == strip(report["runs"])
 
 
 def test_cli_rejects_bad_options():

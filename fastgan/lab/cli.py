@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import platform
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from fastgan.lab.train import DEFAULT, FULL, OBJECTIVES, train_run
 
 METRICS = ("modes_captured", "high_quality_pct", "reverse_kl")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jensen_shannon")
+_queue = None  # a worker process's progress queue (set by _worker_init)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -44,9 +47,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: the models are small; results are bitwise "
                         "reproducible for a fixed thread count)")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="runs trained in parallel worker processes (default 2, one per core of "
+                        "the target machine; results do not depend on it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    for name in ("seeds", "steps", "threads"):
+    for name in ("seeds", "steps", "threads", "jobs"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name} must be a positive integer, got {value}")
@@ -87,6 +93,43 @@ def table(summary, mixtures, seeds: int) -> str:
     return "\n".join(lines) + f"\n\nMean ± standard error over {seeds} seed(s)."
 
 
+def _run_one(job, regime, backend, threads, progress):
+    ds, obj, seed = job
+    torch.set_num_threads(threads)
+    return train_run(get_dataset(ds), OBJECTIVES[obj], seed, regime, backend, on_step=progress)
+
+
+def _worker_init(queue):
+    global _queue
+    _queue = queue
+
+
+def _worker(job, regime, backend, threads):
+    return _run_one(job, regime, backend, threads, _queue.put)
+
+
+def run_all(jobs, regime, backend, threads: int, processes: int, progress) -> list:
+    """Train every (dataset, objective, seed) job, in order of ``jobs``; with ``processes > 1``
+    in forked worker processes that report finished steps through a queue."""
+    if processes == 1 or len(jobs) == 1:
+        return [_run_one(job, regime, backend, threads, progress) for job in jobs]
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    with ProcessPoolExecutor(min(processes, len(jobs)), mp_context=ctx, initializer=_worker_init,
+                             initargs=(queue,)) as pool:
+        futures = [pool.submit(_worker, job, regime, backend, threads) for job in jobs]
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            while not queue.empty():
+                progress(queue.get())
+            for f in done:
+                f.result()  # raise a worker's exception here
+        while not queue.empty():
+            progress(queue.get())
+        return [f.result() for f in futures]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     regime = FULL if args.full else DEFAULT
@@ -99,11 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(ds, obj, s) for ds in args.data for obj in args.objectives for s in range(n_seeds)]
 
     started = time.perf_counter()
-    results = []
-    with tqdm(total=len(jobs) * regime.steps, unit="step", disable=args.quiet, dynamic_ncols=True) as bar:
-        for ds, obj, seed in jobs:
-            bar.set_description(f"{ds}/{obj}/seed {seed}")
-            results.append(train_run(mixtures[ds], OBJECTIVES[obj], seed, regime, backend, on_step=bar.update))
+    with tqdm(total=len(jobs) * regime.steps, unit="step", disable=args.quiet, dynamic_ncols=True,
+              desc="fastgan lab") as bar:
+        results = run_all(jobs, regime, backend, args.threads, args.jobs, bar.update)
     total = time.perf_counter() - started
 
     summary = summarise(results)
@@ -114,10 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.md").write_text(
         f"# fastgan lab\n\nRegime: {regime.describe()}.\n\n"
         + "\n".join(f"- `{o}`: {OBJECTIVES[o]}" for o in args.objectives)
-        + f"\n\n{md}\n\nBackend `{args.backend}`, {args.threads} thread(s), total {total:.1f} s.\n")
+        + f"\n\n{md}\n\nBackend `{args.backend}`, {args.threads} thread(s) per run, {args.jobs} parallel "
+        f"job(s), total wall time {total:.1f} s.\n")
     report = {
         "regime": asdict(regime), "objectives": {o: asdict(OBJECTIVES[o]) for o in args.objectives},
-        "seeds": n_seeds, "backend": args.backend, "threads": args.threads, "total_seconds": total,
+        "seeds": n_seeds, "backend": args.backend, "threads": args.threads, "jobs": args.jobs,
+        "total_seconds": total,
         "versions": {"fastgan": fastgan.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "runs": [r.to_dict() for r in results],
         "summary": [{"dataset": ds, "objective": obj, **{k: {"mean": v[0], "se": v[1]} for k, v in m.items()}}

@@ -61,6 +61,7 @@ class Regime:
     lr_g: float = 1e-3
     lr_d: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.9)
+    lr_decay: bool = True  # both learning rates decay linearly to zero over the run
     eval_samples: int = 2500
     dtype: str = "float32"
 
@@ -69,7 +70,8 @@ class Regime:
         d = "-".join(map(str, (2,) + self.d_hidden + (1,)))
         return (f"G MLP {g} (ReLU, N(0, I) noise), D MLPDiscriminator {d} (LeakyReLU 0.2; first layer "
                 f"2*pack inputs), Adam lr G {self.lr_g:g} / D {self.lr_d:g}, betas {self.betas}, "
-                f"batch {self.batch} rows, {self.steps} steps of 1 D + 1 G update, {self.dtype}")
+                f"{'linear decay to 0, ' if self.lr_decay else ''}batch {self.batch} rows, "
+                f"{self.steps} steps of 1 D + 1 G update, {self.dtype}")
 
 
 DEFAULT = Regime()
@@ -127,6 +129,8 @@ def train_run(mixture: Mixture, objective: Objective, seed: int, regime: Regime 
     penalty = objective.make_penalty()
     opt_g = torch.optim.Adam(G.parameters(), lr=regime.lr_g, betas=regime.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=regime.lr_d, betas=regime.betas)
+    schedules = [torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / regime.steps)
+                 for opt in (opt_g, opt_d)] if regime.lr_decay else []
     n = regime.batch * objective.pack
     noise = lambda: torch.randn(n, regime.latent, generator=rng, dtype=dtype)  # noqa: E731
 
@@ -141,6 +145,8 @@ def train_run(mixture: Mixture, objective: Objective, seed: int, regime: Regime 
         opt_g.zero_grad(set_to_none=True)
         fastgan.generator_step(D, G(noise()), loss=loss, backend=backend).backward()
         opt_g.step()
+        for schedule in schedules:
+            schedule.step()
         if on_step is not None and (step + 1) % 50 == 0:
             on_step(50)
     if on_step is not None and regime.steps % 50:

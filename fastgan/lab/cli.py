@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(
         f"# fastgan lab\n\nRegime: {regime.describe()}.\n\n"
-        + "\n".join(f"- `{o}`: {OBJECTIVES[o]}" for o in args.objectives)
+        + "\n".join(f"- `{o}`: {OBJECTIVES[o].describe()}" for o in args.objectives)
         + f"\n\n{md}\n\nBackend `{args.backend}`, {args.threads} thread(s) per run, {args.jobs} parallel "
         f"job(s), total wall time {total:.1f} s.\n")
     report = {

@@ -31,6 +31,15 @@ class Objective:
     pack: int = 1
     logistic: bool = True  # the discriminator's logit estimates log p_r/p_g (divergences apply)
 
+    def describe(self) -> str:
+        parts = [self.loss.replace("_", "-") + " loss"]
+        if self.penalty is not None:
+            parts.append({"r1": "R1 gamma", "gp": "gradient penalty (WGAN-GP) weight"}.get(self.penalty, self.penalty)
+                         + f" {self.penalty_weight:g}")
+        if self.pack > 1:
+            parts.append(f"PacGAN packing {self.pack}")
+        return ", ".join(parts)
+
     def make_penalty(self):
         if self.penalty is None:
             return None
@@ -40,7 +49,7 @@ class Objective:
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("ns", "non_saturating"),
     Objective("minimax", "minimax"),
-    Objective("ns-r1", "non_saturating", "r1", 1.0),
+    Objective("ns-r1", "non_saturating", "r1", 0.1),
     Objective("wgan-gp", "wasserstein", "gp", 1.0, logistic=False),
     Objective("ns-pack2", "non_saturating", pack=2),
     Objective("ns-pack4", "non_saturating", pack=4),
@@ -53,13 +62,13 @@ class Regime:
     many generated ones (the discriminator always sees ``batch`` rows), takes one
     discriminator step, then one generator step on fresh noise."""
 
-    steps: int = 2000
+    steps: int = 1000
     batch: int = 128
     latent: int = 2
     g_hidden: tuple[int, ...] = (128, 128)
     d_hidden: tuple[int, ...] = (128, 128)
-    lr_g: float = 1e-3
-    lr_d: float = 1e-3
+    lr_g: float = 2e-3
+    lr_d: float = 2e-3
     betas: tuple[float, float] = (0.5, 0.9)
     lr_decay: bool = True  # both learning rates decay linearly to zero over the run
     eval_samples: int = 2500
@@ -75,7 +84,7 @@ class Regime:
 
 
 DEFAULT = Regime()
-FULL = replace(DEFAULT, steps=6000)
+FULL = replace(DEFAULT, steps=4000)
 
 
 class Generator(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -11,6 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from fastgan.lab.data import Mixture  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 BAR_METRICS = (("modes_captured", "modes captured"), ("high_quality_pct", "high-quality samples (%)"),
                ("reverse_kl", "reverse KL (nats)"))
@@ -49,7 +53,8 @@ def figure(samples: dict[tuple[str, str], "torch.Tensor"], mixtures: dict[str, M
             ax = axes[len(datasets) + i, j]
             ax.set_visible(True)
             means = [summary[(ds, o)][key][0] for o in objectives]
-            errs = [0.0 if math.isnan(summary[(ds, o)][key][1]) else summary[(ds, o)][key][1] for o in objectives]
+            errs = [summary[(ds, o)][key][1] for o in objectives]
+            errs = None if all(math.isnan(e) for e in errs) else [0.0 if math.isnan(e) else e for e in errs]
             ax.bar(range(len(objectives)), [0.0 if math.isnan(v) else v for v in means], yerr=errs,
                    color="tab:blue", capsize=2)
             ax.set_xticks(range(len(objectives)), objectives, rotation=45, ha="right", fontsize=7)

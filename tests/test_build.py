@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fastgan
-from fastgan import _native
+from fastgan import _dispatch, _native
 
 OPS = ("loss_term_forward", "loss_term_backward", "penalty_forward", "penalty_backward",
        "mlp_disc_step", "mlp_gen_step")
@@ -88,6 +88,7 @@ def test_missing_extension_auto_falls_back_with_one_warning(no_extension):
     with pytest.warns(RuntimeWarning, match="'cpu' backend is unavailable.*simulated build failure") as record:
         value = loss.discriminator_loss(r, f)
     assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+    assert _dispatch.select(None, torch.device("cpu")) == "torch"
     expected = fastgan.NonSaturatingLoss(backend="reference").discriminator_loss(r, f)
     torch.testing.assert_close(value, expected, rtol=1e-12, atol=0)
     with warnings.catch_warnings():

@@ -279,3 +279,5 @@ def test_bad_samples_raise_naming_the_argument(backend, name):
     if name == "dragan":
         with pytest.raises(ValueError, match=r"eps must have real's shape \(9, 3\), got \(3,\)"):
             penalty(D, real, fake, eps=torch.rand(3, dtype=real.dtype))
+        with pytest.raises(ValueError, match="eps is on meta but real is on cpu"):
+            penalty(D, real, fake, eps=torch.rand(9, 3, dtype=real.dtype, device="meta"))

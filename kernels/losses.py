@@ -86,7 +86,7 @@ def _loss_term_forward_kernel(
 ):
     """z = sign * x + shift;  'none': out[i] = scale * phi(z_i);  else out[pid] = sum_block phi(z_i)."""
     pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # int64: n may exceed 2^31
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
     z = tl.cast(sign, ACC) * x + joined(shift_hi, shift_lo, ACC)
@@ -117,7 +117,7 @@ def _loss_term_backward_kernel(
     """grad[i] = g_i * scale * sign * phi'(sign * x_i + shift) with g_i = grad_out[i] ('none')
     or grad_out (the launcher folds the mean's 1/n into scale)."""
     pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # int64: n may exceed 2^31
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
     s = tl.cast(sign, ACC)

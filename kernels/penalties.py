@@ -64,7 +64,7 @@ def _penalty_forward_kernel(
 ):
     """partials[pid] = sum over the block's rows of f(n_r), f = n^2/2 or (n - center)^2."""
     pid = tl.program_id(0)
-    r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    r = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # int64: rows * features may exceed 2^31
     row_mask = r < rows
     sq = _row_sq_norms(g_ptr, r, row_mask, features, ACC, BLOCK_R, BLOCK_F, F_CHUNKS)
     if KIND == 0:
@@ -95,7 +95,7 @@ def _penalty_backward_kernel(
 ):
     """out[r, :] = grad_out * k(n_r) * g[r, :]."""
     pid = tl.program_id(0)
-    r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    r = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # int64: rows * features may exceed 2^31
     row_mask = r < rows
     factor = joined(factor_hi, factor_lo, ACC)
     go = tl.load(grad_out_ptr + tl.zeros_like(r), mask=row_mask, other=0.0).to(ACC)

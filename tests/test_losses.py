@@ -155,7 +155,7 @@ def test_loss_term_kernels_match_terms(backend, term, reduction, dtype):
     if backend == "torch":
         pytest.skip("the torch backend has no loss-term kernel (it is fastgan.terms itself)")
     forward, backward = _term_kernels(backend)
-    x = logits((3, 37), dtype, seed=16)
+    x = logits((37, 71), dtype, seed=16).t()  # non-contiguous, more than one 1024-element block
     args = (int(term.phi), term.sign, term.shift, term.scale, int(reduction))
     out = forward(x, *args)
     xr = x.clone().requires_grad_(True)
@@ -164,7 +164,7 @@ def test_loss_term_kernels_match_terms(backend, term, reduction, dtype):
     torch.testing.assert_close(out, expected.detach(), **TOL[dtype])
     # grad_out: 0-dim for mean/sum, an expanded (non-contiguous) tensor for none.
     grad_out = (torch.tensor(0.75, dtype=dtype) if reduction != Reduction.NONE
-                else logits((37,), dtype, seed=17).expand(3, 37))
+                else logits((37,), dtype, seed=17).expand(71, 37))
     (expected_grad,) = torch.autograd.grad(expected, xr, grad_out)
     torch.testing.assert_close(backward(grad_out, x, *args), expected_grad, **TOL[dtype])
 
@@ -185,6 +185,19 @@ def test_loss_term_kernels_low_precision(backend, dtype):
     grad = backward(torch.tensor(1.0, dtype=dtype), x, int(term.phi), term.sign, term.shift, term.scale,
                     int(Reduction.MEAN))
     assert grad.dtype == dtype and grad.shape == x.shape
+
+
+def test_triton_two_stage_sum_over_many_partials(backend):
+    """The deterministic final sum of kernels/_common.py over more partials than one block holds."""
+    if backend != "triton":
+        pytest.skip("Triton's own helper")
+    import triton.language as tl
+
+    from fastgan.kernels._common import finish_sum
+    partials = logits((3001,), seed=20)
+    out = finish_sum(partials, 0.3, torch.float64, tl.float64)
+    torch.testing.assert_close(out, 0.3 * partials.sum(), **TOL[torch.float64])
+    assert torch.equal(out, finish_sum(partials, 0.3, torch.float64, tl.float64))  # deterministic
 
 
 def test_loss_term_kernels_reject_bad_codes(backend):

@@ -22,9 +22,12 @@ def backend_params(device: str = "cpu", include_reference: bool = False) -> list
     for status in _dispatch.available_backends():
         if status.name == "reference" and not include_reference:
             continue
-        if status.name == "cuda" and device != "cuda" or status.name == "cpu" and device != "cpu":
+        if status.name in ("cpu", "cuda") and status.name != device:
             continue
-        marks = [pytest.mark.skip(reason=f"{status.name}: {status.reason}")] if status.reason else []
+        why = status.reason
+        if not why and not _dispatch._serves_device(status.name, torch.device(device)):
+            why = f"does not run on {device} tensors here" + (" (set TRITON_INTERPRET=1)" if device == "cpu" else "")
+        marks = [pytest.mark.skip(reason=f"{status.name}: {why}")] if why else []
         params.append(pytest.param(status.name, id=status.name, marks=marks))
     return params
 

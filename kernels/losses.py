@@ -153,7 +153,7 @@ def loss_term_forward(x: torch.Tensor, phi: int, sign: float, shift: float, scal
         _loss_term_forward_kernel[grid](x, out, *args, PHI=phi, REDUCE=0, ACC=acc, BLOCK=BLOCK)
         return out
     partials = torch.empty(grid[0], dtype=torch.float64 if acc == tl.float64 else torch.float32, device=x.device)
-    _loss_term_forward_kernel[grid](x, partials, *args, PHI=phi, REDUCE=reduction, ACC=acc, BLOCK=BLOCK)
+    _loss_term_forward_kernel[grid](x, partials, *args, PHI=phi, REDUCE=1, ACC=acc, BLOCK=BLOCK)
     return finish_sum(partials, scale / n if reduction == 1 else scale, x.dtype, acc)
 
 
@@ -174,5 +174,5 @@ def loss_term_backward(grad_out: torch.Tensor, x: torch.Tensor, phi: int, sign: 
     grad = torch.empty_like(x)
     _loss_term_backward_kernel[(triton.cdiv(n, BLOCK),)](
         grad_out, x, grad, n, float(sign), *split_double(shift), *split_double(scale / n if reduction == 1 else scale),
-        PHI=phi, REDUCE=reduction, ACC=acc_dtype(x.dtype), BLOCK=BLOCK)
+        PHI=phi, REDUCE=int(reduction != 0), ACC=acc_dtype(x.dtype), BLOCK=BLOCK)
     return grad

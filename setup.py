@@ -6,6 +6,7 @@ Build knobs (environment variables):
   FASTGAN_SKIP_EXTENSION=1   build no native extension (pure Python: torch/reference/triton backends)
   FASTGAN_CUDA=0             do not build or check the CUDA sources
   FASTGAN_CUDA_CHECK=0       with a CPU-only torch, skip the nvcc compile-only check of csrc/*.cu
+  FASTGAN_REQUIRE_CUDA=1     fail the build unless csrc/*.cu are compiled (CI sets it)
   FASTGAN_CUDA_ARCHS=90      CUDA architectures in CMake syntax ("90" = sm_90 SASS + PTX; "90;100")
   FASTGAN_JOBS=N             parallel compile jobs (default: CPU count)
   FASTGAN_BUILD_TYPE=Release CMake build type (Release, RelWithDebInfo, Debug)
@@ -49,6 +50,7 @@ class CMakeBuild(build_ext):
             f"-DFASTGAN_CUDA={'OFF' if _flag('FASTGAN_CUDA', '1') == '0' else 'ON'}",
             f"-DFASTGAN_CUDA_CHECK={'OFF' if _flag('FASTGAN_CUDA_CHECK', '1') == '0' else 'ON'}",
             f"-DFASTGAN_CUDA_ARCHS={_flag('FASTGAN_CUDA_ARCHS', '90')}",
+            f"-DFASTGAN_REQUIRE_CUDA={'ON' if _flag('FASTGAN_REQUIRE_CUDA', '0') == '1' else 'OFF'}",
         ]
         try:
             import ninja  # noqa: F401

@@ -157,3 +157,13 @@ def test_from_logits_reports_every_estimate():
     out = dv.from_logits(lr, lg)
     assert set(out) == {"forward_kl", "reverse_kl", "jensen_shannon"} | {f"fgan_{n}" for n in dv.F_DIVERGENCES}
     assert out["fgan_gan"] == pytest.approx(2 * out["jensen_shannon"] - math.log(4), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("mu0", [0.3, 1.0, 2.5])
+def test_minimax_generator_gradient_is_the_gradient_of_2js(mu0):
+    """d/dmu E_{N(mu,1)}[log(1 - D*_{mu0})] at mu0 = d/dmu 2 JS at mu0 (docs/THEORY.md section 4)."""
+    xg, wg = quadrature(mu0)
+    lhs = (wg * (xg - mu0) * -F.softplus(optimal_logit(xg, mu0))).sum().item()
+    h = 1e-2
+    rhs = 2 * (-js(mu0 + 2 * h) + 8 * js(mu0 + h) - 8 * js(mu0 - h) + js(mu0 - 2 * h)) / (12 * h)
+    assert lhs == pytest.approx(rhs, rel=1e-7, abs=1e-9)

@@ -111,10 +111,11 @@ def test_mean_and_standard_error():
 
 
 # ---- training and the command -----------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["reference", None])  # None: auto, the fastest here
 @pytest.mark.parametrize("objective", ["ns-r1", "wgan-gp", "ns-pack2"])
-def test_same_seed_same_numbers(objective):
+def test_same_seed_same_numbers(objective, backend):
     torch.set_num_threads(1)
-    runs = [train_run(ring(), OBJECTIVES[objective], seed, TINY, backend="reference") for seed in (5, 5, 6)]
+    runs = [train_run(ring(), OBJECTIVES[objective], seed, TINY, backend=backend) for seed in (5, 5, 6)]
     a, b, c = runs
     assert torch.equal(a.samples, b.samples) and not torch.equal(a.samples, c.samples)
     assert a.metrics == b.metrics and a.divergences == b.divergences

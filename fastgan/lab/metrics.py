@@ -32,7 +32,7 @@ def mode_counts(samples: torch.Tensor, mixture: Mixture, n_std: float = 3.0) -> 
     if samples.dim() != 2 or samples.shape[1] != 2 or samples.shape[0] == 0:
         raise ValueError(f"samples must have shape (n, 2) with n >= 1, got {tuple(samples.shape)}")
     x = samples.detach().to(torch.float64)
-    dist = torch.cdist(x, mixture.means)
+    dist = (x[:, None, :] - mixture.means[None]).pow(2).sum(dim=2).sqrt()  # exact, unlike cdist's matmul form
     nearest, k = dist.min(dim=1)
     hq = nearest <= n_std * mixture.std
     return torch.bincount(k[hq], minlength=mixture.modes), x.shape[0]

@@ -85,12 +85,12 @@ def test_metrics_off_mode_samples_are_not_high_quality():
     d = lambda dx, dy: torch.tensor([dx * s, dy * s], dtype=torch.float64)  # noqa: E731
     samples = torch.stack([
         mix.means[0], mix.means[0], mix.means[0],  # 3 on mode 0
-        mix.means[1] + d(2.9, 0.0),                # inside 3 std of mode 1
-        mix.means[2] + d(3.1, 0.0),                # just outside mode 2
+        mix.means[1] + d(2.99, 0.0),               # inside 3 std of mode 1
+        mix.means[2] + d(3.01, 0.0),               # just outside mode 2
         mix.means[3] + d(2.2, 2.2),                # |d| = 3.11 std: outside mode 3
         torch.zeros(2, dtype=torch.float64),       # the centre: far from every mode
         torch.zeros(2, dtype=torch.float64),
-    ])
+    ]).repeat(10, 1)  # 80 rows: more than cdist's exact-path limit
     m = mode_metrics(samples, mix)
     p = [3 / 4, 1 / 4]
     assert m.modes_captured == 2

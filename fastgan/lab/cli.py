@@ -91,7 +91,7 @@ def table(summary, mixtures, seeds: int) -> str:
             "D: KL(r‖g) | D: KL(g‖r) | D: JS | s / run |")
     lines = [head, "|" + "---|" * 9]
     for (ds, obj), m in summary.items():
-        cells = [ds, obj, _fmt(*m["modes_captured"], 2) + f" / {mixtures[ds].modes}",
+        cells = [ds, obj, _fmt(*m["modes_captured"], 1) + f" / {mixtures[ds].modes}",
                  _fmt(*m["high_quality_pct"], 1), _fmt(*m["reverse_kl"], 3),
                  _fmt(*m["D_forward_kl"], 3), _fmt(*m["D_reverse_kl"], 3), _fmt(*m["D_jensen_shannon"], 3),
                  f"{m['seconds'][0]:.1f}"]

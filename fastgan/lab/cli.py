@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(ds, obj, s) for ds in args.data for obj in args.objectives for s in range(n_seeds)]
 
     started = time.perf_counter()
+    # torch.optim's first optimiser imports torch._dynamo (seconds); do it once, before the
+    # workers fork, so that it is not billed to the first run's wall time
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     with tqdm(total=len(jobs) * regime.steps, unit="step", disable=args.quiet, dynamic_ncols=True,
               desc="fastgan lab") as bar:
         results = run_all(jobs, regime, backend, args.threads, args.jobs, bar.update)
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                     for (ds, obj), m in summary.items()],
     }
     (args.out / "results.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
-    first = {(r.dataset, r.objective): r.samples for r in results if r.seed == 0}
+    first = {(r.dataset, r.objective): r for r in results if r.seed == 0}
     plots.figure(first, mixtures, summary, list(args.objectives), args.out / "lab.png")
     print(f"wrote {args.out / 'results.md'}, {args.out / 'results.json'}, {args.out / 'lab.png'}")
     return 0

@@ -14,17 +14,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 from fastgan.lab.data import Mixture  # noqa: E402
 
 if TYPE_CHECKING:
-    import torch
+    from fastgan.lab.train import RunResult
 
 BAR_METRICS = (("modes_captured", "modes captured"), ("high_quality_pct", "high-quality samples (%)"),
                ("reverse_kl", "reverse KL (nats)"))
 
 
-def figure(samples: dict[tuple[str, str], "torch.Tensor"], mixtures: dict[str, Mixture],
+def figure(first: dict[tuple[str, str], "RunResult"], mixtures: dict[str, Mixture],
            summary: dict[tuple[str, str], dict[str, tuple[float, float]]], objectives: list[str],
            path: Path) -> None:
-    """``samples[(dataset, objective)]`` (n, 2) from the first seed; ``summary[(dataset,
-    objective)][metric] = (mean, se)``. Writes a PNG to ``path``."""
+    """``first[(dataset, objective)]``: the run of the first seed (its samples are scattered, its
+    metrics in the title); ``summary[(dataset, objective)][metric] = (mean, se)`` over seeds
+    for the bars. Writes a PNG to ``path``."""
     datasets = list(mixtures)
     cols = max(len(objectives), len(BAR_METRICS))
     rows = len(datasets) + len(datasets)
@@ -37,7 +38,8 @@ def figure(samples: dict[tuple[str, str], "torch.Tensor"], mixtures: dict[str, M
         for j, obj in enumerate(objectives):
             ax = axes[i, j]
             ax.set_visible(True)
-            x = samples[(ds, obj)]
+            run = first[(ds, obj)]
+            x = run.samples
             ax.scatter(x[:, 0], x[:, 1], s=1.5, alpha=0.35, color="tab:blue", rasterized=True)
             ax.scatter(mix.means[:, 0], mix.means[:, 1], s=14, marker="x", color="tab:red", linewidths=1)
             ax.set_xlim(-lim, lim)
@@ -45,9 +47,9 @@ def figure(samples: dict[tuple[str, str], "torch.Tensor"], mixtures: dict[str, M
             ax.set_aspect("equal")
             ax.set_xticks([])
             ax.set_yticks([])
-            m = summary[(ds, obj)]
-            ax.set_title(f"{ds} / {obj}\n{m['modes_captured'][0]:.1f}/{mix.modes} modes, "
-                         f"{m['high_quality_pct'][0]:.0f}% HQ", fontsize=8)
+            m = run.metrics
+            ax.set_title(f"{ds} / {obj} (seed {run.seed})\n{m.modes_captured}/{mix.modes} modes, "
+                         f"{m.high_quality_pct:.0f}% HQ", fontsize=8)
     for i, ds in enumerate(datasets):
         for j, (key, label) in enumerate(BAR_METRICS):
             ax = axes[len(datasets) + i, j]

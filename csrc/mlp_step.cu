@@ -22,12 +22,17 @@
 //    custom kernels do every elementwise epilogue (bias + LeakyReLU, masks, loss derivative,
 //    penalty row norms and gbar, the c*h + ubar operand, bias / w_out column reductions).
 // FASTGAN_CUDA_MLP_PATH=fused|wide|auto (default auto) forces a path, for tests and benchmarks.
+// FASTGAN_CUDA_EMULATION (tests/cuda_emulation) compiles only the kernels, as CPU code.
+#ifndef FASTGAN_CUDA_EMULATION
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include <cstdlib>
 #include <cstring>
+#define FASTGAN_DYNAMIC_SMEM(name) extern __shared__ unsigned char name[]
+#endif
 
 #include "cuda_utils.cuh"
 #include "loss_terms.h"
@@ -306,7 +311,7 @@ __device__ __forceinline__ void tile_mm_nn(acc_t* out, const acc_t* a, const acc
 //   MODE_GEN:    forward, V chain, grad_i = c_i V_1,i W_1.
 template <typename scalar_t, typename acc_t, int MODE>
 __global__ void __launch_bounds__(kThreads) fused_mlp_kernel(FusedParams<scalar_t, acc_t> p) {
-  extern __shared__ unsigned char smem_raw[];
+  FASTGAN_DYNAMIC_SMEM(smem_raw);
   acc_t* sm = reinterpret_cast<acc_t*>(smem_raw);
   const int L = p.depth, T = p.tile, ld = p.ld, K = p.width[0];
   const FusedLayout s = fused_layout(L, p.width, T, ld, MODE == MODE_DISC);
@@ -511,6 +516,7 @@ __global__ void __launch_bounds__(kThreads) fused_mlp_kernel(FusedParams<scalar_
 // ------------------------------------------------------------------------------------------
 // Host side
 // ------------------------------------------------------------------------------------------
+#ifndef FASTGAN_CUDA_EMULATION
 
 Term term_from(c10::ArrayRef<double> t, const char* name) {
   TORCH_CHECK(t.size() == 4, "fastgan mlp step (cuda): ", name, " must be [phi, sign, shift, scale] or empty, got ",
@@ -571,13 +577,18 @@ void check_rows(const at::Tensor& t, const at::Tensor& like, int64_t K, const ch
               " must be (rows >= 1, ", K, "), got ", t.sizes());
 }
 
-// Sets cuBLAS's TF32 switch for the products of one call and restores it afterwards.
-struct TF32Scope {
-  bool saved;
-  explicit TF32Scope(bool allow) : saved(at::globalContext().allowTF32CuBLAS()) {
-    at::globalContext().setAllowTF32CuBLAS(allow);
+// Sets the fp32 matmul precision (what torch.set_float32_matmul_precision sets: 'high' lets
+// cuBLAS use TF32, 'highest' keeps fp32) for the products of one call, and restores it.
+struct MatmulPrecisionScope {
+  at::Float32MatmulPrecision saved;
+  explicit MatmulPrecisionScope(bool allow_tf32) : saved(at::globalContext().float32MatmulPrecision()) {
+    at::globalContext().setFloat32MatmulPrecision(allow_tf32 ? "high" : "highest");
   }
-  ~TF32Scope() { at::globalContext().setAllowTF32CuBLAS(saved); }
+  ~MatmulPrecisionScope() {
+    at::globalContext().setFloat32MatmulPrecision(saved == at::Float32MatmulPrecision::HIGHEST ? "highest"
+                                                  : saved == at::Float32MatmulPrecision::HIGH  ? "high"
+                                                                                               : "medium");
+  }
 };
 
 enum class Path { AUTO, FUSED, WIDE };
@@ -616,7 +627,7 @@ int fused_tile(const Problem& pr, size_t acc_size, bool disc, size_t* bytes) {
   int dev_smem = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&dev_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, pr.x[1].get_device()));
   const size_t budget = size_t(dev_smem) - 1024;  // block_sum's static buffer
-  for (int tile : {32, 16, 8}) {
+  for (int tile : {32, 16, 8, 4, 2, 1}) {  // small tiles only for fp64 (a test dtype)
     const size_t need = size_t(fused_layout(L, w, tile, odd_ld(int(max_width(pr))), disc).total) * acc_size;
     if (need <= budget) {
       *bytes = need;
@@ -790,11 +801,24 @@ std::vector<at::Tensor> mlp_disc_step_cuda(const at::Tensor& real, const at::Ten
   const at::ScalarType dtype = real.scalar_type();
   const at::ScalarType acc_type = dtype == at::kDouble ? at::kDouble : at::kFloat;
   const auto acc_opts = real.options().dtype(acc_type);
-  at::Tensor stats = at::zeros({5}, acc_opts);  // loss, penalty, mean real, mean fake, db_out
-  at::Tensor c = at::zeros({N}, acc_opts);
+  // Every accumulator in one zero-filled buffer (one fill launch): stats (loss, penalty, mean
+  // real, mean fake, db_out), c, dw_out, and on the fused path dW_l and db_l.
+  const bool with_b = !pr.b.empty();
+  int64_t acc_numel = 5 + N + pr.width[L];
+  for (int l = 0; l < L; ++l) acc_numel += pr.width[l + 1] * (pr.width[l] + (with_b ? 1 : 0));
+  at::Tensor acc = at::zeros({acc_numel}, acc_opts);
+  int64_t acc_off = 0;
+  const auto carve = [&](at::IntArrayRef shape) {
+    const int64_t n = c10::multiply_integers(shape);
+    at::Tensor t = acc.narrow(0, acc_off, n).view(shape);
+    acc_off += n;
+    return t;
+  };
+  at::Tensor stats = carve({5});
+  at::Tensor c = carve({N});
+  at::Tensor dw_out = carve({1, pr.width[L]});
   at::Tensor logits = at::empty({N}, acc_opts);
-  std::vector<at::Tensor> dW(L), db(pr.b.empty() ? 0 : L);
-  at::Tensor dw_out = at::zeros({1, pr.width[L]}, acc_opts);
+  std::vector<at::Tensor> dW(L), db(with_b ? L : 0);
 
   const Path forced = path_override();
   size_t bytes = 0;
@@ -809,8 +833,8 @@ std::vector<at::Tensor> mlp_disc_step_cuda(const at::Tensor& real, const at::Ten
     const Term* tfp = term_fake.empty() ? nullptr : &tf;
     if (fused) {
       for (int l = 0; l < L; ++l) {
-        dW[l] = at::zeros({pr.width[l + 1], pr.width[l]}, acc_opts);
-        if (!pr.b.empty()) db[l] = at::zeros({pr.width[l + 1]}, acc_opts);
+        dW[l] = carve({pr.width[l + 1], pr.width[l]});
+        if (with_b) db[l] = carve({pr.width[l + 1]});
       }
       FusedParams<scalar_t, acc_t> p{};
       p.logits = logits.mutable_data_ptr<acc_t>();
@@ -831,7 +855,7 @@ std::vector<at::Tensor> mlp_disc_step_cuda(const at::Tensor& real, const at::Ten
       launch_fused<scalar_t, acc_t, MODE_DISC>(pr, tile, bytes, 0, N, p);
       return;
     }
-    const TF32Scope tf32(allow_tf32);
+    const MatmulPrecisionScope precision(allow_tf32);
     const auto stream = c10::cuda::getCurrentCUDAStream();
     std::vector<at::Tensor> h = wide_forward(pr, stacked_rows(pr), logits);
     launch_loss<scalar_t, acc_t>(logits, pr, nr, nf, trp, tfp, paired, c, stats);
@@ -867,7 +891,7 @@ std::vector<at::Tensor> mlp_disc_step_cuda(const at::Tensor& real, const at::Ten
     for (int l = 1; l <= L; ++l) {
       dW[l - 1] = at::mm(v[l - 1].t(), h[l - 1]);
       if (!pr.b.empty()) {
-        db[l - 1] = at::zeros({pr.width[l]}, acc_opts);
+        db[l - 1] = carve({pr.width[l]});
         const dim3 col_grid(unsigned((pr.width[l] + 31) / 32), unsigned((N + kColRows - 1) / kColRows));
         colsum_kernel<scalar_t, acc_t><<<col_grid, kThreads, 0, stream>>>(
             v[l - 1].const_data_ptr<scalar_t>(), c.const_data_ptr<acc_t>(), N, pr.width[l],
@@ -910,8 +934,9 @@ std::vector<at::Tensor> mlp_gen_step_cuda(const at::Tensor& fake, const std::opt
   const at::ScalarType dtype = fake.scalar_type();
   const at::ScalarType acc_type = dtype == at::kDouble ? at::kDouble : at::kFloat;
   const auto acc_opts = fake.options().dtype(acc_type);
-  at::Tensor stats = at::zeros({5}, acc_opts);
-  at::Tensor c = at::zeros({N}, acc_opts);
+  at::Tensor acc = at::zeros({5 + N}, acc_opts);  // stats (as in mlp_disc_step), then c
+  at::Tensor stats = acc.narrow(0, 0, 5);
+  at::Tensor c = acc.narrow(0, 5, N);
   at::Tensor logits = at::empty({N}, acc_opts);
   at::Tensor grad;
 
@@ -936,7 +961,7 @@ std::vector<at::Tensor> mlp_gen_step_cuda(const at::Tensor& fake, const std::opt
       launch_fused<scalar_t, acc_t, MODE_GEN>(pr, tile, bytes, nr, N, p);
       return;
     }
-    const TF32Scope tf32(allow_tf32);
+    const MatmulPrecisionScope precision(allow_tf32);
     std::vector<at::Tensor> h = wide_forward(pr, stacked_rows(pr), logits);
     launch_loss<scalar_t, acc_t>(logits, pr, nr, nf, paired ? tp : nullptr, paired ? nullptr : tp, paired, c, stats);
     // Only the fake rows need the chain: fold c into it once, then grad = D_1 W_1.
@@ -951,11 +976,14 @@ std::vector<at::Tensor> mlp_gen_step_cuda(const at::Tensor& fake, const std::opt
   return {st, grad};
 }
 
+#endif  // FASTGAN_CUDA_EMULATION
 }  // namespace
 
+#ifndef FASTGAN_CUDA_EMULATION
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
   m.impl("mlp_disc_step", &mlp_disc_step_cuda);
   m.impl("mlp_gen_step", &mlp_gen_step_cuda);
 }
+#endif
 
 }  // namespace fastgan

@@ -49,15 +49,18 @@ ARCHS = [
 ROWS = [(1, 1), (3, 3), (50, 37), (300, 211)]
 
 
-@pytest.fixture(params=["fused", "wide"])
+@pytest.fixture(params=["fused", "wide", "auto"])
 def path(request, monkeypatch):
     monkeypatch.setenv("FASTGAN_CUDA_MLP_PATH", request.param)
     return request.param
 
 
 def _poison_allocator(dtype):
-    """Fill freed cached blocks with NaN so any output element the op forgets to write shows."""
-    torch.full((1 << 22,), float("nan"), device=DEVICE, dtype=dtype)
+    """Fill freed blocks of the caching allocator (small and large pools, many sizes) with NaN,
+    so an output element that the op allocates but forgets to write most likely shows."""
+    blocks = [torch.full((n,), float("nan"), device=DEVICE, dtype=dtype)
+              for n in (1 << 22, 1 << 18, 1 << 14, 1 << 10, 64, 8, 1) for _ in range(8)]
+    del blocks
     torch.cuda.synchronize()
 
 
@@ -142,9 +145,11 @@ def _assert_rel(actual, expected, rtol, what):
     actual = actual.double()
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert torch.isfinite(actual).all(), f"{what}: non-finite values {actual}"
+    # Scalars (loss, penalty, mean logits, db_out = sum of c) are sums of O(1) terms that may
+    # cancel to ~0 (hinge's db_out), so their error is measured against 1.
     scale = expected.norm().item()
     err = (actual - expected).norm().item()
-    assert err <= rtol * max(scale, 1e-3), f"{what}: |error| {err:.3e} vs |expected| {scale:.3e} (rtol {rtol})"
+    assert err <= rtol * max(scale, 1.0 if expected.numel() == 1 else 1e-3), f"{what}: |error| {err:.3e} vs |expected| {scale:.3e} (rtol {rtol})"
 
 
 def _skip_unfit(path, arch):
@@ -189,8 +194,11 @@ def test_disc_float32_highest(path, arch, loss_name, pen_name):
 
 @pytest.mark.parametrize("rows", ROWS)
 @pytest.mark.parametrize("loss_name,pen_name", [("non_saturating", "r1"), ("wasserstein", "gp")])
-def test_disc_float32_tf32(path, rows, loss_name, pen_name):
-    _check_disc(path, ARCHS[2], rows, torch.float32, loss_name, pen_name, 5e-3, allow_tf32=True)
+@pytest.mark.parametrize("arch", [ARCHS[2], WIDE])
+def test_disc_float32_tf32(path, arch, rows, loss_name, pen_name):
+    # TF32 rounds every product operand to 10 mantissa bits (~5e-4); chains of up to 2L+1
+    # products on the wide path make ~1e-3 typical, hence 1e-2 as the bound.
+    _check_disc(path, arch, rows, torch.float32, loss_name, pen_name, 1e-2, allow_tf32=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -15,9 +15,11 @@
 //  * fused (all widths small enough that weights, weight-gradient accumulators and a tile of
 //    activations fit in shared memory): one kernel per pass, each block walks tiles of rows,
 //    keeps everything in shared memory, FFMA in the accumulation type (fp32-accurate, fp64
-//    exact). Pass 1 writes the logits, the loss epilogue computes c, pass 2 recomputes the
-//    forward and does every backward product, accumulating weight gradients per block in
-//    shared memory and flushing them with one atomicAdd per entry per block.
+//    exact). Unpaired losses: one pass computes each tile's logits, c and every backward
+//    product. Paired (relativistic) losses pair rows of different tiles, so a logits pass and
+//    the loss epilogue come first and the backward pass recomputes the forward. Weight
+//    gradients accumulate per block in shared memory and are flushed with one atomicAdd per
+//    entry per block.
 //  * wide: the products go through ATen (at::mm, i.e. cuBLAS; TF32 only when allow_tf32), and
 //    custom kernels do every elementwise epilogue (bias + LeakyReLU, masks, loss derivative,
 //    penalty row norms and gbar, the c*h + ubar operand, bias / w_out column reductions).
@@ -62,60 +64,81 @@ __device__ __forceinline__ acc_t leaky(acc_t z, acc_t alpha) {
 // Loss epilogue (both paths): c_i and the stats from the logits
 // ------------------------------------------------------------------------------------------
 
-template <typename scalar_t, typename acc_t>
-struct LossParams {
-  const acc_t* logits;     // (N,) stacked logits without b_out
-  const scalar_t* b_out;   // (1,) or nullptr
-  int64_t nr, nf;          // real rows [0, nr), fake rows [nr, nr + nf) of the stack
-  Term term_real;          // on real logits, or on r - f when paired
-  Term term_fake;          // on fake logits (unused when paired)
-  bool has_real, has_fake; // whether each term is present
-  bool paired;             // relativistic: term_real(r_i - f_i), nr == nf
-  acc_t* c;                // (N,) out: d loss / d o_i; pre-zeroed, rows >= nr + nf untouched
-  acc_t* stats;            // (5,) accumulated: loss, penalty (untouched), mean real, mean fake, sum c
+// The loss terms of the stacked rows (what c_i and the stats depend on).
+template <typename scalar_t>
+struct LossSpec {
+  const scalar_t* b_out;    // (1,) or nullptr
+  int64_t nr, nf;           // real rows [0, nr), fake rows [nr, nr + nf) of the stack
+  Term term_real;           // on real logits, or on r - f when paired
+  Term term_fake;           // on fake logits (unused when paired)
+  bool has_real, has_fake;  // whether each term is present
 };
 
-// stats[0] += sum of terms; stats[2] += mean real logit; stats[3] += mean fake logit;
-// stats[4] += sum_i c_i (= d loss / d b_out). Grid-stride; one atomicAdd per block and slot.
-template <typename scalar_t, typename acc_t>
-__global__ void loss_epilogue_kernel(LossParams<scalar_t, acc_t> p) {
-  const acc_t bo = p.b_out ? acc_t(p.b_out[0]) : acc_t(0);
+// Per-thread partial sums of the stats; flush() adds the block's totals with one atomicAdd
+// per slot: stats[0] += sum of terms, stats[2] += mean real logit, stats[3] += mean fake
+// logit, stats[4] += sum_i c_i (= d loss / d b_out). Every thread of the block must flush.
+template <typename acc_t>
+struct LossSums {
   acc_t loss = 0, real_sum = 0, fake_sum = 0, c_sum = 0;
-  const int64_t n = p.paired ? p.nr : p.nr + p.nf;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    if (p.paired) {
-      const acc_t r = p.logits[i] + bo, f = p.logits[p.nr + i] + bo;
-      real_sum += r;
-      fake_sum += f;
-      if (p.has_real) {
-        const acc_t d = term_derivative<acc_t>(p.term_real, r - f);
-        loss += term_value<acc_t>(p.term_real, r - f);
-        p.c[i] = d;
-        p.c[p.nr + i] = -d;
-      }
-    } else {
-      const acc_t o = p.logits[i] + bo;
-      const bool is_real = i < p.nr;
-      if (is_real) real_sum += o; else fake_sum += o;
-      if (is_real ? p.has_real : p.has_fake) {
-        const Term& t = is_real ? p.term_real : p.term_fake;
-        const acc_t d = term_derivative<acc_t>(t, o);
-        loss += term_value<acc_t>(t, o);
-        p.c[i] = d;
-        c_sum += d;
-      }
+
+  // Unpaired row i of the stack with logit o (b_out included): returns c_i (0 off the loss rows).
+  template <typename scalar_t>
+  __device__ __forceinline__ acc_t add_row(const LossSpec<scalar_t>& s, int64_t i, acc_t o) {
+    const bool is_real = i < s.nr;
+    if (i >= s.nr + s.nf) return acc_t(0);
+    if (is_real) real_sum += o; else fake_sum += o;
+    if (!(is_real ? s.has_real : s.has_fake)) return acc_t(0);
+    const Term& t = is_real ? s.term_real : s.term_fake;
+    const acc_t d = term_derivative<acc_t>(t, o);
+    loss += term_value<acc_t>(t, o);
+    c_sum += d;
+    return d;
+  }
+
+  template <typename scalar_t>
+  __device__ __forceinline__ void flush(const LossSpec<scalar_t>& s, acc_t* stats) {
+    const acc_t l = block_sum(loss), r = block_sum(real_sum), f = block_sum(fake_sum), c = block_sum(c_sum);
+    if (threadIdx.x == 0) {
+      atomicAdd(stats + 0, l);
+      if (s.nr > 0) atomicAdd(stats + 2, r / acc_t(s.nr));
+      if (s.nf > 0) atomicAdd(stats + 3, f / acc_t(s.nf));
+      atomicAdd(stats + 4, c);
     }
   }
-  loss = block_sum(loss);
-  real_sum = block_sum(real_sum);
-  fake_sum = block_sum(fake_sum);
-  c_sum = block_sum(c_sum);
-  if (threadIdx.x == 0) {
-    atomicAdd(p.stats + 0, loss);
-    if (p.nr > 0) atomicAdd(p.stats + 2, real_sum / acc_t(p.nr));
-    if (p.nf > 0) atomicAdd(p.stats + 3, fake_sum / acc_t(p.nf));
-    atomicAdd(p.stats + 4, c_sum);
+};
+
+template <typename scalar_t, typename acc_t>
+struct LossParams {
+  const acc_t* logits;         // (N,) stacked logits without b_out
+  LossSpec<scalar_t> spec;     // terms, row counts, b_out
+  bool paired;                 // relativistic: term_real(r_i - f_i), nr == nf
+  acc_t* c;                    // (N,) out: d loss / d o_i; pre-zeroed, rows >= nr + nf untouched
+  acc_t* stats;                // (5,) accumulated (see LossSums); stats[1] (penalty) untouched
+};
+
+// c_i and the stats from the logits. Grid-stride over rows (over pairs when paired).
+template <typename scalar_t, typename acc_t>
+__global__ void loss_epilogue_kernel(LossParams<scalar_t, acc_t> p) {
+  const LossSpec<scalar_t>& s = p.spec;
+  const acc_t bo = s.b_out ? acc_t(s.b_out[0]) : acc_t(0);
+  LossSums<acc_t> sums;
+  const int64_t n = p.paired ? s.nr : s.nr + s.nf;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    if (p.paired) {
+      const acc_t r = p.logits[i] + bo, f = p.logits[s.nr + i] + bo;
+      sums.real_sum += r;
+      sums.fake_sum += f;
+      if (s.has_real) {
+        const acc_t d = term_derivative<acc_t>(s.term_real, r - f);
+        sums.loss += term_value<acc_t>(s.term_real, r - f);
+        p.c[i] = d;
+        p.c[s.nr + i] = -d;
+      }
+    } else {
+      p.c[i] = sums.add_row(s, i, p.logits[i] + bo);
+    }
   }
+  sums.flush(s, p.stats);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -227,7 +250,10 @@ struct FusedParams {
   int tile;                    // rows per tile (T)
   int ld;                      // leading dimension of every activation buffer (>= max width)
   acc_t* logits;               // MODE_LOGITS out: (N,) logits without b_out
-  const acc_t* c;              // (N,) d loss / d o (MODE_DISC, MODE_GEN)
+  bool inline_loss;            // MODE_DISC/GEN: c from the tile's own logits (unpaired losses only)
+  LossSpec<scalar_t> loss;     // with inline_loss: terms, row counts, b_out
+  acc_t* stats;                // with inline_loss: (5,) accumulated as by the loss epilogue
+  const acc_t* c;              // without inline_loss: (N,) d loss / d o from the loss epilogue
   acc_t* dW[kMaxDepth];        // MODE_DISC out, accumulated: (H_l, H_{l-1}), pre-zeroed
   acc_t* db[kMaxDepth];        // MODE_DISC out, accumulated: (H_l,), or nullptr (no biases)
   acc_t* dw_out;               // MODE_DISC out, accumulated: (H_L,)
@@ -339,6 +365,8 @@ __global__ void __launch_bounds__(kThreads) fused_mlp_kernel(FusedParams<scalar_
     if (MODE == MODE_DISC) sm[s.dw_out + j] = acc_t(0);
   }
   acc_t penalty_acc = 0;  // this thread's share of the penalty (lane 0 of each warp)
+  LossSums<acc_t> sums;   // this thread's share of the stats (inline loss, lane 0 of each warp)
+  const acc_t b_out = p.loss.b_out ? acc_t(p.loss.b_out[0]) : acc_t(0);
   __syncthreads();
 
   const int64_t rows = p.row_end - p.row_begin;
@@ -359,8 +387,6 @@ __global__ void __launch_bounds__(kThreads) fused_mlp_kernel(FusedParams<scalar_
       }
       sH[r * ld + k] = v;
     }
-    if (MODE != MODE_LOGITS)
-      for (int r = threadIdx.x; r < T; r += blockDim.x) sC[r] = r < n ? p.c[r0 + r] : acc_t(0);
     __syncthreads();
 
     // Forward: h_l = leaky(h_{l-1} W_l^T + b_l).
@@ -371,17 +397,21 @@ __global__ void __launch_bounds__(kThreads) fused_mlp_kernel(FusedParams<scalar_
       __syncthreads();
     }
 
-    if (MODE == MODE_LOGITS) {
+    // Logits (one warp per row) for pass 1 or for the inline loss; else c from the epilogue.
+    if (MODE == MODE_LOGITS || p.inline_loss) {
       const int lane = threadIdx.x & 31, HL = p.width[L];
-      for (int r = threadIdx.x >> 5; r < n; r += kWarps) {
+      for (int r = threadIdx.x >> 5; r < T; r += kWarps) {
         acc_t o = 0;
         for (int j = lane; j < HL; j += 32) o += sH[L * T * ld + r * ld + j] * sm[s.w_out + j];
         o = warp_sum(o);
-        if (lane == 0) p.logits[r0 + r] = o;
+        if (lane == 0 && MODE == MODE_LOGITS && r < n) p.logits[r0 + r] = o;
+        if (lane == 0 && MODE != MODE_LOGITS) sC[r] = r < n ? sums.add_row(p.loss, r0 + r, o + b_out) : acc_t(0);
       }
-      __syncthreads();
-      continue;
+    } else {
+      for (int r = threadIdx.x; r < T; r += blockDim.x) sC[r] = r < n ? p.c[r0 + r] : acc_t(0);
     }
+    __syncthreads();
+    if (MODE == MODE_LOGITS) continue;
 
     // V chain: V_L = w_out * m_L; V_{l-1} = (V_l W_l) * m_{l-1}.
     {
@@ -511,6 +541,7 @@ __global__ void __launch_bounds__(kThreads) fused_mlp_kernel(FusedParams<scalar_
     penalty_acc = block_sum(penalty_acc);
     if (threadIdx.x == 0 && p.pen_begin < p.pen_end) atomicAdd(p.penalty_sum, penalty_acc);
   }
+  if (MODE != MODE_LOGITS && p.inline_loss) sums.flush(p.loss, p.stats);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -670,24 +701,48 @@ void launch_fused(const Problem& pr, int tile, size_t bytes, int64_t row_begin, 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <typename scalar_t>
+LossSpec<scalar_t> loss_spec(const Problem& pr, int64_t nr, int64_t nf, const Term* tr, const Term* tf) {
+  LossSpec<scalar_t> s{};
+  s.b_out = pr.b_out ? pr.b_out->const_data_ptr<scalar_t>() : nullptr;
+  s.nr = nr;
+  s.nf = nf;
+  s.has_real = tr != nullptr;
+  s.has_fake = tf != nullptr;
+  if (tr) s.term_real = *tr;
+  if (tf) s.term_fake = *tf;
+  return s;
+}
+
 template <typename scalar_t, typename acc_t>
-void launch_loss(const at::Tensor& logits, const Problem& pr, int64_t nr, int64_t nf, const Term* tr, const Term* tf,
-                 bool paired, at::Tensor& c, at::Tensor& stats) {
+void launch_loss(const at::Tensor& logits, const LossSpec<scalar_t>& spec, bool paired, at::Tensor& c,
+                 at::Tensor& stats) {
   LossParams<scalar_t, acc_t> p{};
   p.logits = logits.const_data_ptr<acc_t>();
-  p.b_out = pr.b_out ? pr.b_out->const_data_ptr<scalar_t>() : nullptr;
-  p.nr = nr;
-  p.nf = nf;
-  p.has_real = tr != nullptr;
-  p.has_fake = tf != nullptr;
-  if (tr) p.term_real = *tr;
-  if (tf) p.term_fake = *tf;
+  p.spec = spec;
   p.paired = paired;
   p.c = c.mutable_data_ptr<acc_t>();
   p.stats = stats.mutable_data_ptr<acc_t>();
+  const int64_t n = paired ? spec.nr : spec.nr + spec.nf;
   loss_epilogue_kernel<scalar_t, acc_t>
-      <<<blocks_for(paired ? nr : nr + nf, kThreads, 256), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p);
+      <<<blocks_for(n, kThreads, 256), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Fused path: c and the stats either in the backward pass itself (unpaired losses: each row's
+// c needs only its own logit) or from a logits pass and the loss epilogue (paired losses).
+template <typename scalar_t, typename acc_t>
+void fused_loss(const Problem& pr, int tile, size_t bytes, const LossSpec<scalar_t>& spec, bool paired,
+                at::Tensor& logits, at::Tensor& c, at::Tensor& stats, FusedParams<scalar_t, acc_t>& p) {
+  p.stats = stats.mutable_data_ptr<acc_t>();
+  p.loss = spec;
+  p.inline_loss = !paired;
+  if (paired) {
+    p.logits = logits.mutable_data_ptr<acc_t>();
+    launch_fused<scalar_t, acc_t, MODE_LOGITS>(pr, tile, bytes, 0, pr.rows(), p);
+    launch_loss<scalar_t, acc_t>(logits, spec, paired, c, stats);
+    p.c = c.const_data_ptr<acc_t>();
+  }
 }
 
 // Wide path forward: every h_l (N, H_l) in the input dtype (h_0 = X), and the logits (N,) in acc dtype.
@@ -829,18 +884,15 @@ std::vector<at::Tensor> mlp_disc_step_cuda(const at::Tensor& real, const at::Ten
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "mlp_disc_step_cuda", [&] {
     using acc_t = typename AccType<scalar_t>::type;
-    const Term* trp = term_real.empty() ? nullptr : &tr;
-    const Term* tfp = term_fake.empty() ? nullptr : &tf;
+    const LossSpec<scalar_t> spec =
+        loss_spec<scalar_t>(pr, nr, nf, term_real.empty() ? nullptr : &tr, term_fake.empty() ? nullptr : &tf);
     if (fused) {
       for (int l = 0; l < L; ++l) {
         dW[l] = carve({pr.width[l + 1], pr.width[l]});
         if (with_b) db[l] = carve({pr.width[l + 1]});
       }
       FusedParams<scalar_t, acc_t> p{};
-      p.logits = logits.mutable_data_ptr<acc_t>();
-      launch_fused<scalar_t, acc_t, MODE_LOGITS>(pr, tile, bytes, 0, N, p);
-      launch_loss<scalar_t, acc_t>(logits, pr, nr, nf, trp, tfp, paired, c, stats);
-      p.c = c.const_data_ptr<acc_t>();
+      fused_loss<scalar_t, acc_t>(pr, tile, bytes, spec, paired, logits, c, stats, p);
       for (int l = 0; l < L; ++l) {
         p.dW[l] = dW[l].mutable_data_ptr<acc_t>();
         p.db[l] = pr.b.empty() ? nullptr : db[l].mutable_data_ptr<acc_t>();
@@ -858,7 +910,7 @@ std::vector<at::Tensor> mlp_disc_step_cuda(const at::Tensor& real, const at::Ten
     const MatmulPrecisionScope precision(allow_tf32);
     const auto stream = c10::cuda::getCurrentCUDAStream();
     std::vector<at::Tensor> h = wide_forward(pr, stacked_rows(pr), logits);
-    launch_loss<scalar_t, acc_t>(logits, pr, nr, nf, trp, tfp, paired, c, stats);
+    launch_loss<scalar_t, acc_t>(logits, spec, paired, c, stats);
     std::vector<at::Tensor> v = wide_v_chain(pr, h);
     std::vector<at::Tensor> ubar;  // ubar_0..ubar_L on the penalty rows
     if (p1 > p0) {
@@ -950,20 +1002,18 @@ std::vector<at::Tensor> mlp_gen_step_cuda(const at::Tensor& fake, const std::opt
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "mlp_gen_step_cuda", [&] {
     using acc_t = typename AccType<scalar_t>::type;
     const Term* tp = term.empty() ? nullptr : &t;
+    const LossSpec<scalar_t> spec = loss_spec<scalar_t>(pr, nr, nf, paired ? tp : nullptr, paired ? nullptr : tp);
     if (fused) {
       FusedParams<scalar_t, acc_t> p{};
-      p.logits = logits.mutable_data_ptr<acc_t>();
-      launch_fused<scalar_t, acc_t, MODE_LOGITS>(pr, tile, bytes, 0, N, p);
-      launch_loss<scalar_t, acc_t>(logits, pr, nr, nf, paired ? tp : nullptr, paired ? nullptr : tp, paired, c, stats);
+      fused_loss<scalar_t, acc_t>(pr, tile, bytes, spec, paired, logits, c, stats, p);
       grad = at::empty_like(pr.x[1]);
-      p.c = c.const_data_ptr<acc_t>();
       p.grad = grad.mutable_data_ptr<scalar_t>();
       launch_fused<scalar_t, acc_t, MODE_GEN>(pr, tile, bytes, nr, N, p);
       return;
     }
     const MatmulPrecisionScope precision(allow_tf32);
     std::vector<at::Tensor> h = wide_forward(pr, stacked_rows(pr), logits);
-    launch_loss<scalar_t, acc_t>(logits, pr, nr, nf, paired ? tp : nullptr, paired ? nullptr : tp, paired, c, stats);
+    launch_loss<scalar_t, acc_t>(logits, spec, paired, c, stats);
     // Only the fake rows need the chain: fold c into it once, then grad = D_1 W_1.
     std::vector<at::Tensor> hf;
     for (const auto& hl : h) hf.push_back(hl.narrow(0, nr, nf));

@@ -189,27 +189,33 @@ std::vector<double> run(Input& in) {
     return int(tiles < grid_cap ? tiles : grid_cap);
   };
 
-  // Pass 1: logits.
+  // c and the stats: inline for unpaired losses, else a logits pass and the loss epilogue
+  // (two blocks, to exercise the grid-stride loop and the atomics); as fused_loss() does.
+  LossSpec<scalar_t> spec{};
+  spec.b_out = has_bout ? b_out.data() : nullptr;
+  spec.nr = nr;
+  spec.nf = nf;
+  spec.term_real = term[0];
+  spec.term_fake = term[1];
+  spec.has_real = has_term[0];
+  spec.has_fake = has_term[1];
+  p.loss = spec;
+  p.stats = stats.data();
+  p.inline_loss = !paired;
   const size_t logit_smem = size_t(fused_layout(L, width.data(), tile, ld, false).total) * sizeof(acc_t);
-  p.row_begin = 0;
-  p.row_end = N;
-  launch(grid_for(N), logit_smem, [&] { fused_mlp_kernel<scalar_t, acc_t, MODE_LOGITS>(p); });
-
-  // Loss epilogue (two blocks, to exercise the grid-stride loop and the atomics).
-  LossParams<scalar_t, acc_t> lp{};
-  lp.logits = logits.data();
-  lp.b_out = has_bout ? b_out.data() : nullptr;
-  lp.nr = nr;
-  lp.nf = nf;
-  lp.term_real = term[0];
-  lp.term_fake = term[1];
-  lp.has_real = has_term[0];
-  lp.has_fake = has_term[1];
-  lp.paired = paired;
-  lp.c = c.data();
-  lp.stats = stats.data();
-  launch(2, 0, [&] { loss_epilogue_kernel<scalar_t, acc_t>(lp); });
-  p.c = c.data();
+  if (paired) {
+    p.row_begin = 0;
+    p.row_end = N;
+    launch(grid_for(N), logit_smem, [&] { fused_mlp_kernel<scalar_t, acc_t, MODE_LOGITS>(p); });
+    LossParams<scalar_t, acc_t> lp{};
+    lp.logits = logits.data();
+    lp.spec = spec;
+    lp.paired = paired;
+    lp.c = c.data();
+    lp.stats = stats.data();
+    launch(2, 0, [&] { loss_epilogue_kernel<scalar_t, acc_t>(lp); });
+    p.c = c.data();
+  }
 
   std::vector<double> out;
   if (gen) {

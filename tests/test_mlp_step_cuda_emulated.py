@@ -88,13 +88,19 @@ def _term_header(term):
 ARCHS = [(5, (7,), True, 0.2), (13, (9, 11, 6), False, 0.0), (3, (40, 33), True, 0.2)]
 
 
-@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+# Each case runs hundreds of threads through barriers (~3 s on 2 cores): by default the
+# multi-tile, multi-block float64 cases run; the rest are marked slow.
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), pytest.param(torch.float32, 1e-5, marks=SLOW)])
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("loss_name,pen_name", [
     ("non_saturating", "r1"), ("wasserstein", "gp"), ("relativistic", "r2"), ("hinge", "dragan"),
     ("least_squares", None), ("minimax", "r2"),
 ])
-@pytest.mark.parametrize("rows,tile,grid_cap", [((1, 1), 32, 4), ((3, 3), 2, 2), ((21, 14), 8, 3)])
+@pytest.mark.parametrize("rows,tile,grid_cap", [pytest.param((1, 1), 32, 4, marks=SLOW),
+                                                pytest.param((3, 3), 2, 2, marks=SLOW), ((21, 14), 8, 3)])
 def test_disc_kernels_emulated(emulator, tmp_path, arch, dtype, rtol, loss_name, pen_name, rows, tile, grid_cap):
     D, real, fake = _make(arch, rows, dtype, loss_name, pen_name, device="cpu")
     loss = get_loss(loss_name)
@@ -120,7 +126,7 @@ def test_disc_kernels_emulated(emulator, tmp_path, arch, dtype, rtol, loss_name,
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("loss_name", ["non_saturating", "relativistic", "least_squares", "hinge"])
-@pytest.mark.parametrize("rows,tile,grid_cap", [((1, 1), 32, 4), ((19, 19), 4, 3)])
+@pytest.mark.parametrize("rows,tile,grid_cap", [pytest.param((1, 1), 32, 4, marks=SLOW), ((19, 19), 4, 3)])
 def test_gen_kernels_emulated(emulator, tmp_path, arch, loss_name, rows, tile, grid_cap):
     dtype, rtol = torch.float64, 1e-10
     D, real, fake = _make(arch, rows, dtype, loss_name, device="cpu")

@@ -374,6 +374,167 @@ def _wgrad_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
+# fully fused path: every width (K included) <= FUSED_MAX_WIDTH and depth <= 4
+# ---------------------------------------------------------------------------------------------
+
+@triton.jit
+def _pick(l: tl.constexpr, p0, p1, p2, p3):
+    """The l-th of four arguments (l is a compile-time layer index)."""
+    if l == 0:
+        return p0
+    elif l == 1:
+        return p1
+    elif l == 2:
+        return p2
+    else:
+        return p3
+
+
+@triton.jit
+def _load_weight(w_ptr, n_out, n_in, HB: tl.constexpr, TRANSPOSE: tl.constexpr):
+    """A contiguous (n_out, n_in) weight zero-padded to (HB, HB); its transpose when TRANSPOSE."""
+    ro = tl.arange(0, HB)
+    if TRANSPOSE:
+        return tl.load(w_ptr + ro[:, None] + ro[None, :] * n_in, mask=(ro[:, None] < n_in) & (ro[None, :] < n_out),
+                       other=0.0)
+    return tl.load(w_ptr + ro[:, None] * n_in + ro[None, :], mask=(ro[:, None] < n_out) & (ro[None, :] < n_in),
+                   other=0.0)
+
+
+@triton.jit
+def _dot(a, b, params_ptr, wdt_ptr, LOWP: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """a @ b accumulated in the compute dtype (fp32 from bf16/fp16 operands when LOWP)."""
+    if LOWP:
+        return tl.dot(a.to(wdt_ptr.dtype.element_ty), b.to(wdt_ptr.dtype.element_ty), out_dtype=tl.float32)
+    acc_ty = params_ptr.dtype.element_ty
+    return tl.dot(a.to(acc_ty), b.to(acc_ty), input_precision=DOT_PRECISION, out_dtype=acc_ty)
+
+
+@triton.jit
+def _fused_forward_kernel(
+    x_ptr,                    # (N, D0) stacked rows, row stride stride_x
+    w1, w2, w3, w4,           # W_l (D_l, D_{l-1}) contiguous (unused ones repeat w1)
+    b1, b2, b3, b4,           # b_l (D_l,) (HAS_BIAS)
+    h_ptr,                    # (L, N, HB) out: H_l zero-padded to HB columns
+    params_ptr,               # (9,) scalars, params[0] = alpha
+    N, stride_x,
+    D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, D3: tl.constexpr, D4: tl.constexpr,
+    L: tl.constexpr, HB: tl.constexpr, HAS_BIAS: tl.constexpr, LOWP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """All layers of one row tile: H_l = leaky(H_{l-1} W_l^T + b_l), l = 1..L, kept on chip
+    between layers and written once each (the backward kernel reads them back)."""
+    acc_ty = params_ptr.dtype.element_ty
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rc = tl.arange(0, HB)
+    m_ok = rm < N
+    a = tl.load(x_ptr + rm[:, None] * stride_x + rc[None, :], mask=m_ok[:, None] & (rc[None, :] < D0), other=0.0)
+    alpha = tl.load(params_ptr)
+    for l in tl.static_range(L):
+        n_in = _pick(l, D0, D1, D2, D3)
+        n_out = _pick(l, D1, D2, D3, D4)
+        z = _dot(a, _load_weight(_pick(l, w1, w2, w3, w4), n_out, n_in, HB, True), params_ptr, w1, LOWP,
+                 DOT_PRECISION)
+        if HAS_BIAS:
+            z += tl.load(_pick(l, b1, b2, b3, b4) + rc, mask=rc < n_out, other=0.0).to(acc_ty)[None, :]
+        a = tl.where(z > 0, z, alpha * z)
+        tl.store(h_ptr + l * N * HB + rm[:, None] * HB + rc[None, :], a, mask=m_ok[:, None])
+
+
+@triton.jit
+def _fused_backward_kernel(
+    x_ptr,                    # (N, D0) stacked rows, row stride stride_x
+    h_ptr,                    # (L, N, HB) H_1..H_L from _fused_forward_kernel
+    v_ptr,                    # (L, N, HB) scratch for V_1..V_L
+    c_ptr,                    # (N,) loss derivatives
+    w1, w2, w3, w4,           # W_l as in the forward kernel
+    wout_ptr,                 # (D_L,) w_out
+    params_ptr,               # (9,) scalars: alpha, .., params[7] = weight, params[8] = center
+    dw_ptr,                   # (P, L, HB, HB) out: per-program sums of V_l^T (c H_{l-1} + Ubar_{l-1})
+    db_ptr,                   # (P, L, HB) out: per-program sums of c V_l
+    dwo_ptr,                  # (P, HB) out: per-program sums of c H_L + Ubar_L
+    pen_ptr,                  # (P,) out: per-program penalty sums
+    N, stride_x, P0, NP,      # penalty rows are [P0, P0 + NP)
+    D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, D3: tl.constexpr, D4: tl.constexpr,
+    L: tl.constexpr, HB: tl.constexpr, HAS_PEN: tl.constexpr, KIND: tl.constexpr, LOWP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, TILES: tl.constexpr,
+):
+    """Everything after the logits for TILES row tiles (tile pid + t * P): the v chain
+    V_L = mask(H_L) w_out, V_{l-1} = (V_l W_l) mask(H_{l-1}); on penalty rows g = V_1 W_1,
+    Ubar_0 = dP/dg, Ubar_l = (Ubar_{l-1} W_l^T) mask(H_l); and the weight gradients, summed
+    into this program's slices (zeroed here first, so no host memset and no atomics)."""
+    acc_ty = params_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    rc = tl.arange(0, HB)
+    rb = tl.arange(0, BLOCK_M)
+    sq = rc[:, None] * HB + rc[None, :]
+    zero_sq = tl.zeros((HB, HB), acc_ty)
+    for l in tl.static_range(L):
+        tl.store(dw_ptr + (pid * L + l) * HB * HB + sq, zero_sq)
+        tl.store(db_ptr + (pid * L + l) * HB + rc, tl.zeros((HB,), acc_ty))
+    alpha = tl.load(params_ptr)
+    wout = tl.load(wout_ptr + rc, mask=rc < _pick(L - 1, D1, D2, D3, D4), other=0.0).to(acc_ty)
+    dwo = tl.zeros((HB,), acc_ty)
+    pen = tl.zeros((BLOCK_M,), acc_ty)
+    tl.debug_barrier()
+    for t in range(TILES):
+        rm = (pid + t * nprog) * BLOCK_M + rb
+        m_ok = rm < N
+        rows = rm[:, None] * HB + rc[None, :]
+        c = tl.load(c_ptr + rm, mask=m_ok, other=0.0)
+        # v chain, top down
+        v = _mask(tl.load(h_ptr + (L - 1) * N * HB + rows, mask=m_ok[:, None], other=0.0), alpha) * wout[None, :]
+        tl.store(v_ptr + (L - 1) * N * HB + rows, v, mask=m_ok[:, None])
+        for i in tl.static_range(L - 1):
+            l: tl.constexpr = L - 1 - i  # W_{l+1} in 1-based terms
+            w = _load_weight(_pick(l, w1, w2, w3, w4), _pick(l, D1, D2, D3, D4), _pick(l, D0, D1, D2, D3), HB, False)
+            hp = tl.load(h_ptr + (l - 1) * N * HB + rows, mask=m_ok[:, None], other=0.0)
+            v = _dot(v, w, params_ptr, w1, LOWP, DOT_PRECISION) * _mask(hp, alpha)
+            tl.store(v_ptr + (l - 1) * N * HB + rows, v, mask=m_ok[:, None])
+        if HAS_PEN:
+            g = _dot(v, _load_weight(w1, D1, D0, HB, False), params_ptr, w1, LOWP, DOT_PRECISION)
+            on = m_ok & (rm >= P0) & (rm < P0 + NP)
+            ss = tl.sum(g * g, axis=1)
+            weight = tl.load(params_ptr + 7)
+            if KIND == 0:
+                p = 0.5 * weight * ss
+                k = tl.zeros((BLOCK_M,), acc_ty) + weight
+            else:
+                nrm = tl.sqrt(ss)
+                d = nrm - tl.load(params_ptr + 8)
+                p = weight * d * d
+                k = tl.where(nrm > 0, 2.0 * weight * d / tl.where(nrm > 0, nrm, 1.0), 0.0)
+            pen += tl.where(on, p, 0.0)
+            ub = g * tl.where(on, k, 0.0)[:, None]
+        tl.debug_barrier()
+        # adjoint chain bottom up, with the weight gradients of each layer
+        a = tl.load(x_ptr + rm[:, None] * stride_x + rc[None, :], mask=m_ok[:, None] & (rc[None, :] < D0),
+                    other=0.0).to(acc_ty)
+        for l in tl.static_range(L):
+            vl = tl.load(v_ptr + l * N * HB + rows, mask=m_ok[:, None], other=0.0)
+            b = c[:, None] * a
+            if HAS_PEN:
+                b += ub
+            dwp = dw_ptr + (pid * L + l) * HB * HB + sq
+            tl.store(dwp, tl.load(dwp) + _dot(tl.trans(vl), b, params_ptr, w1, LOWP, DOT_PRECISION))
+            dbp = db_ptr + (pid * L + l) * HB + rc
+            tl.store(dbp, tl.load(dbp) + tl.sum(vl * c[:, None], axis=0))
+            a = tl.load(h_ptr + l * N * HB + rows, mask=m_ok[:, None], other=0.0)
+            if HAS_PEN:
+                wt = _load_weight(_pick(l, w1, w2, w3, w4), _pick(l, D1, D2, D3, D4), _pick(l, D0, D1, D2, D3),
+                                  HB, True)
+                ub = _dot(ub, wt, params_ptr, w1, LOWP, DOT_PRECISION) * _mask(a, alpha)
+        b = c[:, None] * a
+        if HAS_PEN:
+            b += ub
+        dwo += tl.sum(b, axis=0)
+        tl.debug_barrier()
+    tl.store(dwo_ptr + pid * HB + rc, dwo)
+    tl.store(pen_ptr + pid, tl.sum(pen, axis=0))
+
+
+# ---------------------------------------------------------------------------------------------
 # host side
 # ---------------------------------------------------------------------------------------------
 
@@ -461,9 +622,9 @@ class _Net:
             hs.append(h)
         return hs, v_last
 
-    def logits(self, h_last, nr, nf, phi_r, phi_f, paired):
-        """(o, c, sums of [loss, real logits, fake logits, c])."""
-        n, j = h_last.shape
+    def logits(self, h_last, nr, nf, phi_r, phi_f, paired, width=None):
+        """(o, c, sums of [loss, real logits, fake logits, c]); ``width``: H_L when h_last is padded."""
+        n, j = h_last.shape[0], width or h_last.shape[1]
         o = _empty(n, device=h_last.device, dtype=self.cdtype)
         c = torch.zeros(n, device=h_last.device, dtype=self.cdtype)
         rows = nr if paired else n
@@ -533,9 +694,80 @@ def _weight_grad(net, v, h, c, ubar, p0, dtype, want_db):
 def _params(dtype, device, negative_slope, t_real=(0.0, 0.0, 0.0), t_fake=(0.0, 0.0, 0.0), weight=0.0, center=0.0):
     return torch.tensor([negative_slope, *t_real, *t_fake, weight, center], dtype=dtype, device=device)
 
+FUSED_MAX_WIDTH = 128  # widest layer (K included) the fully fused path takes; tests set 0 to force the general path
+FUSED_MAX_DEPTH = 4
+
+
+def _fused_shape(widths):
+    """HB (padded width) if the fully fused path applies, else None."""
+    if len(widths) - 1 > FUSED_MAX_DEPTH or max(widths) > FUSED_MAX_WIDTH:
+        return None
+    return max(16, triton.next_power_of_2(max(widths)))
+
+
+def _fused_disc_step(net, widths, hb, nr, nf, phi_r, phi_f, paired, p0, np_, penalty_side, penalty_kind):
+    """The fully fused step: forward kernel, logit/loss kernel, backward kernel, then one sum over
+    the per-program gradient slices. Returns (dW list, db list, dw_out, loss sums, penalty)."""
+    x, n, L = net.x, net.x.shape[0], len(net.weights)
+    dev, cd = x.device, net.cdtype
+    block_m = 32 if (INTERPRET or hb > 64) else 64  # awaits H100 tuning (register pressure at HB = 128)
+    warps = 4 if INTERPRET else (8 if hb > 64 else 4)
+    dims = widths + [1] * (5 - len(widths))
+    ws = net.weights + [net.weights[0]] * (4 - L)
+    bs = (net.biases + [net.biases[0]] * (4 - L)) if net.biases else [net.params] * 4
+    h = _empty(L, n, hb, device=dev, dtype=cd)
+    tiles = triton.cdiv(n, block_m)
+    _fused_forward_kernel[(tiles,)](
+        x, *ws, *bs, h, net.params, n, x.stride(0), *dims, L=L, HB=hb, HAS_BIAS=bool(net.biases), LOWP=net.lowp,
+        DOT_PRECISION=net.prec, BLOCK_M=block_m, num_warps=warps)
+    _, c, sums = net.logits(h[L - 1], nr, nf, phi_r, phi_f, paired, width=widths[-1])
+    per_prog = triton.next_power_of_2(triton.cdiv(tiles, 2 if INTERPRET else 132))  # H100: 132 SMs
+    progs = triton.cdiv(tiles, per_prog)
+    v = _empty(L, n, hb, device=dev, dtype=cd)
+    dw = _empty(progs, L, hb, hb, device=dev, dtype=cd)
+    db = _empty(progs, L, hb, device=dev, dtype=cd)
+    dwo = _empty(progs, hb, device=dev, dtype=cd)
+    pen = _empty(progs, device=dev, dtype=cd)
+    _fused_backward_kernel[(progs,)](
+        x, h, v, c, *ws, net.w_out, net.params, dw, db, dwo, pen, n, x.stride(0), p0, np_, *dims, L=L, HB=hb,
+        HAS_PEN=penalty_side != -1, KIND=int(penalty_kind), LOWP=net.lowp, DOT_PRECISION=net.prec,
+        BLOCK_M=block_m, TILES=per_prog, num_warps=warps)
+    dw, db = dw.sum(0), db.sum(0)
+    pdtype = net.weights[0].dtype
+    dws = [dw[l, :widths[l + 1], :widths[l]].to(pdtype) for l in range(L)]
+    dbs = [db[l, :widths[l + 1]].to(pdtype) for l in range(L)]
+    penalty = pen.sum() if penalty_side != -1 else torch.zeros((), device=dev, dtype=cd)
+    return dws, dbs, dwo.sum(0)[:widths[-1]].reshape(1, -1).to(pdtype), sums, penalty
+
 
 def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _general_disc_step(net, widths, nr, nf, phi_r, phi_f, paired, p0, np_, penalty_side, penalty_kind):
+    """The general path: one launch per product (see the module docstring)."""
+    x, n, cdtype = net.x, net.x.shape[0], net.cdtype
+    hs, v_last = net.forward()
+    _, c, sums = net.logits(hs[-1], nr, nf, phi_r, phi_f, paired)
+    vs = net.v_chain(hs, v_last, 0, n)
+    penalty = torch.zeros((), device=x.device, dtype=cdtype)
+    ubars = [None] * (len(net.weights) + 1)
+    if penalty_side != -1:
+        g = net.input_gradient(vs[0][p0:p0 + np_], _empty(np_, widths[0], device=x.device, dtype=cdtype))
+        gbar = _empty(*g.shape, device=g.device, dtype=g.dtype)
+        part = torch.zeros(triton.cdiv(np_, 16), device=x.device, dtype=cdtype)
+        _penalty_kernel[lambda meta: (triton.cdiv(np_, meta["BLOCK_M"]),)](
+            g, gbar, net.params, part, np_, widths[0], KIND=int(penalty_kind))
+        penalty = part.sum()
+        ubars = net.adjoint(hs, gbar, p0, p0 + np_)
+    pdtype = net.weights[0].dtype
+    dws, dbs = [], []
+    for l in range(len(net.weights)):
+        dw, db = _weight_grad(net, vs[l], hs[l], c, ubars[l], p0, pdtype, bool(net.biases))
+        dws.append(dw)
+        dbs.append(db)
+    dw_out, _ = _weight_grad(net, None, hs[-1], c, ubars[-1], p0, pdtype, False)
+    return dws, dbs, dw_out, sums, penalty
 
 
 def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, negative_slope, term_real, term_fake,
@@ -572,30 +804,16 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
     net = _Net(x, [w.contiguous() for w in weights], [b.contiguous() for b in biases], w_out.contiguous(),
                b_out.contiguous() if b_out is not None else None, params, allow_tf32)
 
-    hs, v_last = net.forward()
-    o, c, sums = net.logits(hs[-1], nr, nf, phi_r, phi_f, bool(paired))
-    vs = net.v_chain(hs, v_last, 0, n)
-
     p0, np_ = {-1: (0, 0), 0: (0, nr), 1: (nr, nf), 2: (nr + nf, n - nr - nf)}[penalty_side]
-    penalty = torch.zeros((), device=x.device, dtype=cdtype)
-    ubars = [None] * (len(weights) + 1)
-    if penalty_side != -1:
-        g = net.input_gradient(vs[0][p0:p0 + np_], _empty(np_, widths[0], device=x.device, dtype=cdtype))
-        gbar = _empty(*g.shape, device=g.device, dtype=g.dtype)
-        part = torch.zeros(triton.cdiv(np_, 16), device=x.device, dtype=cdtype)
-        _penalty_kernel[lambda meta: (triton.cdiv(np_, meta["BLOCK_M"]),)](
-            g, gbar, params, part, np_, widths[0], KIND=int(penalty_kind))
-        penalty = part.sum()
-        ubars = net.adjoint(hs, gbar, p0, p0 + np_)
-
-    pdtype = weights[0].dtype
-    dws, dbs = [], []
-    for l in range(len(weights)):
-        dw, db = _weight_grad(net, vs[l], hs[l], c, ubars[l], p0, pdtype, bool(biases))
-        dws.append(dw)
-        dbs.append(db)
-    dw_out, _ = _weight_grad(net, None, hs[-1], c, ubars[-1], p0, pdtype, False)
+    hb = _fused_shape(widths)
+    if hb is not None:
+        dws, dbs, dw_out, sums, penalty = _fused_disc_step(net, widths, hb, nr, nf, phi_r, phi_f, bool(paired), p0,
+                                                           np_, penalty_side, penalty_kind)
+    else:
+        dws, dbs, dw_out, sums, penalty = _general_disc_step(net, widths, nr, nf, phi_r, phi_f, bool(paired), p0,
+                                                             np_, penalty_side, penalty_kind)
     stats = torch.stack([sums[0], penalty, sums[1] / nr, sums[2] / nf]).to(real.dtype)
+    pdtype = weights[0].dtype
     out = [stats] + dws + (dbs if biases else []) + [dw_out]
     if b_out is not None:
         out.append(sums[3].reshape(1).to(pdtype))

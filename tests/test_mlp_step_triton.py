@@ -164,9 +164,22 @@ def random_arch(seed):
     return rnd.randint(1, 40), tuple(rnd.choice([1, 5, 19, 33, 47, 70, 100, 128]) for _ in range(depth))
 
 
+@pytest.fixture(params=["general", "fused"])
+def path(request, monkeypatch):
+    """Which discriminator path runs: the general one (forced by a zero fused width limit) or the
+    fully fused one (the general one is replaced by a function that fails if called)."""
+    if request.param == "general":
+        monkeypatch.setattr(mlp_step, "FUSED_MAX_WIDTH", 0)
+    else:
+        def not_fused(*args):
+            raise AssertionError("the fully fused path was expected")
+        monkeypatch.setattr(mlp_step, "_general_disc_step", not_fused)
+    return request.param
+
+
 @pytest.mark.parametrize("loss_name", LOSS_NAMES)
 @pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_every_loss(loss_name, dtype, rtol):
+def test_every_loss(loss_name, dtype, rtol, path):
     seed = LOSS_NAMES.index(loss_name) + (0 if dtype == torch.float64 else 10)
     in_features, hidden = random_arch(seed)
     D, real, fake = make_case(seed, in_features, hidden, 37, dtype)
@@ -174,8 +187,8 @@ def test_every_loss(loss_name, dtype, rtol):
 
 
 @pytest.mark.parametrize("penalty_name", PENALTIES)
-@pytest.mark.parametrize("rows", [1, 3, 128])
-def test_every_penalty(penalty_name, rows):
+@pytest.mark.parametrize("rows", [1, 3, 37])
+def test_every_penalty(penalty_name, rows, path):
     seed = 100 + 7 * PENALTIES.index(penalty_name) + rows
     in_features, hidden = random_arch(seed)
     loss = LOSSES[LOSS_NAMES[seed % len(LOSS_NAMES)]]()
@@ -183,13 +196,26 @@ def test_every_penalty(penalty_name, rows):
     check_disc(D, real, fake, loss, penalty_name, seed, 1e-10)
 
 
-def test_relu_unequal_batches_wide_input():
+@pytest.mark.parametrize("penalty_name", ["r2", "gp"])
+def test_128_rows(penalty_name, path):
+    """Several row tiles and row ranges per program in both paths."""
+    D, real, fake = make_case(5, 40, (100, 70), 128, torch.float64)
+    check_disc(D, real, fake, LOSSES["non_saturating"](), penalty_name, 5, 1e-10)
+
+
+def test_relu_unequal_batches_wide_input(path):
     """alpha = 0, more fake than real rows, K = 40 and widths 128/100."""
     D, real, fake = make_case(7, 40, (128, 100), 3, torch.float32, slope=0.0, rows_fake=37)
     check_disc(D, real, fake, LOSSES["hinge"](), "r1", 7, 1e-5)
 
 
-def test_zero_gradient_rows_give_no_nan():
+def test_deeper_than_fused_limit_takes_general_path(monkeypatch):
+    """Depth 5 exceeds FUSED_MAX_DEPTH: the general path serves it."""
+    D, real, fake = make_case(9, 3, (5, 6, 7, 8, 9), 3, torch.float64)
+    check_disc(D, real, fake, LOSSES["least_squares"](), "dragan", 9, 1e-10)
+
+
+def test_zero_gradient_rows_give_no_nan(path):
     """A centred penalty at |g| = 0 (all-zero output weight) has zero derivative, not NaN."""
     D, real, fake = make_case(3, 6, (9,), 5, torch.float64)
     with torch.no_grad():

@@ -19,15 +19,36 @@ General path (any width), one launch per product, each with its epilogue fused:
                (the operand c * H + Ubar is formed while loading; split over row ranges and
                summed in a fixed order: deterministic, no atomics)
 
-Real, fake and penalty rows are stacked into one (N, K) batch, so every product is one launch.
-A step is 3L + 4 launches (+ 2L + 2 with a penalty) plus a few tiny torch reductions.
+Fully fused path (every width, K included, <= FUSED_MAX_WIDTH = 128 and depth <= 4), taken by
+the discriminator step: widths are zero-padded to HB = next power of two and
+
+    _fused_forward_kernel   one program per row tile: all L layers, activations kept in
+                            registers between layers, each H_l written once
+    _logit_loss_kernel      as above
+    _fused_backward_kernel  persistent programs, several row tiles each: v chain, g, dP/dg, the
+                            adjoint chain and every weight gradient, summed into the program's
+                            own slice of a (programs, L, HB, HB) buffer (zeroed by the kernel)
+
+then one ordered sum over the slices: 3 launches plus a few tiny torch reductions per step.
+Weight tiles are re-read from L1/L2 per row tile (Triton gives no explicit shared-memory
+residency); V_l go through a scratch buffer that stays in L2 for a tile's lifetime.
+
+Real, fake and penalty rows are stacked into one (N, K) batch, so every product is one launch;
+the general path takes 3L + 4 launches (+ 2L + 2 with a penalty) plus tiny torch reductions. The
+generator step always takes the general path (forward, logits, v chain on the fake rows, c * g).
+
+Layer widths are compile-time constants (one compile per architecture; batch sizes only pick a
+power-of-two bucket). That also keeps every range() bound a Python int under the interpreter:
+Triton 3.6's interpreter fails on runtime range() bounds with NumPy >= 2.3.
 
 Precision: fp32 and fp64 accumulate in their own type; bf16/fp16 inputs are cast inside the
 kernels, the products take operands in the parameters' dtype and accumulate in fp32, and every
 intermediate (H, V, G, Ubar) is stored in fp32. fp32 products use ``input_precision="ieee"``
 (fp32-accurate) unless ``allow_tf32``. Under ``TRITON_INTERPRET=1`` each kernel has exactly one
-config; on GPU the block sizes are autotuned (the configs are sized for an H100 but have not
-been measured on one yet, nor has the bf16 path run: the interpreter has no bf16 dot).
+config. Awaiting an H100 (none was available when this was written): the autotune configs of
+the general path, the fused path's BLOCK_M / num_warps (register pressure at HB = 128), the
+number of persistent programs, whether the fused path beats the general one at every width up to
+128, and the bf16/fp16 path as a whole (the interpreter has no bf16 dot).
 """
 import os
 
@@ -43,9 +64,10 @@ EPI_FORWARD = 0  # y = leaky(acc + b); optionally v = mask(y) * w_out
 EPI_MASK = 1     # y = acc * mask(aux)
 EPI_PLAIN = 2    # y = acc (optionally * scale[row])
 
-# params tensor (compute dtype): scalars loaded in-kernel so fp64 runs keep fp64 constants.
-P_ALPHA, P_R_SIGN, P_R_SHIFT, P_R_SCALE, P_F_SIGN, P_F_SHIFT, P_F_SCALE, P_WEIGHT, P_CENTER = range(9)
-NO_TERM = -1
+# The kernels' scalars travel in a (9,) tensor of the compute dtype (Triton would pass Python
+# floats as fp32): [alpha, real term sign, shift, scale, fake term sign, shift, scale,
+# penalty weight, penalty center]; see _params.
+NO_TERM = -1  # phi of an absent term
 
 
 def _empty(*shape, device, dtype):

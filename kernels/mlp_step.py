@@ -508,8 +508,7 @@ def _fused_backward_kernel(
         # v chain, top down
         v = _mask(tl.load(h_ptr + (L - 1) * N * HB + rows, mask=m_ok[:, None], other=0.0), alpha) * wout[None, :]
         tl.store(v_ptr + (L - 1) * N * HB + rows, v, mask=m_ok[:, None])
-        for i in tl.static_range(L - 1):
-            l: tl.constexpr = L - 1 - i  # W_{l+1} in 1-based terms
+        for l in tl.static_range(L - 1, 0, -1):  # W_{l+1} in 1-based terms
             w = _load_weight(_pick(l, w1, w2, w3, w4), _pick(l, D1, D2, D3, D4), _pick(l, D0, D1, D2, D3), HB, False)
             hp = tl.load(h_ptr + (l - 1) * N * HB + rows, mask=m_ok[:, None], other=0.0)
             v = _dot(v, w, params_ptr, w1, LOWP, DOT_PRECISION) * _mask(hp, alpha)

@@ -322,3 +322,59 @@ def test_gpu_precision(mode, rtol, loss_name, penalty_name, hidden):
         assert ours.dtype == low and torch.isfinite(ours).all(), what
         bound = max(2 * max_error(theirs, exact), rtol * exact.abs().max().item())
         assert max_error(ours, exact) <= bound, f"{what}: {max_error(ours, exact):.3e} > {bound:.3e}"
+
+
+# ----------------------------------------------------------------------------------------------
+# opt-in, no GPU needed: compile every kernel for sm_90 (the interpreter accepts code that the
+# GPU compiler rejects). FASTGAN_TRITON_AOT=1 pytest tests/test_mlp_step_triton.py -k sm90
+# ----------------------------------------------------------------------------------------------
+
+AOT_SCRIPT = r'''
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fastgan.kernels import mlp_step as m
+
+def compile_(kernel, pointers, const, warps):
+    fn = kernel.fn if hasattr(kernel, "configs") else kernel
+    sig = {a: "constexpr" if a in const else pointers.get(a, "i32") for a in fn.arg_names}
+    triton.compile(ASTSource(fn, sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
+                   options={"num_warps": warps, "num_stages": 2})
+
+for dt, acc, lowp in (("fp32", "fp32", False), ("fp64", "fp64", False), ("bf16", "fp32", True)):
+    p = lambda *names, t=acc: {n: "*" + t for n in names}
+    prec = "ieee"
+    for epi in (0, 1, 2):
+        compile_(m._mm_kernel, {**p("a_ptr", "y_ptr", "aux_ptr", "v_ptr", "scale_ptr", "params_ptr"),
+                                **p("b_ptr", "bias_ptr", "wout_ptr", t=dt)},
+                 dict(R=96, EPI=epi, HAS_BIAS=True, LAST=True, ROW_SCALE=True, LOWP=lowp, DOT_PRECISION=prec,
+                      BLOCK_M=64, BLOCK_J=64, BLOCK_R=32), 4)
+    for paired in (False, True):
+        compile_(m._logit_loss_kernel, {**p("h_ptr", "params_ptr", "o_ptr", "c_ptr", "part_ptr"),
+                                        **p("wout_ptr", "bout_ptr", t=dt)},
+                 dict(J=96, PHI_R=0, PHI_F=3, PAIRED=paired, HAS_BOUT=True, BLOCK_M=32, BLOCK_J=32), 4)
+    compile_(m._penalty_kernel, p("g_ptr", "gbar_ptr", "params_ptr", "part_ptr"),
+             dict(J=96, KIND=1, BLOCK_M=32, BLOCK_J=32), 4)
+    for ones in (False, True):
+        compile_(m._wgrad_kernel, {**p("v_ptr", "c_ptr", "ubar_ptr", "dw_ptr", "db_ptr", "params_ptr"),
+                                   **p("h_ptr", "wdt_ptr", t=dt)},
+                 dict(rows_per_split=256, V_ONES=ones, HAS_UBAR=True, HAS_DB=True, LOWP=lowp, DOT_PRECISION=prec,
+                      BLOCK_I=32, BLOCK_J=32, BLOCK_R=32), 4)
+    dims = dict(D0=20, D1=64, D2=33, D3=7, D4=1)
+    compile_(m._fused_forward_kernel, {**p("h_ptr", "params_ptr"), **p("x_ptr", "w1", "w2", "w3", "w4", "b1", "b2",
+                                                                       "b3", "b4", t=dt)},
+             dict(**dims, L=3, HB=64, HAS_BIAS=True, LOWP=lowp, DOT_PRECISION=prec, BLOCK_M=32), 4)
+    compile_(m._fused_backward_kernel, {**p("h_ptr", "v_ptr", "c_ptr", "params_ptr", "dw_ptr", "db_ptr", "dwo_ptr",
+                                            "pen_ptr"), **p("x_ptr", "w1", "w2", "w3", "w4", "wout_ptr", t=dt)},
+             dict(**dims, L=3, HB=64, HAS_PEN=True, KIND=1, LOWP=lowp, DOT_PRECISION=prec, BLOCK_M=32, TILES=2), 4)
+print("compiled")
+'''
+
+
+@pytest.mark.skipif(os.environ.get("FASTGAN_TRITON_AOT") != "1", reason="opt-in (minutes): FASTGAN_TRITON_AOT=1")
+def test_kernels_compile_for_sm90():
+    import subprocess
+    import sys
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    run = subprocess.run([sys.executable, "-c", AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0 and "compiled" in run.stdout, run.stderr[-4000:]

@@ -655,14 +655,9 @@ class _Net:
         o = _empty(n, device=h_last.device, dtype=self.cdtype)
         c = torch.zeros(n, device=h_last.device, dtype=self.cdtype)
         rows = nr if paired else n
-        programs = [0]
-
-        def grid(meta):
-            programs[0] = triton.cdiv(rows, meta["BLOCK_M"])
-            return (programs[0],)
         # partials sized for the smallest tile any config uses, so autotuning can run any of them
         part = torch.zeros(triton.cdiv(rows, 16), 4, device=h_last.device, dtype=self.cdtype)
-        _logit_loss_kernel[grid](
+        _logit_loss_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),)](
             h_last, self.w_out, self.b_out if self.b_out is not None else self.params, self.params, o, c, part,
             nr, nf, n, j, h_last.stride(0), PHI_R=phi_r, PHI_F=phi_f, PAIRED=paired,
             HAS_BOUT=self.b_out is not None)

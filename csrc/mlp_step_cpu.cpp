@@ -107,10 +107,11 @@ struct Net {
   int64_t max_width = 0;       // max over H_1..H_L
 };
 
-// Parameter-gradient layout inside one flat slot.
+// Parameter-gradient layout of one chunk's partial sums: weight matrices in a T slot (products
+// accumulate there), vectors (biases, w_out, b_out: row sums) in a double slot.
 struct GradLayout {
-  std::vector<int64_t> W, b;  // offsets (index l = 1..L)
-  int64_t w_out = 0, b_out = 0, size = 0;
+  std::vector<int64_t> W, b;  // offsets (index l = 1..L) into the T / the double slot
+  int64_t w_out = 0, b_out = 0, size = 0, vsize = 0;
 };
 
 template <typename T>
@@ -118,12 +119,10 @@ GradLayout grad_layout(const Net<T>& net, bool has_bias) {
   GradLayout g;
   g.W.assign(net.L + 1, 0);
   g.b.assign(net.L + 1, -1);
-  int64_t off = 0;
-  for (int64_t l = 1; l <= net.L; ++l) { g.W[l] = off; off += net.width[l] * net.width[l - 1]; }
-  if (has_bias) for (int64_t l = 1; l <= net.L; ++l) { g.b[l] = off; off += net.width[l]; }
-  g.w_out = off; off += net.width[net.L];
-  g.b_out = off; off += 1;
-  g.size = off;
+  for (int64_t l = 1; l <= net.L; ++l) { g.W[l] = g.size; g.size += net.width[l] * net.width[l - 1]; }
+  if (has_bias) for (int64_t l = 1; l <= net.L; ++l) { g.b[l] = g.vsize; g.vsize += net.width[l]; }
+  g.w_out = g.vsize; g.vsize += net.width[net.L];
+  g.b_out = g.vsize; g.vsize += 1;
   return g;
 }
 
@@ -344,6 +343,7 @@ void disc_kernel(const Net<T>& net, const T* xs[3], const int64_t N[3], const Te
   const int64_t nblocks = (std::max({N[0], N[1], N[2]}) + Rb - 1) / Rb;
   const int64_t nchunks = std::min(nblocks, kChunks);
   std::vector<T> slots(size_t(nchunks * lay.size), T(0));
+  std::vector<double> vslots(size_t(nchunks * lay.vsize), 0.0);
   std::vector<double> chunk_stats(size_t(nchunks * 4), 0.0);
   const int64_t K = net.width[0], L = net.L, wl = net.width[L];
 
@@ -351,6 +351,7 @@ void disc_kernel(const Net<T>& net, const T* xs[3], const int64_t N[3], const Te
     Workspace<T> ws(net, sides * Rb);
     for (int64_t ch = cb; ch < ce; ++ch) {
       T* slot = slots.data() + ch * lay.size;
+      double* vslot = vslots.data() + ch * lay.vsize;
       double* st = chunk_stats.data() + ch * 4;
       for (int64_t bi = ch * nblocks / nchunks; bi < (ch + 1) * nblocks / nchunks; ++bi) {
         Block<T> blk;
@@ -421,23 +422,23 @@ void disc_kernel(const Net<T>& net, const T* xs[3], const int64_t N[3], const Te
           const int64_t wi = net.width[l - 1], wo = net.width[l];
           gemm<T>(true, false, wo, wi, S, T(1), ws.V[l], wo, ws.H[l - 1], wi, T(1), slot + lay.W[l], wi);
           if (has_bias) {
-            T* db = slot + lay.b[l];
+            double* db = vslot + lay.b[l];
             for (int64_t i = 0; i < S; ++i) {
               const T s = (i >= p0 && i < p1) ? c[i] : T(1);
               const T* v = ws.V[l] + i * wo;
-              for (int64_t j = 0; j < wo; ++j) db[j] += s * v[j];
+              for (int64_t j = 0; j < wo; ++j) db[j] += double(s * v[j]);
             }
           }
         }
-        T* dwo = slot + lay.w_out;
-        T dbo = T(0);
+        double* dwo = vslot + lay.w_out;
+        double dbo = 0;
         for (int64_t i = 0; i < S; ++i) {
           const T s = (i >= p0 && i < p1) ? T(1) : c[i];
           const T* h = ws.H[L] + i * wl;
-          for (int64_t j = 0; j < wl; ++j) dwo[j] += s * h[j];
-          dbo += c[i];
+          for (int64_t j = 0; j < wl; ++j) dwo[j] += double(s * h[j]);
+          dbo += double(c[i]);
         }
-        slot[lay.b_out] += dbo;
+        vslot[lay.b_out] += dbo;
         st[0] += loss;
         st[1] += pen_sum;
         st[2] += sum_r;
@@ -460,11 +461,18 @@ void disc_kernel(const Net<T>& net, const T* xs[3], const int64_t N[3], const Te
       }
     });
   };
+  auto vsum_into = [&](T* out, int64_t off, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) {
+      double acc = 0;
+      for (int64_t ch = 0; ch < nchunks; ++ch) acc += vslots[ch * lay.vsize + off + j];
+      out[j] = T(acc);
+    }
+  };
   size_t gi = 0;
   for (int64_t l = 1; l <= L; ++l) sum_into(grads[gi++], lay.W[l], net.width[l] * net.width[l - 1]);
-  if (has_bias) for (int64_t l = 1; l <= L; ++l) sum_into(grads[gi++], lay.b[l], net.width[l]);
-  sum_into(grads[gi++], lay.w_out, wl);
-  if (gi < grads.size()) sum_into(grads[gi++], lay.b_out, 1);
+  if (has_bias) for (int64_t l = 1; l <= L; ++l) vsum_into(grads[gi++], lay.b[l], net.width[l]);
+  vsum_into(grads[gi++], lay.w_out, wl);
+  if (gi < grads.size()) vsum_into(grads[gi++], lay.b_out, 1);
 }
 
 std::vector<at::Tensor> mlp_disc_step_cpu(const at::Tensor& real_in, const at::Tensor& fake_in,

@@ -44,6 +44,20 @@ void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
 namespace fastgan {
 namespace {
 
+// The block code is compiled twice: for the build's baseline ISA and, on x86, for AVX2 + FMA
+// (chosen at run time), so that its elementwise loops use 256-bit vectors.
+#define FASTGAN_INLINE inline __attribute__((always_inline))
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FASTGAN_SIMD_TARGET __attribute__((target("avx2,fma")))
+bool cpu_has_simd_target() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+#else
+#define FASTGAN_SIMD_TARGET
+bool cpu_has_simd_target() { return false; }
+#endif
+
 constexpr int64_t kChunks = 8;                  // weight-gradient partial sums (fixed: determinism)
 constexpr int64_t kBlockBytes = 512 * 1024;     // target per-thread block workspace (about L2)
 
@@ -104,6 +118,7 @@ struct Net {
   const T* w_out = nullptr;    // (H_L,)
   T b_out = T(0);
   T alpha = T(0);
+  T one = T(1);                // see bias_leaky
   int64_t max_width = 0;       // max over H_1..H_L
 };
 
@@ -160,27 +175,32 @@ struct Block {
 };
 
 // ---- elementwise steps (one pass over a block in cache each) ------------------------------------
+// LeakyReLU and its mask as multiplies by a selected factor (1 or alpha): torch's exact results,
+// and branch-free loops that vectorise. `one` is 1 read at run time, so that the compiler does not
+// turn "times 1" into a conditional multiply, which IEEE trapping rules keep from vectorising.
 template <typename T>
-void bias_leaky(T* h, int64_t rows, int64_t w, const T* bias, T alpha) {
+FASTGAN_INLINE void bias_leaky(T* __restrict__ h, int64_t rows, int64_t w, const T* __restrict__ bias, T one,
+                               T alpha) {
   for (int64_t i = 0; i < rows; ++i) {
-    T* r = h + i * w;
+    T* __restrict__ r = h + i * w;
     if (bias) {
-      for (int64_t j = 0; j < w; ++j) { const T z = r[j] + bias[j]; r[j] = z > T(0) ? z : alpha * z; }
+      for (int64_t j = 0; j < w; ++j) { const T z = r[j] + bias[j]; r[j] = z * (z > T(0) ? one : alpha); }
     } else {
-      for (int64_t j = 0; j < w; ++j) { const T z = r[j]; r[j] = z > T(0) ? z : alpha * z; }
+      for (int64_t j = 0; j < w; ++j) { const T z = r[j]; r[j] = z * (z > T(0) ? one : alpha); }
     }
   }
 }
 
 // u *= m where m = 1 if h > 0 else alpha (h > 0 exactly when z > 0, as alpha >= 0).
 template <typename T>
-void apply_mask(T* u, const T* h, int64_t rows, int64_t w, T alpha) {
-  for (int64_t i = 0; i < rows * w; ++i) u[i] = h[i] > T(0) ? u[i] : alpha * u[i];
+FASTGAN_INLINE void apply_mask(T* __restrict__ u, const T* __restrict__ h, int64_t n, T one, T alpha) {
+  for (int64_t i = 0; i < n; ++i) u[i] *= h[i] > T(0) ? one : alpha;
 }
 
 // h_i <- c_i h_i + ubar_i (the weight-gradient operand of a penalised row).
 template <typename T>
-void combine(T* h, const T* c, const T* ubar, int64_t rows, int64_t w) {
+FASTGAN_INLINE void combine(T* __restrict__ h, const T* __restrict__ c, const T* __restrict__ ubar, int64_t rows,
+                            int64_t w) {
   for (int64_t i = 0; i < rows; ++i) {
     const T ci = c[i];
     T* r = h + i * w;
@@ -191,7 +211,7 @@ void combine(T* h, const T* c, const T* ubar, int64_t rows, int64_t w) {
 
 // Forward of all S stacked rows: H[0] <- inputs, H[l] <- leaky(H[l-1] W_l^T + b_l), o <- logits.
 template <typename T>
-void forward(const Net<T>& net, Workspace<T>& ws, const Block<T>& blk) {
+FASTGAN_INLINE void forward(const Net<T>& net, Workspace<T>& ws, const Block<T>& blk) {
   const int64_t S = blk.rows(), K = net.width[0];
   int64_t r0 = 0;
   for (int s = 0; s < 3; ++s) {
@@ -201,12 +221,13 @@ void forward(const Net<T>& net, Workspace<T>& ws, const Block<T>& blk) {
   for (int64_t l = 1; l <= net.L; ++l) {
     const int64_t wi = net.width[l - 1], wo = net.width[l];
     gemm<T>(false, true, S, wo, wi, T(1), ws.H[l - 1], wi, net.W[l], wi, T(0), ws.H[l], wo);
-    bias_leaky(ws.H[l], S, wo, net.b[l], net.alpha);
+    bias_leaky(ws.H[l], S, wo, net.b[l], net.one, net.alpha);
   }
   const int64_t wl = net.width[net.L];
   for (int64_t i = 0; i < S; ++i) {
     const T* h = ws.H[net.L] + i * wl;
     T acc = T(0);
+#pragma omp simd reduction(+ : acc)
     for (int64_t j = 0; j < wl; ++j) acc += h[j] * net.w_out[j];
     ws.o[i] = acc + net.b_out;
   }
@@ -215,19 +236,19 @@ void forward(const Net<T>& net, Workspace<T>& ws, const Block<T>& blk) {
 // V chain over rows [r0, r1): V[L] = s_i m_L w_out, V[l-1] = (V[l] W_l) * m_{l-1}, with s_i = c_i,
 // or 1 on the penalised rows [p0, p1).
 template <typename T>
-void v_chain(const Net<T>& net, Workspace<T>& ws, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+FASTGAN_INLINE void v_chain(const Net<T>& net, Workspace<T>& ws, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
   const int64_t L = net.L, wl = net.width[L], n = r1 - r0;
   for (int64_t i = r0; i < r1; ++i) {
     const T s = (i >= p0 && i < p1) ? T(1) : ws.c[i];
     const T sa = s * net.alpha;
-    const T* h = ws.H[L] + i * wl;
-    T* v = ws.V[L] + i * wl;
+    const T* __restrict__ h = ws.H[L] + i * wl;
+    T* __restrict__ v = ws.V[L] + i * wl;
     for (int64_t j = 0; j < wl; ++j) v[j] = (h[j] > T(0) ? s : sa) * net.w_out[j];
   }
   for (int64_t l = L; l >= 2; --l) {
     const int64_t wo = net.width[l], wi = net.width[l - 1];
     gemm<T>(false, false, n, wi, wo, T(1), ws.V[l] + r0 * wo, wo, net.W[l], wi, T(0), ws.V[l - 1] + r0 * wi, wi);
-    apply_mask(ws.V[l - 1] + r0 * wi, ws.H[l - 1] + r0 * wi, n, wi, net.alpha);
+    apply_mask(ws.V[l - 1] + r0 * wi, ws.H[l - 1] + r0 * wi, n * wi, net.one, net.alpha);
   }
 }
 
@@ -335,114 +356,148 @@ int64_t block_rows(const Net<T>& net, int sides) {
 
 // ---- the discriminator step ---------------------------------------------------------------------
 template <typename T>
-void disc_kernel(const Net<T>& net, const T* xs[3], const int64_t N[3], const Term* t_real, const Term* t_fake,
-                 bool paired, const PenaltySpec& pen, bool has_bias, double stats[4], std::vector<T*>& grads,
-                 const GradLayout& lay) {
-  const int sides = pen.side == 2 ? 3 : 2;
-  const int64_t Rb = block_rows(net, sides);
-  const int64_t nblocks = (std::max({N[0], N[1], N[2]}) + Rb - 1) / Rb;
+struct DiscJob {
+  const Net<T>* net;
+  const T* x[3];      // real, fake, penalty-input rows (K wide)
+  int64_t N[3];       // their row counts (0: none)
+  const Term* t_real; // nullptr: no term
+  const Term* t_fake;
+  bool paired, has_bias;
+  PenaltySpec pen;
+  int64_t Rb;         // rows per side in a block
+  GradLayout lay;
+};
+
+// One block: forward, c, the V chain, the penalty adjoint, and its share of every gradient,
+// added to the chunk's slots (slot: weight matrices, vslot: vectors, st: stats).
+template <typename T>
+FASTGAN_INLINE void disc_block(const DiscJob<T>& job, Workspace<T>& ws, int64_t bi, T* slot, double* vslot,
+                               double* st) {
+  const Net<T>& net = *job.net;
+  const GradLayout& lay = job.lay;
+  const int64_t K = net.width[0], L = net.L, wl = net.width[L], Rb = job.Rb;
+  Block<T> blk;
+  for (int s = 0; s < 3; ++s) {
+    blk.n[s] = std::clamp<int64_t>(job.N[s] - bi * Rb, 0, Rb);
+    blk.x[s] = blk.n[s] ? job.x[s] + bi * Rb * K : nullptr;
+  }
+  const int64_t S = blk.rows(), nr = blk.n[0], nf = blk.n[1];
+  forward(net, ws, blk);
+  // loss derivatives c and the stats
+  const T* o = ws.o;
+  T* c = ws.c;
+  double loss = 0, sum_r = 0, sum_f = 0;
+  for (int64_t i = 0; i < nr; ++i) sum_r += double(o[i]);
+  for (int64_t i = nr; i < nr + nf; ++i) sum_f += double(o[i]);
+  if (job.paired) {
+    for (int64_t i = 0; i < nr; ++i) {
+      const T d = o[i] - o[nr + i];
+      loss += double(term_value<T>(*job.t_real, d));
+      c[i] = term_derivative<T>(*job.t_real, d);
+      c[nr + i] = -c[i];
+    }
+  } else {
+    for (int64_t i = 0; i < nr + nf; ++i) {
+      const Term* t = i < nr ? job.t_real : job.t_fake;
+      if (t) {
+        loss += double(term_value<T>(*t, o[i]));
+        c[i] = term_derivative<T>(*t, o[i]);
+      } else {
+        c[i] = T(0);
+      }
+    }
+  }
+  for (int64_t i = nr + nf; i < S; ++i) c[i] = T(0);
+  // penalised rows [p0, p1)
+  const int side = job.pen.side;
+  const int64_t p0 = side == 1 ? nr : side == 2 ? nr + nf : 0;
+  const int64_t p1 = side == 0 ? nr : side == 1 ? nr + nf : side == 2 ? S : 0;
+  const int64_t np = p1 - p0;
+  v_chain(net, ws, 0, S, p0, p1);
+  double pen_sum = 0;
+  if (np > 0) {
+    // g = v_1 W_1, then ubar_0 = k(|g|) g in place
+    gemm<T>(false, false, np, K, net.width[1], T(1), ws.V[1] + p0 * net.width[1], net.width[1], net.W[1], K, T(0),
+            ws.G, K);
+    for (int64_t i = 0; i < np; ++i) {
+      T* g = ws.G + i * K;
+      double sq = 0;
+#pragma omp simd reduction(+ : sq)
+      for (int64_t j = 0; j < K; ++j) sq += double(g[j]) * double(g[j]);
+      pen_sum += penalty_value<double>(job.pen.kind, sq, job.pen.weight, job.pen.center);
+      const T k = T(penalty_grad_factor<double>(job.pen.kind, sq, job.pen.weight, job.pen.center));
+      for (int64_t j = 0; j < K; ++j) g[j] *= k;
+    }
+    T* ub_prev = ws.G;
+    for (int64_t l = 1; l <= L; ++l) {
+      const int64_t wi = net.width[l - 1], wo = net.width[l];
+      T* ub = (l & 1) ? ws.UB0 : ws.UB1;
+      gemm<T>(false, true, np, wo, wi, T(1), ub_prev, wi, net.W[l], wi, T(0), ub, wo);
+      apply_mask(ub, ws.H[l] + p0 * wo, np * wo, net.one, net.alpha);
+      combine(ws.H[l - 1] + p0 * wi, c + p0, ub_prev, np, wi);
+      ub_prev = ub;
+    }
+    combine(ws.H[L] + p0 * wl, c + p0, ub_prev, np, wl);
+  }
+  // weight gradients: one product per layer over all stacked rows
+  for (int64_t l = 1; l <= L; ++l) {
+    const int64_t wi = net.width[l - 1], wo = net.width[l];
+    gemm<T>(true, false, wo, wi, S, T(1), ws.V[l], wo, ws.H[l - 1], wi, T(1), slot + lay.W[l], wi);
+    if (job.has_bias) {
+      double* db = vslot + lay.b[l];
+      for (int64_t i = 0; i < S; ++i) {
+        const T s = (i >= p0 && i < p1) ? c[i] : T(1);
+        const T* v = ws.V[l] + i * wo;
+        for (int64_t j = 0; j < wo; ++j) db[j] += double(s * v[j]);
+      }
+    }
+  }
+  double* dwo = vslot + lay.w_out;
+  double dbo = 0;
+  for (int64_t i = 0; i < S; ++i) {
+    const T s = (i >= p0 && i < p1) ? T(1) : c[i];
+    const T* h = ws.H[L] + i * wl;
+    for (int64_t j = 0; j < wl; ++j) dwo[j] += double(s * h[j]);
+    dbo += double(c[i]);
+  }
+  vslot[lay.b_out] += dbo;
+  st[0] += loss;
+  st[1] += pen_sum;
+  st[2] += sum_r;
+  st[3] += sum_f;
+}
+
+template <typename T>
+FASTGAN_SIMD_TARGET void disc_block_simd(const DiscJob<T>& job, Workspace<T>& ws, int64_t bi, T* slot,
+                                         double* vslot, double* st) {
+  disc_block(job, ws, bi, slot, vslot, st);
+}
+template <typename T>
+void disc_block_base(const DiscJob<T>& job, Workspace<T>& ws, int64_t bi, T* slot, double* vslot, double* st) {
+  disc_block(job, ws, bi, slot, vslot, st);
+}
+
+template <typename T>
+void disc_kernel(const DiscJob<T>& job, double stats[4], std::vector<T*>& grads) {
+  const Net<T>& net = *job.net;
+  const GradLayout& lay = job.lay;
+  const int sides = job.pen.side == 2 ? 3 : 2;
+  const int64_t nblocks = (std::max({job.N[0], job.N[1], job.N[2]}) + job.Rb - 1) / job.Rb;
   const int64_t nchunks = std::min(nblocks, kChunks);
   std::vector<T> slots(size_t(nchunks * lay.size), T(0));
   std::vector<double> vslots(size_t(nchunks * lay.vsize), 0.0);
   std::vector<double> chunk_stats(size_t(nchunks * 4), 0.0);
-  const int64_t K = net.width[0], L = net.L, wl = net.width[L];
+  const bool simd = cpu_has_simd_target();
 
   at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
-    Workspace<T> ws(net, sides * Rb);
+    Workspace<T> ws(net, sides * job.Rb);
     for (int64_t ch = cb; ch < ce; ++ch) {
       T* slot = slots.data() + ch * lay.size;
       double* vslot = vslots.data() + ch * lay.vsize;
       double* st = chunk_stats.data() + ch * 4;
       for (int64_t bi = ch * nblocks / nchunks; bi < (ch + 1) * nblocks / nchunks; ++bi) {
-        Block<T> blk;
-        for (int s = 0; s < 3; ++s) {
-          blk.n[s] = std::clamp<int64_t>(N[s] - bi * Rb, 0, Rb);
-          blk.x[s] = blk.n[s] ? xs[s] + bi * Rb * K : nullptr;
-        }
-        const int64_t S = blk.rows(), nr = blk.n[0], nf = blk.n[1];
-        forward(net, ws, blk);
-        // loss derivatives c and the stats
-        T* o = ws.o;
-        T* c = ws.c;
-        double loss = 0, sum_r = 0, sum_f = 0;
-        for (int64_t i = 0; i < nr; ++i) sum_r += double(o[i]);
-        for (int64_t i = nr; i < nr + nf; ++i) sum_f += double(o[i]);
-        if (paired) {
-          for (int64_t i = 0; i < nr; ++i) {
-            const T d = o[i] - o[nr + i];
-            loss += double(term_value<T>(*t_real, d));
-            const T cd = term_derivative<T>(*t_real, d);
-            c[i] = cd;
-            c[nr + i] = -cd;
-          }
-        } else {
-          for (int64_t i = 0; i < nr; ++i) {
-            if (t_real) { loss += double(term_value<T>(*t_real, o[i])); c[i] = term_derivative<T>(*t_real, o[i]); }
-            else c[i] = T(0);
-          }
-          for (int64_t i = nr; i < nr + nf; ++i) {
-            if (t_fake) { loss += double(term_value<T>(*t_fake, o[i])); c[i] = term_derivative<T>(*t_fake, o[i]); }
-            else c[i] = T(0);
-          }
-        }
-        for (int64_t i = nr + nf; i < S; ++i) c[i] = T(0);
-        // penalised rows [p0, p1)
-        int64_t p0 = 0, p1 = 0;
-        if (pen.side == 0) { p0 = 0; p1 = nr; }
-        else if (pen.side == 1) { p0 = nr; p1 = nr + nf; }
-        else if (pen.side == 2) { p0 = nr + nf; p1 = S; }
-        const int64_t np = p1 - p0;
-        v_chain(net, ws, 0, S, p0, p1);
-        double pen_sum = 0;
-        if (np > 0) {
-          // g = v_1 W_1, then ubar_0 = k g in place
-          gemm<T>(false, false, np, K, net.width[1], T(1), ws.V[1] + p0 * net.width[1], net.width[1], net.W[1], K,
-                  T(0), ws.G, K);
-          for (int64_t i = 0; i < np; ++i) {
-            T* g = ws.G + i * K;
-            double sq = 0;
-            for (int64_t j = 0; j < K; ++j) sq += double(g[j]) * double(g[j]);
-            pen_sum += penalty_value<double>(pen.kind, sq, pen.weight, pen.center);
-            const T k = T(penalty_grad_factor<double>(pen.kind, sq, pen.weight, pen.center));
-            for (int64_t j = 0; j < K; ++j) g[j] *= k;
-          }
-          T* ub_prev = ws.G;
-          for (int64_t l = 1; l <= L; ++l) {
-            const int64_t wi = net.width[l - 1], wo = net.width[l];
-            T* ub = (l & 1) ? ws.UB0 : ws.UB1;
-            gemm<T>(false, true, np, wo, wi, T(1), ub_prev, wi, net.W[l], wi, T(0), ub, wo);
-            apply_mask(ub, ws.H[l] + p0 * wo, np, wo, net.alpha);
-            combine(ws.H[l - 1] + p0 * wi, c + p0, ub_prev, np, wi);
-            ub_prev = ub;
-          }
-          combine(ws.H[L] + p0 * wl, c + p0, ub_prev, np, wl);
-        }
-        // weight gradients: one product per layer over all stacked rows
-        for (int64_t l = 1; l <= L; ++l) {
-          const int64_t wi = net.width[l - 1], wo = net.width[l];
-          gemm<T>(true, false, wo, wi, S, T(1), ws.V[l], wo, ws.H[l - 1], wi, T(1), slot + lay.W[l], wi);
-          if (has_bias) {
-            double* db = vslot + lay.b[l];
-            for (int64_t i = 0; i < S; ++i) {
-              const T s = (i >= p0 && i < p1) ? c[i] : T(1);
-              const T* v = ws.V[l] + i * wo;
-              for (int64_t j = 0; j < wo; ++j) db[j] += double(s * v[j]);
-            }
-          }
-        }
-        double* dwo = vslot + lay.w_out;
-        double dbo = 0;
-        for (int64_t i = 0; i < S; ++i) {
-          const T s = (i >= p0 && i < p1) ? T(1) : c[i];
-          const T* h = ws.H[L] + i * wl;
-          for (int64_t j = 0; j < wl; ++j) dwo[j] += double(s * h[j]);
-          dbo += double(c[i]);
-        }
-        vslot[lay.b_out] += dbo;
-        st[0] += loss;
-        st[1] += pen_sum;
-        st[2] += sum_r;
-        st[3] += sum_f;
+        if (simd) disc_block_simd(job, ws, bi, slot, vslot, st);
+        else disc_block_base(job, ws, bi, slot, vslot, st);
       }
     }
   });
@@ -469,9 +524,9 @@ void disc_kernel(const Net<T>& net, const T* xs[3], const int64_t N[3], const Te
     }
   };
   size_t gi = 0;
-  for (int64_t l = 1; l <= L; ++l) sum_into(grads[gi++], lay.W[l], net.width[l] * net.width[l - 1]);
-  if (has_bias) for (int64_t l = 1; l <= L; ++l) vsum_into(grads[gi++], lay.b[l], net.width[l]);
-  vsum_into(grads[gi++], lay.w_out, wl);
+  for (int64_t l = 1; l <= net.L; ++l) sum_into(grads[gi++], lay.W[l], net.width[l] * net.width[l - 1]);
+  if (job.has_bias) for (int64_t l = 1; l <= net.L; ++l) vsum_into(grads[gi++], lay.b[l], net.width[l]);
+  vsum_into(grads[gi++], lay.w_out, net.width[net.L]);
   if (gi < grads.size()) vsum_into(grads[gi++], lay.b_out, 1);
 }
 
@@ -532,14 +587,15 @@ std::vector<at::Tensor> mlp_disc_step_cpu(const at::Tensor& real_in, const at::T
   AT_DISPATCH_FLOATING_TYPES(real.scalar_type(), "mlp_disc_step_cpu", [&] {
     std::vector<at::Tensor> keep;
     const Net<scalar_t> net = make_net<scalar_t>(keep, ws_, bs_, wo_, bo_, negative_slope);
-    const GradLayout lay = grad_layout(net, !bs_.empty());
-    const scalar_t* xs[3] = {real.const_data_ptr<scalar_t>(), fake.const_data_ptr<scalar_t>(),
-                             pin.defined() ? pin.const_data_ptr<scalar_t>() : nullptr};
-    const int64_t N[3] = {real.size(0), fake.size(0), pin.defined() ? pin.size(0) : 0};
+    DiscJob<scalar_t> job{&net,
+                          {real.const_data_ptr<scalar_t>(), fake.const_data_ptr<scalar_t>(),
+                           pin.defined() ? pin.const_data_ptr<scalar_t>() : nullptr},
+                          {real.size(0), fake.size(0), pin.defined() ? pin.size(0) : 0},
+                          has_tr ? &tr : nullptr, has_tf ? &tf : nullptr, paired, !bs_.empty(), pen,
+                          block_rows(net, penalty_side == 2 ? 3 : 2), grad_layout(net, !bs_.empty())};
     std::vector<scalar_t*> grads;
     for (auto& t : outs) grads.push_back(t.mutable_data_ptr<scalar_t>());
-    disc_kernel<scalar_t>(net, xs, N, has_tr ? &tr : nullptr, has_tf ? &tf : nullptr, paired, pen, !bs_.empty(),
-                          stats, grads, lay);
+    disc_kernel<scalar_t>(job, stats, grads);
   });
 
   at::Tensor st = at::empty({4}, real_in.options().dtype(at::kDouble));
@@ -554,6 +610,58 @@ std::vector<at::Tensor> mlp_disc_step_cpu(const at::Tensor& real_in, const at::T
 }
 
 // ---- the generator step --------------------------------------------------------------------------
+template <typename T>
+struct GenJob {
+  const Net<T>* net;
+  const T* fake;
+  const T* real;  // paired only
+  int64_t N;
+  const Term* term;
+  bool paired;
+  int64_t Rb;
+  T* dfake;       // (N, K) output
+};
+
+// One block: forward (real rows too when paired), c, the V chain scaled by c, dfake = c g.
+template <typename T>
+FASTGAN_INLINE void gen_block(const GenJob<T>& job, Workspace<T>& ws, int64_t bi, double* st) {
+  const Net<T>& net = *job.net;
+  const int64_t K = net.width[0], Rb = job.Rb, n = std::min(Rb, job.N - bi * Rb);
+  Block<T> blk{{job.paired ? job.real + bi * Rb * K : nullptr, job.fake + bi * Rb * K, nullptr},
+               {job.paired ? n : 0, n, 0}};
+  forward(net, ws, blk);
+  const int64_t f0 = blk.n[0], S = blk.rows();
+  double loss = 0, sum_f = 0;
+  for (int64_t i = f0; i < S; ++i) {
+    const T f = ws.o[i];
+    sum_f += double(f);
+    if (!job.term) {
+      ws.c[i] = T(0);
+    } else if (job.paired) {
+      const T d = ws.o[i - f0] - f;
+      loss += double(term_value<T>(*job.term, d));
+      ws.c[i] = -term_derivative<T>(*job.term, d);
+    } else {
+      loss += double(term_value<T>(*job.term, f));
+      ws.c[i] = term_derivative<T>(*job.term, f);
+    }
+  }
+  v_chain(net, ws, f0, S, 0, 0);
+  gemm<T>(false, false, n, K, net.width[1], T(1), ws.V[1] + f0 * net.width[1], net.width[1], net.W[1], K, T(0),
+          job.dfake + bi * Rb * K, K);
+  st[0] = loss;
+  st[1] = sum_f;
+}
+
+template <typename T>
+FASTGAN_SIMD_TARGET void gen_block_simd(const GenJob<T>& job, Workspace<T>& ws, int64_t bi, double* st) {
+  gen_block(job, ws, bi, st);
+}
+template <typename T>
+void gen_block_base(const GenJob<T>& job, Workspace<T>& ws, int64_t bi, double* st) {
+  gen_block(job, ws, bi, st);
+}
+
 std::vector<at::Tensor> mlp_gen_step_cpu(const at::Tensor& fake_in, const c10::optional<at::Tensor>& real_in,
                                          at::TensorList weights, at::TensorList biases, const at::Tensor& w_out,
                                          const c10::optional<at::Tensor>& b_out, double negative_slope,
@@ -586,40 +694,19 @@ std::vector<at::Tensor> mlp_gen_step_cpu(const at::Tensor& fake_in, const c10::o
     using T = scalar_t;
     std::vector<at::Tensor> keep;
     const Net<T> net = make_net<T>(keep, ws_, bs_, wo_, bo_, negative_slope);
-    const int64_t K = net.width[0], Nf = fake.size(0);
+    const int64_t Nf = fake.size(0);
     const int sides = paired ? 2 : 1;
     const int64_t Rb = block_rows(net, sides);
     const int64_t nblocks = (Nf + Rb - 1) / Rb;
-    const T* xf = fake.const_data_ptr<T>();
-    const T* xr = paired ? real.const_data_ptr<T>() : nullptr;
-    T* out = dfake.mutable_data_ptr<T>();
     std::vector<double> block_stats(size_t(nblocks * 2), 0.0);
+    const GenJob<T> job{&net, fake.const_data_ptr<T>(), paired ? real.const_data_ptr<T>() : nullptr, Nf,
+                        has_t ? &t : nullptr, paired, Rb, dfake.mutable_data_ptr<T>()};
+    const bool simd = cpu_has_simd_target();
     at::parallel_for(0, nblocks, 1, [&](int64_t bb, int64_t be) {
       Workspace<T> ws(net, sides * Rb);
       for (int64_t bi = bb; bi < be; ++bi) {
-        const int64_t n = std::min(Rb, Nf - bi * Rb);
-        Block<T> blk{{paired ? xr + bi * Rb * K : nullptr, xf + bi * Rb * K, nullptr}, {paired ? n : 0, n, 0}};
-        forward(net, ws, blk);
-        const int64_t f0 = blk.n[0], S = blk.rows();
-        double l = 0, sf = 0;
-        for (int64_t i = f0; i < S; ++i) {
-          const T f = ws.o[i];
-          sf += double(f);
-          if (!has_t) { ws.c[i] = T(0); continue; }
-          if (paired) {
-            const T d = ws.o[i - f0] - f;
-            l += double(term_value<T>(t, d));
-            ws.c[i] = -term_derivative<T>(t, d);
-          } else {
-            l += double(term_value<T>(t, f));
-            ws.c[i] = term_derivative<T>(t, f);
-          }
-        }
-        v_chain(net, ws, f0, S, 0, 0);
-        gemm<T>(false, false, n, K, net.width[1], T(1), ws.V[1] + f0 * net.width[1], net.width[1], net.W[1], K, T(0),
-                out + bi * Rb * K, K);
-        block_stats[bi * 2] = l;
-        block_stats[bi * 2 + 1] = sf;
+        if (simd) gen_block_simd(job, ws, bi, &block_stats[bi * 2]);
+        else gen_block_base(job, ws, bi, &block_stats[bi * 2]);
       }
     });
     for (int64_t bi = 0; bi < nblocks; ++bi) { loss += block_stats[bi * 2]; sum_f += block_stats[bi * 2 + 1]; }

@@ -60,6 +60,7 @@ bool cpu_has_simd_target() { return false; }
 
 constexpr int64_t kChunks = 8;                  // weight-gradient partial sums (fixed: determinism)
 constexpr int64_t kBlockBytes = 512 * 1024;     // target per-thread block workspace (about L2)
+constexpr int64_t kMinBlockRows = 32;
 
 // ---- products on row-major matrices: C (M x N) = alpha op(A) op(B) + beta C ----------------------
 void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
@@ -346,12 +347,15 @@ Net<T> make_net(std::vector<at::Tensor>& keep, at::TensorList weights, at::Tenso
   return net;
 }
 
-// Rows per side in one block: the block's buffers take about kBlockBytes.
+// Rows per side in one block, from the shapes alone (never the thread count, so that results are
+// reproducible): blocks whose buffers take about kBlockBytes, but at least kChunks blocks of at
+// least kMinBlockRows rows when the batch allows, so that small batches still spread over threads.
 template <typename T>
-int64_t block_rows(const Net<T>& net, int sides) {
+int64_t block_rows(const Net<T>& net, int sides, int64_t rows) {
   const int64_t per_row = Workspace<T>::elems_per_row(net) * int64_t(sizeof(T)) * sides;
-  const int64_t r = kBlockBytes / per_row;
-  return std::clamp<int64_t>(r / 8 * 8, 8, 1024);
+  const int64_t fit = std::max<int64_t>(8, kBlockBytes / per_row);
+  const int64_t nblocks = std::max((rows + fit - 1) / fit, std::min(kChunks, rows / kMinBlockRows));
+  return std::max<int64_t>(1, (rows + nblocks - 1) / nblocks);
 }
 
 // ---- the discriminator step ---------------------------------------------------------------------
@@ -592,7 +596,9 @@ std::vector<at::Tensor> mlp_disc_step_cpu(const at::Tensor& real_in, const at::T
                            pin.defined() ? pin.const_data_ptr<scalar_t>() : nullptr},
                           {real.size(0), fake.size(0), pin.defined() ? pin.size(0) : 0},
                           has_tr ? &tr : nullptr, has_tf ? &tf : nullptr, paired, !bs_.empty(), pen,
-                          block_rows(net, penalty_side == 2 ? 3 : 2), grad_layout(net, !bs_.empty())};
+                          block_rows(net, penalty_side == 2 ? 3 : 2,
+                                     std::max({real.size(0), fake.size(0), pin.defined() ? pin.size(0) : 0})),
+                          grad_layout(net, !bs_.empty())};
     std::vector<scalar_t*> grads;
     for (auto& t : outs) grads.push_back(t.mutable_data_ptr<scalar_t>());
     disc_kernel<scalar_t>(job, stats, grads);
@@ -696,7 +702,7 @@ std::vector<at::Tensor> mlp_gen_step_cpu(const at::Tensor& fake_in, const c10::o
     const Net<T> net = make_net<T>(keep, ws_, bs_, wo_, bo_, negative_slope);
     const int64_t Nf = fake.size(0);
     const int sides = paired ? 2 : 1;
-    const int64_t Rb = block_rows(net, sides);
+    const int64_t Rb = block_rows(net, sides, Nf);
     const int64_t nblocks = (Nf + Rb - 1) / Rb;
     std::vector<double> block_stats(size_t(nblocks * 2), 0.0);
     const GenJob<T> job{&net, fake.const_data_ptr<T>(), paired ? real.const_data_ptr<T>() : nullptr, Nf,

@@ -78,10 +78,11 @@ bool have_blas() {
   return std::is_same<T, float>::value ? sgemm_ != nullptr : dgemm_ != nullptr;
 }
 
+// op(X) of a row-major X stored (rows x cols) with leading dimension ld, as a tensor view.
 template <typename T>
 at::Tensor view(const T* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
-  // op(X) of a row-major X stored (rows x cols) with leading dimension ld
-  at::Tensor t = at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor t = at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1}, options);
   return trans ? t.t() : t;
 }
 

@@ -286,6 +286,19 @@ def test_bitwise_deterministic_across_calls_and_thread_counts():
                                                  torch.ops.fastgan.mlp_gen_step(*gargs)))
 
 
+def test_non_contiguous_arguments_give_identical_results():
+    D, real, fake = make_case(5, (12, 9), 1, 40, 30, True, 0.2, torch.float64, 4)
+    args = disc_args(D, real, fake, LOSSES["hinge"](), *make_penalty("r2", 1, real, 1))
+    strided = lambda t: t.t().contiguous().t() if t.dim() == 2 else torch.stack([t, t], 1)[:, 0]  # noqa: E731
+    bent = list(args)
+    for i in (0, 1, 5):
+        bent[i] = strided(args[i])
+    bent[3], bent[4] = [strided(w) for w in args[3]], [strided(b) for b in args[4]]
+    assert not bent[0].is_contiguous() and not bent[4][0].is_contiguous()
+    for a, b in zip(torch.ops.fastgan.mlp_disc_step(*args), torch.ops.fastgan.mlp_disc_step(*bent)):
+        assert torch.equal(a, b)
+
+
 def test_half_precision_inputs_are_computed_in_float32():
     D, real, fake = make_case(4, (16, 8), 1, 30, 30, True, 0.2, torch.float64, 9)
     pen, eps = make_penalty("r1", 1, real, 1)

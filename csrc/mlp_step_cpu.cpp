@@ -59,7 +59,7 @@ bool cpu_has_simd_target() { return false; }
 #endif
 
 constexpr int64_t kChunks = 8;                  // weight-gradient partial sums (fixed: determinism)
-constexpr int64_t kBlockBytes = 512 * 1024;     // target per-thread block workspace (about L2)
+constexpr int64_t kBlockBytes = 1024 * 1024;    // target per-thread block workspace (about L2)
 constexpr int64_t kMinBlockRows = 32;
 
 // ---- products on row-major matrices: C (M x N) = alpha op(A) op(B) + beta C ----------------------

@@ -8,6 +8,18 @@
 followed by ``.backward()`` would (that composition is the ``reference`` backend). For an
 :class:`~fastgan.MLPDiscriminator` the other backends compute the same gradients in closed form
 without double backward; any other module goes through the reference path.
+
+The fused path (DESIGN.md section 4): rows are packed (``(B, in) -> (B/pack, pack*in)``), the
+means' 1/N, the penalty's 1/rows and its lazy factor are folded into the term scales and the
+penalty weight, and the chosen backend's ``mlp_disc_step`` (``torch``: :mod:`fastgan.closed_form`;
+``cpu``/``cuda``: ``torch.ops.fastgan``; ``triton``: ``fastgan.kernels.mlp_step``, one contract
+in ``csrc/bindings.cpp``) returns the loss with the parameter gradients. A first-order
+``autograd.Function`` hands those to autograd, so ``torch.compile(fullgraph=True)`` and
+DistributedDataParallel work (the step runs inside ``D.forward``, so DDP all-reduces it). The
+inputs are data: no gradient flows to ``real`` or ``fake``. Under ``torch.compile`` the backend
+is resolved when the graph is traced (changing ``FASTGAN_BACKEND`` or ``use_backend`` later
+does not retrace); WGAN-GP/DRAGAN need ``eps`` there (random draws inside a compiled graph
+follow the compiler's RNG).
 """
 from __future__ import annotations
 
@@ -74,6 +86,8 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
     _check_step_args(D, real, fake, loss, penalty)
     if loss.reduction == "none":
         raise ValueError("discriminator_step needs a scalar loss: use reduction 'mean' or 'sum'")
+    if loss.paired:
+        _validate.same_shape("real", real, "fake", fake, f"{type(loss).__name__} pairs real and fake")
     inner = _unwrap(D)
     if not isinstance(inner, MLPDiscriminator):
         if backend is not None and backend != "reference":
@@ -159,9 +173,7 @@ def _reference_generator_step(inner, fake, real, loss):
 
 # ---- the fused path ---------------------------------------------------------------------------
 
-STEP_BACKENDS = ("cuda", "triton", "cpu", "torch")
-
-
+@functools.cache
 def _step_backends() -> tuple[str, ...]:
     """The backends whose fused-step implementation exists in this installation."""
     found = ["torch", "reference"]

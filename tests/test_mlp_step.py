@@ -259,6 +259,11 @@ def test_bad_input_raises_clearly(backend):
         discriminator_step(D, real, fake, loss=fastgan.HingeLoss(reduction="none"), backend=backend)
     with pytest.raises(ValueError, match="reduction 'mean' or 'sum'"):
         generator_step(D, fake, loss=fastgan.HingeLoss(reduction="none"), backend=backend)
+    with pytest.raises(ValueError, match="RelativisticLoss pairs real and fake"):
+        discriminator_step(D, real, torch.randn(6, 3), loss="relativistic", backend=backend)
+    with pytest.raises(ValueError, match="WGAN-GP interpolates"):
+        discriminator_step(D, real, torch.randn(6, 3), loss="hinge", penalty=fastgan.GradientPenalty(),
+                           backend=backend)
     with pytest.raises(ValueError, match="pass real="):
         generator_step(D, fake, loss="relativistic", backend=backend)
     with pytest.raises(ValueError, match="loss must be a GANLoss"):

@@ -105,9 +105,20 @@ def assert_scalars_close(got, want, rtol):
 
 # ---- discriminator step vs reference ----------------------------------------------------------
 
+def _step_params():
+    """backend x case; the Triton interpreter is slow: a quarter of its cases run by default,
+    the rest under ``-m slow``."""
+    out = []
+    for backend in BACKENDS:
+        for i, (loss_name, pen_name) in enumerate(CASES):
+            marks = pytest.mark.slow if backend == "triton" and i % 4 else ()
+            out.append(pytest.param(backend, loss_name, pen_name, marks=marks,
+                                    id=f"{backend}-{loss_name}-{pen_name}"))
+    return out
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("loss_name,pen_name", CASES, ids=[f"{a}-{b}" for a, b in CASES])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,loss_name,pen_name", _step_params())
 def test_discriminator_step_matches_reference(backend, loss_name, pen_name, dtype):
     require(backend)
     i = CASES.index((loss_name, pen_name))

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import fastgan
-from fastgan.fused import discriminator_step
+from fastgan.fused import discriminator_step, generator_step
 
 WORLD = 2
 CASES = [  # (loss, penalty factory, steps)
@@ -63,6 +63,17 @@ def _worker(rank: int, init_file: str, backend: str):
                 for p, q in zip(D.parameters(), D_ref.parameters()):
                     torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12,
                                                msg=lambda m: f"{loss_name}: {m}")
+        # generator_step on the wrapper: d loss / d fake only, and DDP's next step is unaffected
+        fake = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+        ddp.zero_grad(set_to_none=True)
+        generator_step(ddp, fake, loss="non_saturating", backend=backend).backward()
+        assert all(p.grad is None for p in D.parameters())
+        want = fake.grad.clone()
+        fake.grad = None
+        generator_step(D_ref, fake, loss="non_saturating", backend="reference").backward()
+        torch.testing.assert_close(want, fake.grad, rtol=1e-9, atol=1e-12)
+        discriminator_step(ddp, real[:6], fake[:6].detach(), loss="hinge", backend=backend).backward()
+        assert all(p.grad is not None for p in D.parameters())
     finally:
         dist.destroy_process_group()
 

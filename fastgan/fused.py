@@ -17,8 +17,8 @@ in ``csrc/bindings.cpp``) returns the loss with the parameter gradients. A first
 ``autograd.Function`` hands those to autograd, so ``torch.compile(fullgraph=True)`` and
 DistributedDataParallel work (the step runs inside ``D.forward``, so DDP all-reduces it). The
 inputs are data: no gradient flows to ``real`` or ``fake``. Under ``torch.compile`` the backend
-is resolved when the graph is traced (changing ``FASTGAN_BACKEND`` or ``use_backend`` later
-does not retrace); WGAN-GP/DRAGAN need ``eps`` there (random draws inside a compiled graph
+and ``allow_tf32`` (``torch.get_float32_matmul_precision() != 'highest'``) are resolved when the
+graph is traced (changing them later does not retrace); WGAN-GP/DRAGAN need ``eps`` there (random draws inside a compiled graph
 follow the compiler's RNG).
 """
 from __future__ import annotations

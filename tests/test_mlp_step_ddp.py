@@ -7,6 +7,8 @@ wrapped module's forward, so DDP's all-reduce sees its gradients).
 from __future__ import annotations
 
 import copy
+import datetime
+import faulthandler
 
 import pytest
 import torch
@@ -26,7 +28,10 @@ CASES = [  # (loss, penalty factory, steps)
 
 
 def _worker(rank: int, init_file: str, backend: str):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    # a rank that hangs (its peer died inside a collective) dumps its stack and exits: a failure, not a hang
+    faulthandler.dump_traceback_later(240, exit=True)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=120))
     try:
         for loss_name, make_penalty, steps in CASES:
             torch.manual_seed(0)  # same model and data on every rank

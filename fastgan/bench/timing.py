@@ -1,0 +1,78 @@
+"""Wall-clock timing, interleaved across providers, and the measured matmul peak.
+
+A sample is ``inner`` consecutive steps of one provider between two device synchronisations,
+divided by ``inner`` (``inner`` is chosen once per provider so a sample lasts at least
+``min_sample_s``). Rounds visit every provider once, in an order rotated each round, so slow
+drifts of a shared machine (clock, other jobs) hit every provider alike.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Stats:
+    median: float  # seconds per step
+    p20: float
+    p80: float
+    samples: int
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default), ``q`` in [0, 100]."""
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize(samples: list[float]) -> Stats:
+    return Stats(percentile(samples, 50), percentile(samples, 20), percentile(samples, 80), len(samples))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _sample(step: Callable[[], None], inner: int, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(inner):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - start) / inner
+
+
+def interleaved(steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int = 2,
+                min_sample_s: float = 0.005) -> dict[str, Stats]:
+    """Per-step time statistics for every step function, sampled in rotating rounds."""
+    inner: dict[str, int] = {}
+    for name, step in steps.items():
+        for _ in range(max(warmup - 1, 0)):
+            step()
+        t = _sample(step, 1, device)
+        inner[name] = max(1, min(1000, math.ceil(min_sample_s / max(t, 1e-9))))
+    names = list(steps)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            samples[name].append(_sample(steps[name], inner[name], device))
+    return {n: summarize(s) for n, s in samples.items()}
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int = 5) -> float:
+    """FLOP/s of the best of ``repeats`` square products ``torch.mm`` in ``dtype`` on ``device``
+    (n = 8192 on GPU, 1024 on CPU), under the current float32 matmul precision."""
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)
+    best = min(_sample(lambda: torch.mm(a, b), 1 if device.type == "cpu" else 10, device) for _ in range(repeats))
+    return 2 * n ** 3 / best

@@ -141,3 +141,17 @@ def test_percentiles_match_numpy():
     xs = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0]
     for q in (20, 50, 80):
         assert timing.percentile(xs, q) == pytest.approx(np.percentile(xs, q))
+
+
+def test_a_step_that_raises_while_timed_is_dropped_and_reported():
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise RuntimeError("boom")
+
+    stats, errors = timing.interleaved({"fine": lambda: None, "flaky": flaky}, torch.device("cpu"), repeats=4,
+                                       warmup=1, min_sample_s=0)
+    assert errors == {"flaky": "RuntimeError: boom"}
+    assert set(stats) == {"fine"} and stats["fine"].samples == 4

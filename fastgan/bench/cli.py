@@ -58,16 +58,24 @@ def _csv(text: str | None, cast=str) -> list | None:
     return [cast(t.strip()) for t in text.split(",") if t.strip()] if text else None
 
 
-def _run_config(config, device, dtype, names, missing, tol, args, count):
+def _error(e: Exception) -> str:
+    return f"error: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+
+
+def _run_config(config, device, dtype, names, missing, tol, args):
     """Rows of one configuration: check every provider against reference, then time the ones
     that passed, interleaved; then memory (GPU) and launch counts, outside the timing."""
     D = configs.make_discriminator(config.network, device, dtype, args.seed)
     data = configs.make_inputs(config, device, dtype, args.seed)
     rows: dict[str, report.Row] = {}
     runners: dict[str, providers.Runner] = {}
-    ref = providers.make_runner("reference", config, D, data)
-    ref.step()
-    want = [t.detach().clone() if t is not None else None for t in ref.result()]
+    try:
+        ref = providers.make_runner("reference", config, D, data)
+        ref.step()
+        want = [t.detach().clone() if t is not None else None for t in ref.result()]
+    except Exception as e:  # e.g. out of memory: nothing to check against
+        return [report.Row(config, n, f"missing: {missing[n]}" if missing[n] else f"{_error(e)} (reference)")
+                for n in names]
     for name in names:
         if missing[name]:
             rows[name] = report.Row(config, name, f"missing: {missing[name]}")
@@ -79,22 +87,27 @@ def _run_config(config, device, dtype, names, missing, tol, args, count):
                 runner.step()
                 err = check.relative_error(runner.result(), want)
         except Exception as e:  # a provider that cannot run this configuration: report, go on
-            msg = (str(e).strip().splitlines() or [""])[0][:160]
-            rows[name] = report.Row(config, name, f"error: {type(e).__name__}: {msg}")
+            rows[name] = report.Row(config, name, _error(e))
             continue
         if err is not None and not err <= tol:
             rows[name] = report.Row(config, name, "check failed", check_err=err)
             continue
         runners[name] = runner
         rows[name] = report.Row(config, name, "ok", check_err=err, setup_s=runner.setup_s)
-    stats = timing.interleaved({n: r.step for n, r in runners.items()}, device, args.repeats, args.warmup,
-                               args.min_sample_ms / 1e3)
+    stats, errors = timing.interleaved({n: r.step for n, r in runners.items()}, device, args.repeats,
+                                       args.warmup, args.min_sample_ms / 1e3)
     for name, runner in runners.items():
+        if name in errors:
+            rows[name].status = f"error: {errors[name]}"
+            continue
         rows[name].stats = stats[name]
-        if device.type == "cuda" and not args.no_memory:
-            rows[name].peak_bytes = memory.cuda_peak(runner)
-        if count:
-            rows[name].launches = launches.count(runner.step, device)
+        try:
+            if device.type == "cuda" and not args.no_memory:
+                rows[name].peak_bytes = memory.cuda_peak(runner)
+            if not args.no_launches:
+                rows[name].launches = launches.count(runner.step, device)
+        except Exception as e:  # a measurement that failed leaves its cell empty
+            rows[name].status = f"ok; memory/launch count {_error(e)}"
     return [rows[n] for n in names]
 
 
@@ -139,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(chosen, desc="fastgan bench", unit="config", disable=args.no_progress)
     for config in bar:
         bar.set_postfix_str(config.label)
-        rows += _run_config(config, device, dtype, names, missing, tol, args, not args.no_launches)
+        rows += _run_config(config, device, dtype, names, missing, tol, args)
     if dev == "cpu" and not args.no_memory:
         timed = [(c, [r.provider for r in rows if r.config == c and r.stats is not None]) for c in chosen]
         for (c, _), peaks in zip(timed, memory.cpu_peaks(timed, dtype, args.seed)):

@@ -178,6 +178,7 @@ class CompileRunner(Runner):
     def __init__(self, name: str, config: Config, D: torch.nn.Module, data: Inputs):
         self.name, self.data, self.generator = name, data, config.objective.generator
         self.D = copy.deepcopy(D)
+        torch._dynamo.reset()  # fresh caches: one code object serves every configuration
         self.params = {k: v.detach() for k, v in self.D.named_parameters()}
         self.fn = torch.compile(torch.func.grad_and_value(_functional_objective(config, self.D)),
                                 mode="reduce-overhead")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastgan.bench.configs import Config
@@ -15,7 +15,8 @@ from fastgan.bench.timing import Stats
 @dataclass
 class Row:
     """One provider on one configuration. ``status``: 'ok', 'check failed', 'missing: <why>'
-    or 'error: <what>'; failed and missing rows carry no timing."""
+    or 'error: <what>'; failed and missing rows carry no timing ('ok; memory/launch count
+    error: ...' when only a measurement after the timing failed)."""
 
     config: Config
     provider: str
@@ -25,7 +26,6 @@ class Row:
     peak_bytes: int | None = None
     launches: float | None = None
     setup_s: float | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _key(c: Config) -> tuple:

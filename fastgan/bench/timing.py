@@ -50,21 +50,37 @@ def _sample(step: Callable[[], None], inner: int, device: torch.device) -> float
 
 
 def interleaved(steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int = 2,
-                min_sample_s: float = 0.005) -> dict[str, Stats]:
-    """Per-step time statistics for every step function, sampled in rotating rounds."""
+                min_sample_s: float = 0.005) -> tuple[dict[str, Stats], dict[str, str]]:
+    """Per-step time statistics for every step function, sampled in rotating rounds, and the
+    error of any step function that raised (it is dropped from the remaining rounds)."""
     inner: dict[str, int] = {}
+    errors: dict[str, str] = {}
+
+    def attempt(name: str, fn: Callable[[], float | None]) -> float | None:
+        try:
+            return fn()
+        except Exception as e:  # reported in the row; the other providers go on
+            errors[name] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+            return None
+
     for name, step in steps.items():
-        for _ in range(max(warmup - 1, 0)):
-            step()
-        t = _sample(step, 1, device)
-        inner[name] = max(1, min(1000, math.ceil(min_sample_s / max(t, 1e-9))))
-    names = list(steps)
+        def calibrate(step=step):
+            for _ in range(max(warmup - 1, 0)):
+                step()
+            return _sample(step, 1, device)
+        t = attempt(name, calibrate)
+        if t is not None:
+            inner[name] = max(1, min(1000, math.ceil(min_sample_s / max(t, 1e-9))))
+    names = list(inner)
     samples: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
-        k = r % len(names)
+        k = r % max(len(names), 1)
         for name in names[k:] + names[:k]:
-            samples[name].append(_sample(steps[name], inner[name], device))
-    return {n: summarize(s) for n, s in samples.items()}
+            if name not in errors:
+                t = attempt(name, lambda: _sample(steps[name], inner[name], device))
+                if t is not None:
+                    samples[name].append(t)
+    return {n: summarize(s) for n, s in samples.items() if n not in errors and s}, errors
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int = 5) -> float:

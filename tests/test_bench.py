@@ -13,7 +13,7 @@ import torch
 import fastgan
 from fastgan.bench import cli, configs, providers, report, timing
 
-TINY = ["--configs", "lab", "--batch", "6", "--repeats", "2", "--warmup", "1", "--min-sample-ms", "0",
+TINY = ["--device", "cpu", "--configs", "lab", "--batch", "6", "--repeats", "2", "--warmup", "1", "--min-sample-ms", "0",
         "--threads", "1", "--no-progress"]
 
 
@@ -38,7 +38,7 @@ def test_end_to_end_tiny_config_writes_md_and_csv_that_agree(tmp_path, capsys):
         assert float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"])
         assert float(r["vs_reference"]) == 1.0
         assert float(r["tflops"]) > 0 and float(r["peak_pct"]) > 0
-        assert float(r["launches"]) >= 1
+        assert float(r["launches"]) >= 1 and r["launches_kind"] == "ops"
         assert r["peak_mib"] == "" or float(r["peak_mib"]) >= 0
     for r in rows:  # torch: timed and checked, or reported as missing on a branch without it
         assert r["status"] == "ok" or r["status"].startswith("missing: ")
@@ -54,6 +54,27 @@ def test_end_to_end_tiny_config_writes_md_and_csv_that_agree(tmp_path, capsys):
     assert "## Results" in capsys.readouterr().out  # the table is printed too
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_end_to_end_on_gpu_with_every_baseline(tmp_path):
+    stem = tmp_path / "gpu"
+    args = ["--device", "cuda", "--configs", "lab", "--batch", "6", "--objectives", "ns+r1,gen", "--repeats", "2",
+            "--warmup", "1", "--no-progress", "--output", str(stem)]
+    assert cli.main(args) == 0
+    with open(f"{stem}.csv", newline="") as f:
+        rows = {(r["objective"], r["provider"]): r for r in csv.DictReader(f)}
+    assert {p for _, p in rows} == set(providers.DEFAULTS["cuda"])
+    for objective in ("ns+r1", "gen"):
+        for name in ("reference", "reference+graph"):
+            r = rows[(objective, name)]
+            assert r["status"] == "ok" and float(r["median_ms"]) > 0 and float(r["peak_mib"]) >= 0
+            assert r["launches_kind"] == "launches" and float(r["launches"]) >= 1
+        assert float(rows[(objective, "reference+graph")]["launches"]) < float(rows[(objective, "reference")]["launches"])
+        assert float(rows[(objective, "reference+graph")]["setup_s"]) > 0
+    for r in rows.values():
+        assert r["status"] == "ok" or r["status"].startswith(("missing: ", "error: "))
+
+
 def test_missing_backend_is_reported_with_its_reason(tmp_path, monkeypatch):
     real = fastgan.available_backends
 
@@ -62,7 +83,7 @@ def test_missing_backend_is_reported_with_its_reason(tmp_path, monkeypatch):
                 if s.name == "cpu" else s for s in real()]
 
     monkeypatch.setattr(fastgan, "available_backends", without_cpu)
-    rows, md = _run(tmp_path, "--device", "cpu", "--providers", "cpu,cuda,reference", "--objectives", "hinge",
+    rows, md = _run(tmp_path, "--providers", "cpu,cuda,reference", "--objectives", "hinge",
                     "--no-memory", "--no-launches")
     status = {r["provider"]: r["status"] for r in rows}
     assert status["cpu"] == "missing: simulated: extension did not load"
@@ -94,7 +115,7 @@ def test_failing_check_and_failing_provider_mark_their_rows(tmp_path, monkeypatc
 
     monkeypatch.setattr(providers, "make_runner", fake_make)
     monkeypatch.setattr(providers, "why_missing", lambda name, device: "")
-    rows, _ = _run(tmp_path, "--device", "cpu", "--providers", "torch,cpu,reference", "--objectives", "ns+r1",
+    rows, _ = _run(tmp_path, "--providers", "torch,cpu,reference", "--objectives", "ns+r1",
                    "--no-memory", "--no-launches")
     status = {r["provider"]: r for r in rows}
     assert status["torch"]["status"] == "check failed" and float(status["torch"]["check_err"]) > 0.1

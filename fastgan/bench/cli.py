@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows:
                 if r.config == c and r.provider in peaks:
                     r.peak_bytes = peaks[r.provider]
-    recs = report.records(rows, baselines, peak)
+    recs = report.records(rows, baselines, peak, launches.kind(device))
     over = report.overhead(rows)
     md = report.markdown(info, settings, statuses, recs, over, baselines, launches.kind(device))
     print(md.split("\n\n## Method", 1)[0])

@@ -32,9 +32,10 @@ def _key(c: Config) -> tuple:
     return (c.network.name, c.batch)
 
 
-def records(rows: list[Row], baselines: list[str], peak_flops: float) -> list[dict]:
+def records(rows: list[Row], baselines: list[str], peak_flops: float, count_kind: str) -> list[dict]:
     """Flat records (CSV columns) with the ratios to each baseline (baseline median / this
-    median: above 1 means faster than the baseline) and achieved FLOP/s."""
+    median: above 1 means faster than the baseline) and achieved FLOP/s. ``launches`` holds
+    what ``launches_kind`` says: GPU launches or CPU operator calls per step."""
     median = {(_key(r.config), r.config.objective.name, r.provider): r.stats.median
               for r in rows if r.stats is not None}
     out = []
@@ -52,6 +53,7 @@ def records(rows: list[Row], baselines: list[str], peak_flops: float) -> list[di
         rec["tflops"] = c.flops / s.median / 1e12 if s else None
         rec["peak_pct"] = 100 * c.flops / s.median / peak_flops if s and peak_flops else None
         rec["launches"] = r.launches
+        rec["launches_kind"] = count_kind
         rec["setup_s"] = r.setup_s
         rec["check_err"] = r.check_err
         out.append(rec)

@@ -19,12 +19,15 @@ DEFAULTS = {  # repeats, warmup, min sample ms
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="fastgan bench", description=__doc__.split("\n\n")[0],
+        prog="fastgan bench",
+        description="Time the fused discriminator (and generator) step of every available backend against "
+                    "the PyTorch baselines, interleaved in one run; print the table and write "
+                    "benchmarks/results/<device>-<date>.md and .csv.",
         epilog="Families: targets (target: in 32, width 128, depth 4, B 4096 and 256; lab: in 2, "
                "width 64, depth 3, B 4096), width (in 32, depth 4, width 64/128/512/1024), ctgan "
                "(in 64/256, two hidden layers of 256, pack 1/10). depth = hidden layers; batch = rows "
-               "per side. CPU default: targets + every sweep network at B 256 (a few minutes on 2 "
-               "cores); --full adds B 4096 (CPU) / runs everything (GPU: B 256, 4096, 65536).")
+               "per side. GPU default: every network at B 256, 4096, 65536. CPU default: the targets + "
+               "every sweep network at B 256 (a few minutes on 2 quiet cores); --full adds B 4096.")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: cuda when a GPU is visible, else cpu")
     p.add_argument("--configs", help="comma-separated families (targets,width,ctgan) or network name "
@@ -34,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", help=f"comma-separated subset of {','.join(providers.PROVIDERS)}; "
                                        "default: cpu,torch,reference (CPU), cuda,triton,torch,reference,"
                                        "reference+graph,func+compile (GPU)")
-    p.add_argument("--full", action="store_true", help="the whole grid for the device")
+    p.add_argument("--full", action="store_true", help="CPU: the sweep networks at B 4096 too")
     p.add_argument("--quick", action="store_true", help="targets only (B <= 4096), 5 repeats, 1 warm-up")
     p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float32")
     p.add_argument("--precision", choices=("highest", "high", "medium"), default="highest",

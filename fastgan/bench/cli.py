@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import time
 from pathlib import Path
 
 import torch
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     baselines = [b for b in providers.BASELINES[dev] if b in names]
     statuses = [(n, not (why := providers.why_missing(n, dev)), why) for n in providers.PROVIDERS]
+    start = time.perf_counter()
     info = machine.describe(device)
     peak = timing.matmul_peak(dtype, device)
     settings = {"dtype": args.dtype, "precision": args.precision,
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows:
                 if r.config == c and r.provider in peaks:
                     r.peak_bytes = peaks[r.provider]
+    settings["run time"] = f"{time.perf_counter() - start:.0f} s"
     recs = report.records(rows, baselines, peak, launches.kind(device))
     over = report.overhead(rows)
     md = report.markdown(info, settings, statuses, recs, over, baselines, launches.kind(device))

@@ -191,6 +191,8 @@ class DRAGANPenalty(GradientPenaltyBase):
             eps = torch.rand(real.shape, device=real.device, dtype=real.dtype, generator=generator)
         elif eps.shape != real.shape:
             raise ValueError(f"eps must have real's shape {tuple(real.shape)}, got {tuple(eps.shape)}")
+        elif eps.device != real.device:
+            raise ValueError(f"eps is on {eps.device} but real is on {real.device}")
         return reference.perturb(real.detach(), eps, self.scale)
 
 

@@ -1,0 +1,50 @@
+"""Shared test parametrisation: backends come from fastgan's own probes (fastgan._dispatch), and
+the ones that cannot run here are skipped with the probe's reason.
+
+Triton kernels run on CPU tensors only under ``TRITON_INTERPRET=1`` (set it before pytest starts).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastgan import _dispatch
+
+
+def backend_params(device: str = "cpu", include_reference: bool = False) -> list:
+    """One ``pytest.param`` per backend that serves ``device`` tensors, skipped (with the probe's
+    reason) where it cannot run here; backends for other devices are left out.
+
+    ``reference`` is the ground truth the others are compared against, so it is left out unless
+    asked for.
+    """
+    params = []
+    for status in _dispatch.available_backends():
+        if status.name == "reference" and not include_reference:
+            continue
+        if status.name in ("cpu", "cuda") and status.name != device:
+            continue
+        why = status.reason
+        if not why and not _dispatch._serves_device(status.name, torch.device(device)):
+            why = f"does not run on {device} tensors here" + (" (set TRITON_INTERPRET=1)" if device == "cpu" else "")
+        marks = [pytest.mark.skip(reason=f"{status.name}: {why}")] if why else []
+        params.append(pytest.param(status.name, id=status.name, marks=marks))
+    return params
+
+
+@pytest.fixture(params=backend_params("cpu"))
+def backend(request) -> str:
+    """Every non-reference backend that runs on CPU tensors here."""
+    return request.param
+
+
+@pytest.fixture
+def fresh_fallback_warnings(monkeypatch):
+    """Forget which fallback warnings were already shown, so a test sees its own."""
+    monkeypatch.setattr(_dispatch, "_warned", set())
+
+
+@pytest.fixture(params=backend_params("cuda"))
+def cuda_backend(request) -> str:
+    """Every non-reference backend that runs on CUDA tensors here."""
+    return request.param

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fastgan
-from fastgan.bench import cli, configs, providers, report, timing
+from fastgan.bench import check, cli, configs, providers, report, timing
 
 TINY = ["--device", "cpu", "--configs", "lab", "--batch", "6", "--repeats", "2", "--warmup", "1", "--min-sample-ms", "0",
         "--threads", "1", "--no-progress"]
@@ -176,3 +176,15 @@ def test_a_step_that_raises_while_timed_is_dropped_and_reported():
                                        warmup=1, min_sample_s=0)
     assert errors == {"flaky": "RuntimeError: boom"}
     assert set(stats) == {"fine"} and stats["fine"].samples == 4
+
+
+def test_check_error_is_relative_and_floored_at_the_gradients_scale():
+    ref = [torch.tensor(0.5), torch.ones(3, 4), torch.zeros(2)]
+    assert check.relative_error([t.clone() for t in ref], ref) == 0
+    assert check.relative_error([ref[0], ref[1] * 1.1, ref[2]], ref) == pytest.approx(0.1)
+    # a gradient that vanishes in the reference is judged against 1% of the largest norm
+    tiny = torch.full((2,), 1e-7)
+    assert check.relative_error([ref[0], ref[1], tiny], ref) == pytest.approx(tiny.norm().item() / 0.01 / 12 ** 0.5)
+    assert check.relative_error([ref[0], ref[1], torch.full((2,), float("nan"))], ref) == float("inf")
+    assert check.relative_error([ref[0], ref[1], None], ref) == float("inf")
+    assert check.relative_error([ref[0], ref[1].T, ref[2]], ref) == float("inf")

@@ -134,8 +134,9 @@ METHOD = """\
   subprocess (see fastgan/bench/memory.py).
 - GPU `launches`: host launch calls per step from torch.profiler (a CUDA-graph replay counts
   once). CPU `ops`: top-level operator calls per step (aten::/fastgan::), not launches.
-- Every provider was checked against `reference` (value and gradients, relative 2-norm error in
-  `check err`) before timing; a failing check marks the row and skips its timing.
+- Every provider was checked against `reference` before timing (value and gradients; `check err`
+  is the relative 2-norm error per tensor, floored at 1% of the largest reference norm, see
+  fastgan/bench/check.py); a failing check marks the row and skips its timing.
 - `setup s`: compile / CUDA-graph capture time, not part of the step time."""
 
 

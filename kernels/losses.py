@@ -28,45 +28,11 @@ import triton
 import triton.language as tl
 
 from fastgan.kernels._common import acc_dtype, finish_sum, joined, split_double
+from fastgan.kernels.terms import phi_derivative, phi_value
 
 BLOCK = 1024
 _REDUCTIONS = (0, 1, 2)  # none, mean, sum
 _PHIS = (0, 1, 2, 3)  # softplus, relu, identity, half square
-
-
-@triton.jit
-def _log1p(e):
-    """log(1 + e) for e in [0, 1], accurate for tiny e (Goldberg: log(u) * e / (u - 1), u = 1 + e)."""
-    u = 1.0 + e
-    tiny = u == 1.0
-    return tl.where(tiny, e, tl.log(u) * (e / tl.where(tiny, 1.0, u - 1.0)))
-
-
-@triton.jit
-def _phi(z, PHI: tl.constexpr):
-    """phi(z) for the constexpr code PHI (see the module docstring)."""
-    if PHI == 0:
-        return tl.maximum(z, 0.0) + _log1p(tl.exp(-tl.abs(z)))
-    elif PHI == 1:
-        return tl.maximum(z, 0.0)
-    elif PHI == 2:
-        return z
-    else:
-        return 0.5 * z * z
-
-
-@triton.jit
-def _phi_derivative(z, PHI: tl.constexpr):
-    """phi'(z) for the constexpr code PHI; the sigmoid never overflows (e = exp(-|z|) <= 1)."""
-    if PHI == 0:
-        e = tl.exp(-tl.abs(z))
-        return tl.where(z >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))
-    elif PHI == 1:
-        return tl.where(z > 0.0, 1.0, 0.0).to(z.dtype)
-    elif PHI == 2:
-        return tl.full(z.shape, 1.0, z.dtype)
-    else:
-        return z
 
 
 @triton.jit
@@ -90,7 +56,7 @@ def _loss_term_forward_kernel(
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
     z = tl.cast(sign, ACC) * x + joined(shift_hi, shift_lo, ACC)
-    v = _phi(z, PHI)
+    v = phi_value(z, PHI)
     if REDUCE == 0:
         tl.store(out_ptr + offs, v * joined(scale_hi, scale_lo, ACC), mask=mask)
     else:
@@ -121,7 +87,7 @@ def _loss_term_backward_kernel(
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
     s = tl.cast(sign, ACC)
-    d = _phi_derivative(s * x + joined(shift_hi, shift_lo, ACC), PHI) * (s * joined(scale_hi, scale_lo, ACC))
+    d = phi_derivative(s * x + joined(shift_hi, shift_lo, ACC), PHI) * (s * joined(scale_hi, scale_lo, ACC))
     if REDUCE == 0:
         g = tl.load(grad_out_ptr + offs, mask=mask, other=0.0).to(ACC)
     else:

@@ -56,6 +56,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastgan.kernels.terms import phi_derivative, phi_value
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # fp32 products when allow_tf32 is False. "ieee" is fp32-accurate but runs on FMA units: an sm_90
 # AOT compile (ptxas -v) shows the fused kernels spilling 25-90 KB per thread with it, against
@@ -98,46 +100,13 @@ def _mask(h, alpha):
 
 
 @triton.jit
-def _log1p(e):
-    """log(1 + e) accurate for small e (Goldberg's trick; no libdevice needed)."""
-    u = 1.0 + e
-    d = u - 1.0
-    return tl.where(d == 0, e, tl.log(u) * (e / tl.where(d == 0, 1.0, d)))
-
-
-@triton.jit
-def _phi_value(z, PHI: tl.constexpr):
-    if PHI == 0:  # softplus: max(z, 0) + log1p(exp(-|z|))
-        return tl.maximum(z, 0.0) + _log1p(tl.exp(-tl.abs(z)))
-    elif PHI == 1:  # relu
-        return tl.maximum(z, 0.0)
-    elif PHI == 2:  # identity
-        return z
-    else:  # z^2 / 2
-        return 0.5 * z * z
-
-
-@triton.jit
-def _phi_derivative(z, PHI: tl.constexpr):
-    if PHI == 0:  # sigmoid without overflow
-        e = tl.exp(-tl.abs(z))
-        return tl.where(z >= 0, 1.0, e) / (1.0 + e)
-    elif PHI == 1:
-        return tl.where(z > 0, 1.0, 0.0).to(z.dtype)
-    elif PHI == 2:
-        return tl.full(z.shape, 1.0, z.dtype)
-    else:
-        return z
-
-
-@triton.jit
 def _term(x, sign, shift, scale, PHI: tl.constexpr):
     """(scale * phi(sign*x + shift), d/dx of it); zeros when PHI is NO_TERM (-1)."""
     if PHI < 0:
         zero = tl.zeros(x.shape, x.dtype)
         return zero, zero
     z = sign * x + shift
-    return scale * _phi_value(z, PHI), (scale * sign) * _phi_derivative(z, PHI)
+    return scale * phi_value(z, PHI), (scale * sign) * phi_derivative(z, PHI)
 
 
 # ---------------------------------------------------------------------------------------------

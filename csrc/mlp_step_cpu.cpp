@@ -1,0 +1,735 @@
+// CPU kernels of the fused MLP discriminator and generator steps (DESIGN.md section 4; the
+// contract is in csrc/bindings.cpp). Equivalent torch, autograd being the specification:
+//
+//   o = D(x): z_l = h_{l-1} W_l^T + b_l, h_l = leaky_relu(z_l, alpha), o = h_L w_out^T + b_out
+//   disc: total = sum_i term_real(r_i) + sum_j term_fake(f_j) + sum_p pw * pen(|dD(x_p)/dx_p|)
+//         outputs [loss, penalty, mean r, mean f] and d total / d (W, b, w_out, b_out)
+//   gen:  loss = sum_j term(f_j) (or term(r_j - f_j) when paired); outputs [loss, mean f], dloss/dfake
+//
+// Closed form, per row (m_l = 1 where h_l > 0 else alpha; c = d loss / d o):
+//   v_L = m_L * w_out, v_{l-1} = (v_l W_l) * m_{l-1}, g = v_1 W_1        (input gradient)
+//   ubar_0 = k(|g|) g, ubar_l = (ubar_{l-1} W_l^T) * m_l               (penalty adjoint)
+//   dW_l += v_l^T (c h_{l-1} + ubar_{l-1}), db_l += c v_l, dw_out += c h_L + ubar_L, db_out += c
+// Rows without a penalty carry c in the chain (c v_l is the ordinary backward delta) and use
+// h_{l-1} itself as the right operand, so every layer takes ONE weight-gradient product.
+//
+// Work plan: the batch is cut into blocks of a few hundred rows whose activations fit in L2;
+// a block stacks its real, fake and penalty-input rows, so each product covers all of them,
+// and every elementwise step (bias, activation, masks, c, penalty factors) runs on the block
+// right after its product. Weight gradients accumulate per chunk of consecutive blocks (a fixed
+// number of chunks, independent of the thread count, summed in order), so results are bitwise
+// reproducible. Products go to BLAS ?gemm_ directly when torch exports it (MKL builds), else to
+// at::mm on views. Half and bfloat16 are computed in float32.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "loss_terms.h"
+
+// Fortran BLAS from torch's own BLAS (MKL on x86 wheels); weak, so a build without them still loads.
+extern "C" {
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
+}
+
+namespace fastgan {
+namespace {
+
+// The block code is compiled twice: for the build's baseline ISA and, on x86, for AVX2 + FMA
+// (chosen at run time), so that its elementwise loops use 256-bit vectors.
+#define FASTGAN_INLINE inline __attribute__((always_inline))
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FASTGAN_SIMD_TARGET __attribute__((target("avx2,fma")))
+bool cpu_has_simd_target() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+#else
+#define FASTGAN_SIMD_TARGET
+bool cpu_has_simd_target() { return false; }
+#endif
+
+constexpr int64_t kChunks = 8;                  // weight-gradient partial sums (fixed: determinism)
+constexpr int64_t kBlockBytes = 1024 * 1024;    // target per-thread block workspace (about L2)
+constexpr int64_t kMinBlockRows = 32;
+
+// ---- products on row-major matrices: C (M x N) = alpha op(A) op(B) + beta C ----------------------
+void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+               const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+               const int* ldc) {
+  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
+               const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+               const int* ldc) {
+  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+template <typename T>
+bool have_blas() {
+  return std::is_same<T, float>::value ? sgemm_ != nullptr : dgemm_ != nullptr;
+}
+
+// op(X) of a row-major X stored (rows x cols) with leading dimension ld, as a tensor view.
+template <typename T>
+at::Tensor view(const T* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor t = at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1}, options);
+  return trans ? t.t() : t;
+}
+
+template <typename T>
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+          int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (beta == T(0)) for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
+    return;
+  }
+  if (have_blas<T>()) {  // column-major BLAS computes C^T = op(B)^T op(A)^T
+    const int m = int(N), n = int(M), k = int(K), la = int(lda), lb = int(ldb), lc = int(ldc);
+    blas_gemm(tb ? "T" : "N", ta ? "T" : "N", &m, &n, &k, &alpha, B, &lb, A, &la, &beta, C, &lc);
+    return;
+  }
+  at::Tensor a = ta ? view(A, K, M, lda, true) : view(A, M, K, lda, false);
+  at::Tensor b = tb ? view(B, N, K, ldb, true) : view(B, K, N, ldb, false);
+  at::Tensor c = view(C, M, N, ldc, false);
+  if (beta == T(0)) {
+    at::mm_out(c, a, b);
+    if (alpha != T(1)) c.mul_(alpha);
+  } else {
+    c.addmm_(a, b, beta, alpha);
+  }
+}
+
+// ---- the network as raw pointers --------------------------------------------------------------
+template <typename T>
+struct Net {
+  int64_t L = 0;
+  std::vector<int64_t> width;  // width[0] = K (packed row), width[l] = H_l
+  std::vector<const T*> W;     // W[l] (l = 1..L): (H_l, H_{l-1}); W[0] unused
+  std::vector<const T*> b;     // b[l] or nullptr
+  const T* w_out = nullptr;    // (H_L,)
+  T b_out = T(0);
+  T alpha = T(0);
+  T one = T(1);                // see bias_leaky
+  int64_t max_width = 0;       // max over H_1..H_L
+};
+
+// Parameter-gradient layout of one chunk's partial sums: weight matrices in a T slot (products
+// accumulate there), vectors (biases, w_out, b_out: row sums) in a double slot.
+struct GradLayout {
+  std::vector<int64_t> W, b;  // offsets (index l = 1..L) into the T / the double slot
+  int64_t w_out = 0, b_out = 0, size = 0, vsize = 0;
+};
+
+template <typename T>
+GradLayout grad_layout(const Net<T>& net, bool has_bias) {
+  GradLayout g;
+  g.W.assign(net.L + 1, 0);
+  g.b.assign(net.L + 1, -1);
+  for (int64_t l = 1; l <= net.L; ++l) { g.W[l] = g.size; g.size += net.width[l] * net.width[l - 1]; }
+  if (has_bias) for (int64_t l = 1; l <= net.L; ++l) { g.b[l] = g.vsize; g.vsize += net.width[l]; }
+  g.w_out = g.vsize; g.vsize += net.width[net.L];
+  g.b_out = g.vsize; g.vsize += 1;
+  return g;
+}
+
+// Per-thread block buffers for S stacked rows.
+template <typename T>
+struct Workspace {
+  std::vector<T> buf;
+  std::vector<T*> H, V;  // H[0..L] (S x width[l]; H[0] holds the input rows), V[1..L]
+  T *G = nullptr, *UB0 = nullptr, *UB1 = nullptr, *o = nullptr, *c = nullptr;
+
+  static int64_t elems_per_row(const Net<T>& net) {
+    int64_t e = 2 * net.width[0] + 2 * net.max_width + 2;  // H[0], G, UB0/1, o, c
+    for (int64_t l = 1; l <= net.L; ++l) e += 2 * net.width[l];
+    return e;
+  }
+  Workspace(const Net<T>& net, int64_t S) : buf(size_t(S * elems_per_row(net))), H(net.L + 1), V(net.L + 1) {
+    T* p = buf.data();
+    auto take = [&](int64_t n) { T* q = p; p += n; return q; };
+    for (int64_t l = 0; l <= net.L; ++l) H[l] = take(S * net.width[l]);
+    for (int64_t l = 1; l <= net.L; ++l) V[l] = take(S * net.width[l]);
+    G = take(S * net.width[0]);
+    UB0 = take(S * net.max_width);
+    UB1 = take(S * net.max_width);
+    o = take(S);
+    c = take(S);
+  }
+};
+
+// Rows of one block, stacked: [0, n[0]) real, then n[1] fake, then n[2] penalty-input rows.
+template <typename T>
+struct Block {
+  const T* x[3];
+  int64_t n[3];
+  int64_t rows() const { return n[0] + n[1] + n[2]; }
+};
+
+// ---- elementwise steps (one pass over a block in cache each) ------------------------------------
+// LeakyReLU and its mask as multiplies by a selected factor (1 or alpha): torch's exact results,
+// and branch-free loops that vectorise. `one` is 1 read at run time, so that the compiler does not
+// turn "times 1" into a conditional multiply, which IEEE trapping rules keep from vectorising.
+template <typename T>
+FASTGAN_INLINE void bias_leaky(T* __restrict__ h, int64_t rows, int64_t w, const T* __restrict__ bias, T one,
+                               T alpha) {
+  for (int64_t i = 0; i < rows; ++i) {
+    T* __restrict__ r = h + i * w;
+    if (bias) {
+      for (int64_t j = 0; j < w; ++j) { const T z = r[j] + bias[j]; r[j] = z * (z > T(0) ? one : alpha); }
+    } else {
+      for (int64_t j = 0; j < w; ++j) { const T z = r[j]; r[j] = z * (z > T(0) ? one : alpha); }
+    }
+  }
+}
+
+// u *= m where m = 1 if h > 0 else alpha (h > 0 exactly when z > 0, as alpha >= 0).
+template <typename T>
+FASTGAN_INLINE void apply_mask(T* __restrict__ u, const T* __restrict__ h, int64_t n, T one, T alpha) {
+  for (int64_t i = 0; i < n; ++i) u[i] *= h[i] > T(0) ? one : alpha;
+}
+
+// h_i <- c_i h_i + ubar_i (the weight-gradient operand of a penalised row).
+template <typename T>
+FASTGAN_INLINE void combine(T* __restrict__ h, const T* __restrict__ c, const T* __restrict__ ubar, int64_t rows,
+                            int64_t w) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const T ci = c[i];
+    T* r = h + i * w;
+    const T* u = ubar + i * w;
+    for (int64_t j = 0; j < w; ++j) r[j] = ci * r[j] + u[j];
+  }
+}
+
+// Forward of all S stacked rows: H[0] <- inputs, H[l] <- leaky(H[l-1] W_l^T + b_l), o <- logits.
+template <typename T>
+FASTGAN_INLINE void forward(const Net<T>& net, Workspace<T>& ws, const Block<T>& blk) {
+  const int64_t S = blk.rows(), K = net.width[0];
+  int64_t r0 = 0;
+  for (int s = 0; s < 3; ++s) {
+    if (blk.n[s]) std::memcpy(ws.H[0] + r0 * K, blk.x[s], sizeof(T) * blk.n[s] * K);
+    r0 += blk.n[s];
+  }
+  for (int64_t l = 1; l <= net.L; ++l) {
+    const int64_t wi = net.width[l - 1], wo = net.width[l];
+    gemm<T>(false, true, S, wo, wi, T(1), ws.H[l - 1], wi, net.W[l], wi, T(0), ws.H[l], wo);
+    bias_leaky(ws.H[l], S, wo, net.b[l], net.one, net.alpha);
+  }
+  const int64_t wl = net.width[net.L];
+  for (int64_t i = 0; i < S; ++i) {
+    const T* h = ws.H[net.L] + i * wl;
+    T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < wl; ++j) acc += h[j] * net.w_out[j];
+    ws.o[i] = acc + net.b_out;
+  }
+}
+
+// V chain over rows [r0, r1): V[L] = s_i m_L w_out, V[l-1] = (V[l] W_l) * m_{l-1}, with s_i = c_i,
+// or 1 on the penalised rows [p0, p1).
+template <typename T>
+FASTGAN_INLINE void v_chain(const Net<T>& net, Workspace<T>& ws, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+  const int64_t L = net.L, wl = net.width[L], n = r1 - r0;
+  for (int64_t i = r0; i < r1; ++i) {
+    const T s = (i >= p0 && i < p1) ? T(1) : ws.c[i];
+    const T sa = s * net.alpha;
+    const T* __restrict__ h = ws.H[L] + i * wl;
+    T* __restrict__ v = ws.V[L] + i * wl;
+    for (int64_t j = 0; j < wl; ++j) v[j] = (h[j] > T(0) ? s : sa) * net.w_out[j];
+  }
+  for (int64_t l = L; l >= 2; --l) {
+    const int64_t wo = net.width[l], wi = net.width[l - 1];
+    gemm<T>(false, false, n, wi, wo, T(1), ws.V[l] + r0 * wo, wo, net.W[l], wi, T(0), ws.V[l - 1] + r0 * wi, wi);
+    apply_mask(ws.V[l - 1] + r0 * wi, ws.H[l - 1] + r0 * wi, n * wi, net.one, net.alpha);
+  }
+}
+
+// ---- arguments ---------------------------------------------------------------------------------
+struct PenaltySpec {
+  int side = -1;  // -1 none, 0 real, 1 fake, 2 penalty_input
+  int kind = 0;
+  double weight = 0, center = 0;
+};
+
+bool parse_term(c10::ArrayRef<double> v, const char* name, Term* t) {
+  if (v.empty()) return false;
+  TORCH_CHECK(v.size() == 4, "fastgan mlp step: ", name, " must be [] or [phi, sign, shift, scale], got ",
+              v.size(), " numbers");
+  const int phi = int(v[0]);
+  TORCH_CHECK(double(phi) == v[0] && phi >= SOFTPLUS && phi <= HALF_SQUARE, "fastgan mlp step: ", name,
+              "[0] must be a phi code 0..3 (softplus, relu, identity, half square), got ", v[0]);
+  *t = Term{phi, v[1], v[2], v[3]};
+  return true;
+}
+
+void check_rows(const at::Tensor& x, const char* name, const at::Tensor& like) {
+  TORCH_CHECK(x.device().is_cpu(), "fastgan mlp step (cpu): ", name, " must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.dim() == 2, "fastgan mlp step: ", name, " must be (rows, K), got shape ", x.sizes());
+  TORCH_CHECK(x.size(0) > 0, "fastgan mlp step: ", name, " must have at least one row");
+  TORCH_CHECK(x.scalar_type() == like.scalar_type(), "fastgan mlp step: ", name, " has dtype ", x.scalar_type(),
+              " but the first input has ", like.scalar_type(), "; use one dtype");
+  TORCH_CHECK(x.size(1) == like.size(1), "fastgan mlp step: ", name, " has ", x.size(1),
+              " features per row but the first input has ", like.size(1));
+}
+
+void check_net(const at::Tensor& x, at::TensorList weights, at::TensorList biases, const at::Tensor& w_out,
+               const c10::optional<at::Tensor>& b_out, double negative_slope) {
+  TORCH_CHECK(x.is_floating_point(), "fastgan mlp step: inputs must be floating point, got ", x.scalar_type());
+  TORCH_CHECK(!weights.empty(), "fastgan mlp step: weights must hold at least one hidden layer");
+  TORCH_CHECK(biases.empty() || biases.size() == weights.size(), "fastgan mlp step: biases must be empty or one per "
+              "layer (", weights.size(), "), got ", biases.size());
+  TORCH_CHECK(negative_slope >= 0, "fastgan mlp step: negative_slope must be >= 0, got ", negative_slope);
+  auto check_param = [&](const at::Tensor& p, const std::string& name) {
+    TORCH_CHECK(p.device().is_cpu(), "fastgan mlp step (cpu): ", name, " must be a CPU tensor, got ", p.device());
+    TORCH_CHECK(p.scalar_type() == x.scalar_type(), "fastgan mlp step: ", name, " has dtype ", p.scalar_type(),
+                " but the inputs have ", x.scalar_type(), "; use one dtype");
+  };
+  int64_t prev = x.size(1);
+  for (size_t l = 0; l < weights.size(); ++l) {
+    const at::Tensor& w = weights[l];
+    const std::string name = "weights[" + std::to_string(l) + "]";
+    check_param(w, name);
+    TORCH_CHECK(w.dim() == 2 && w.size(0) > 0 && w.size(1) == prev, "fastgan mlp step: ", name,
+                " must be (H, ", prev, ") with H >= 1 (", l == 0 ? "K = the inputs' row width" : "previous layer's H",
+                "), got shape ", w.sizes());
+    if (!biases.empty()) {
+      const std::string bname = "biases[" + std::to_string(l) + "]";
+      check_param(biases[l], bname);
+      TORCH_CHECK(biases[l].dim() == 1 && biases[l].size(0) == w.size(0), "fastgan mlp step: ", bname,
+                  " must have shape (", w.size(0), ",), got ", biases[l].sizes());
+    }
+    prev = w.size(0);
+  }
+  check_param(w_out, "w_out");
+  TORCH_CHECK(w_out.dim() == 2 && w_out.size(0) == 1 && w_out.size(1) == prev,
+              "fastgan mlp step: w_out must have shape (1, ", prev, "), got ", w_out.sizes());
+  if (b_out.has_value()) {
+    check_param(*b_out, "b_out");
+    TORCH_CHECK(b_out->dim() == 1 && b_out->size(0) == 1, "fastgan mlp step: b_out must have shape (1,), got ",
+                b_out->sizes());
+  }
+}
+
+// Contiguous copies (kept alive by the caller) and the raw view of the network.
+template <typename T>
+Net<T> make_net(std::vector<at::Tensor>& keep, at::TensorList weights, at::TensorList biases,
+                const at::Tensor& w_out, const c10::optional<at::Tensor>& b_out, double negative_slope) {
+  Net<T> net;
+  net.L = int64_t(weights.size());
+  net.width.push_back(weights[0].size(1));
+  net.W.push_back(nullptr);
+  net.b.push_back(nullptr);
+  for (int64_t l = 0; l < net.L; ++l) {
+    keep.push_back(weights[l].contiguous());
+    net.W.push_back(keep.back().const_data_ptr<T>());
+    net.width.push_back(weights[l].size(0));
+    net.max_width = std::max(net.max_width, weights[l].size(0));
+    if (!biases.empty()) {
+      keep.push_back(biases[l].contiguous());
+      net.b.push_back(keep.back().const_data_ptr<T>());
+    } else {
+      net.b.push_back(nullptr);
+    }
+  }
+  keep.push_back(w_out.contiguous());
+  net.w_out = keep.back().const_data_ptr<T>();
+  net.b_out = b_out.has_value() ? b_out->item<T>() : T(0);
+  net.alpha = T(negative_slope);
+  return net;
+}
+
+// Rows per side in one block, from the shapes alone (never the thread count, so that results are
+// reproducible): blocks whose buffers take about kBlockBytes, but at least kChunks blocks of at
+// least kMinBlockRows rows when the batch allows, so that small batches still spread over threads.
+template <typename T>
+int64_t block_rows(const Net<T>& net, int sides, int64_t rows) {
+  const int64_t per_row = Workspace<T>::elems_per_row(net) * int64_t(sizeof(T)) * sides;
+  const int64_t fit = std::max<int64_t>(8, kBlockBytes / per_row);
+  const int64_t nblocks = std::max((rows + fit - 1) / fit, std::min(kChunks, rows / kMinBlockRows));
+  return std::max<int64_t>(1, (rows + nblocks - 1) / nblocks);
+}
+
+// ---- the discriminator step ---------------------------------------------------------------------
+template <typename T>
+struct DiscJob {
+  const Net<T>* net;
+  const T* x[3];      // real, fake, penalty-input rows (K wide)
+  int64_t N[3];       // their row counts (0: none)
+  const Term* t_real; // nullptr: no term
+  const Term* t_fake;
+  bool paired, has_bias;
+  PenaltySpec pen;
+  int64_t Rb;         // rows per side in a block
+  GradLayout lay;
+};
+
+// One block: forward, c, the V chain, the penalty adjoint, and its share of every gradient,
+// added to the chunk's slots (slot: weight matrices, vslot: vectors, st: stats).
+template <typename T>
+FASTGAN_INLINE void disc_block(const DiscJob<T>& job, Workspace<T>& ws, int64_t bi, T* slot, double* vslot,
+                               double* st) {
+  const Net<T>& net = *job.net;
+  const GradLayout& lay = job.lay;
+  const int64_t K = net.width[0], L = net.L, wl = net.width[L], Rb = job.Rb;
+  Block<T> blk;
+  for (int s = 0; s < 3; ++s) {
+    blk.n[s] = std::clamp<int64_t>(job.N[s] - bi * Rb, 0, Rb);
+    blk.x[s] = blk.n[s] ? job.x[s] + bi * Rb * K : nullptr;
+  }
+  const int64_t S = blk.rows(), nr = blk.n[0], nf = blk.n[1];
+  forward(net, ws, blk);
+  // loss derivatives c and the stats
+  const T* o = ws.o;
+  T* c = ws.c;
+  double loss = 0, sum_r = 0, sum_f = 0;
+  for (int64_t i = 0; i < nr; ++i) sum_r += double(o[i]);
+  for (int64_t i = nr; i < nr + nf; ++i) sum_f += double(o[i]);
+  if (job.paired) {
+    for (int64_t i = 0; i < nr; ++i) {
+      const T d = o[i] - o[nr + i];
+      loss += double(term_value<T>(*job.t_real, d));
+      c[i] = term_derivative<T>(*job.t_real, d);
+      c[nr + i] = -c[i];
+    }
+  } else {
+    for (int64_t i = 0; i < nr + nf; ++i) {
+      const Term* t = i < nr ? job.t_real : job.t_fake;
+      if (t) {
+        loss += double(term_value<T>(*t, o[i]));
+        c[i] = term_derivative<T>(*t, o[i]);
+      } else {
+        c[i] = T(0);
+      }
+    }
+  }
+  for (int64_t i = nr + nf; i < S; ++i) c[i] = T(0);
+  // penalised rows [p0, p1)
+  const int side = job.pen.side;
+  const int64_t p0 = side == 1 ? nr : side == 2 ? nr + nf : 0;
+  const int64_t p1 = side == 0 ? nr : side == 1 ? nr + nf : side == 2 ? S : 0;
+  const int64_t np = p1 - p0;
+  v_chain(net, ws, 0, S, p0, p1);
+  double pen_sum = 0;
+  if (np > 0) {
+    // g = v_1 W_1, then ubar_0 = k(|g|) g in place
+    gemm<T>(false, false, np, K, net.width[1], T(1), ws.V[1] + p0 * net.width[1], net.width[1], net.W[1], K, T(0),
+            ws.G, K);
+    for (int64_t i = 0; i < np; ++i) {
+      T* g = ws.G + i * K;
+      double sq = 0;
+#pragma omp simd reduction(+ : sq)
+      for (int64_t j = 0; j < K; ++j) sq += double(g[j]) * double(g[j]);
+      pen_sum += penalty_value<double>(job.pen.kind, sq, job.pen.weight, job.pen.center);
+      const T k = T(penalty_grad_factor<double>(job.pen.kind, sq, job.pen.weight, job.pen.center));
+      for (int64_t j = 0; j < K; ++j) g[j] *= k;
+    }
+    T* ub_prev = ws.G;
+    for (int64_t l = 1; l <= L; ++l) {
+      const int64_t wi = net.width[l - 1], wo = net.width[l];
+      T* ub = (l & 1) ? ws.UB0 : ws.UB1;
+      gemm<T>(false, true, np, wo, wi, T(1), ub_prev, wi, net.W[l], wi, T(0), ub, wo);
+      apply_mask(ub, ws.H[l] + p0 * wo, np * wo, net.one, net.alpha);
+      combine(ws.H[l - 1] + p0 * wi, c + p0, ub_prev, np, wi);
+      ub_prev = ub;
+    }
+    combine(ws.H[L] + p0 * wl, c + p0, ub_prev, np, wl);
+  }
+  // weight gradients: one product per layer over all stacked rows
+  for (int64_t l = 1; l <= L; ++l) {
+    const int64_t wi = net.width[l - 1], wo = net.width[l];
+    gemm<T>(true, false, wo, wi, S, T(1), ws.V[l], wo, ws.H[l - 1], wi, T(1), slot + lay.W[l], wi);
+    if (job.has_bias) {
+      double* db = vslot + lay.b[l];
+      for (int64_t i = 0; i < S; ++i) {
+        const T s = (i >= p0 && i < p1) ? c[i] : T(1);
+        const T* v = ws.V[l] + i * wo;
+        for (int64_t j = 0; j < wo; ++j) db[j] += double(s * v[j]);
+      }
+    }
+  }
+  double* dwo = vslot + lay.w_out;
+  double dbo = 0;
+  for (int64_t i = 0; i < S; ++i) {
+    const T s = (i >= p0 && i < p1) ? T(1) : c[i];
+    const T* h = ws.H[L] + i * wl;
+    for (int64_t j = 0; j < wl; ++j) dwo[j] += double(s * h[j]);
+    dbo += double(c[i]);
+  }
+  vslot[lay.b_out] += dbo;
+  st[0] += loss;
+  st[1] += pen_sum;
+  st[2] += sum_r;
+  st[3] += sum_f;
+}
+
+template <typename T>
+FASTGAN_SIMD_TARGET void disc_block_simd(const DiscJob<T>& job, Workspace<T>& ws, int64_t bi, T* slot,
+                                         double* vslot, double* st) {
+  disc_block(job, ws, bi, slot, vslot, st);
+}
+template <typename T>
+void disc_block_base(const DiscJob<T>& job, Workspace<T>& ws, int64_t bi, T* slot, double* vslot, double* st) {
+  disc_block(job, ws, bi, slot, vslot, st);
+}
+
+template <typename T>
+void disc_kernel(const DiscJob<T>& job, double stats[4], std::vector<T*>& grads) {
+  const Net<T>& net = *job.net;
+  const GradLayout& lay = job.lay;
+  const int sides = job.pen.side == 2 ? 3 : 2;
+  const int64_t nblocks = (std::max({job.N[0], job.N[1], job.N[2]}) + job.Rb - 1) / job.Rb;
+  const int64_t nchunks = std::min(nblocks, kChunks);
+  std::vector<T> slots(size_t(nchunks * lay.size), T(0));
+  std::vector<double> vslots(size_t(nchunks * lay.vsize), 0.0);
+  std::vector<double> chunk_stats(size_t(nchunks * 4), 0.0);
+  const bool simd = cpu_has_simd_target();
+
+  at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+    Workspace<T> ws(net, sides * job.Rb);
+    for (int64_t ch = cb; ch < ce; ++ch) {
+      T* slot = slots.data() + ch * lay.size;
+      double* vslot = vslots.data() + ch * lay.vsize;
+      double* st = chunk_stats.data() + ch * 4;
+      for (int64_t bi = ch * nblocks / nchunks; bi < (ch + 1) * nblocks / nchunks; ++bi) {
+        if (simd) disc_block_simd(job, ws, bi, slot, vslot, st);
+        else disc_block_base(job, ws, bi, slot, vslot, st);
+      }
+    }
+  });
+
+  // fixed-order sums over the chunks
+  for (int k = 0; k < 4; ++k) {
+    stats[k] = 0;
+    for (int64_t ch = 0; ch < nchunks; ++ch) stats[k] += chunk_stats[ch * 4 + k];
+  }
+  auto sum_into = [&](T* out, int64_t off, int64_t n) {
+    at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) {
+        T acc = slots[off + j];
+        for (int64_t ch = 1; ch < nchunks; ++ch) acc += slots[ch * lay.size + off + j];
+        out[j] = acc;
+      }
+    });
+  };
+  auto vsum_into = [&](T* out, int64_t off, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) {
+      double acc = 0;
+      for (int64_t ch = 0; ch < nchunks; ++ch) acc += vslots[ch * lay.vsize + off + j];
+      out[j] = T(acc);
+    }
+  };
+  size_t gi = 0;
+  for (int64_t l = 1; l <= net.L; ++l) sum_into(grads[gi++], lay.W[l], net.width[l] * net.width[l - 1]);
+  if (job.has_bias) for (int64_t l = 1; l <= net.L; ++l) vsum_into(grads[gi++], lay.b[l], net.width[l]);
+  vsum_into(grads[gi++], lay.w_out, net.width[net.L]);
+  if (gi < grads.size()) vsum_into(grads[gi++], lay.b_out, 1);
+}
+
+std::vector<at::Tensor> mlp_disc_step_cpu(const at::Tensor& real_in, const at::Tensor& fake_in,
+                                          const c10::optional<at::Tensor>& penalty_input, at::TensorList weights,
+                                          at::TensorList biases, const at::Tensor& w_out,
+                                          const c10::optional<at::Tensor>& b_out, double negative_slope,
+                                          c10::ArrayRef<double> term_real, c10::ArrayRef<double> term_fake,
+                                          bool paired, int64_t penalty_side, int64_t penalty_kind,
+                                          double penalty_weight, double penalty_center, bool allow_tf32) {
+  (void)allow_tf32;  // CPU products are always full precision
+  check_rows(real_in, "real", real_in);
+  check_rows(fake_in, "fake", real_in);
+  check_net(real_in, weights, biases, w_out, b_out, negative_slope);
+  Term tr{}, tf{};
+  const bool has_tr = parse_term(term_real, "term_real", &tr);
+  const bool has_tf = parse_term(term_fake, "term_fake", &tf);
+  if (paired) {
+    TORCH_CHECK(real_in.size(0) == fake_in.size(0), "fastgan mlp step: paired (relativistic) loss needs as many "
+                "real rows as fake rows, got ", real_in.size(0), " and ", fake_in.size(0));
+    TORCH_CHECK(!has_tf, "fastgan mlp step: paired loss takes its term in term_real; term_fake must be []");
+    TORCH_CHECK(has_tr, "fastgan mlp step: paired loss needs term_real");
+  }
+  TORCH_CHECK(penalty_side >= -1 && penalty_side <= 2, "fastgan mlp step: penalty_side must be -1 (none), 0 (real), "
+              "1 (fake) or 2 (penalty_input), got ", penalty_side);
+  PenaltySpec pen;
+  if (penalty_side != -1) {
+    TORCH_CHECK(penalty_kind == PENALTY_SQUARED || penalty_kind == PENALTY_CENTERED, "fastgan mlp step: "
+                "penalty_kind must be 0 (weight |g|^2 / 2) or 1 (weight (|g| - center)^2), got ", penalty_kind);
+    pen = PenaltySpec{int(penalty_side), int(penalty_kind), penalty_weight, penalty_center};
+  }
+  if (penalty_side == 2) {
+    TORCH_CHECK(penalty_input.has_value(), "fastgan mlp step: penalty_side 2 needs penalty_input rows");
+    check_rows(*penalty_input, "penalty_input", real_in);
+  }
+
+  const at::ScalarType dtype = real_in.scalar_type();
+  const bool upcast = dtype == at::kHalf || dtype == at::kBFloat16;
+  auto prep = [&](const at::Tensor& t) { return (upcast ? t.to(at::kFloat) : t).contiguous(); };
+  auto prep_list = [&](at::TensorList ts) {
+    std::vector<at::Tensor> v;
+    for (const auto& t : ts) v.push_back(prep(t));
+    return v;
+  };
+  const at::Tensor real = prep(real_in), fake = prep(fake_in);
+  const at::Tensor pin = penalty_side == 2 ? prep(*penalty_input) : at::Tensor();
+  const std::vector<at::Tensor> ws_ = prep_list(weights), bs_ = prep_list(biases);
+  const at::Tensor wo_ = prep(w_out);
+  const c10::optional<at::Tensor> bo_ = b_out.has_value() ? c10::optional<at::Tensor>(prep(*b_out)) : c10::nullopt;
+
+  std::vector<at::Tensor> outs;
+  for (const auto& w : ws_) outs.push_back(at::empty_like(w));
+  for (const auto& b : bs_) outs.push_back(at::empty_like(b));
+  outs.push_back(at::empty_like(wo_));
+  if (bo_.has_value()) outs.push_back(at::empty_like(*bo_));
+  double stats[4];
+
+  AT_DISPATCH_FLOATING_TYPES(real.scalar_type(), "mlp_disc_step_cpu", [&] {
+    std::vector<at::Tensor> keep;
+    const Net<scalar_t> net = make_net<scalar_t>(keep, ws_, bs_, wo_, bo_, negative_slope);
+    DiscJob<scalar_t> job{&net,
+                          {real.const_data_ptr<scalar_t>(), fake.const_data_ptr<scalar_t>(),
+                           pin.defined() ? pin.const_data_ptr<scalar_t>() : nullptr},
+                          {real.size(0), fake.size(0), pin.defined() ? pin.size(0) : 0},
+                          has_tr ? &tr : nullptr, has_tf ? &tf : nullptr, paired, !bs_.empty(), pen,
+                          block_rows(net, penalty_side == 2 ? 3 : 2,
+                                     std::max({real.size(0), fake.size(0), pin.defined() ? pin.size(0) : 0})),
+                          grad_layout(net, !bs_.empty())};
+    std::vector<scalar_t*> grads;
+    for (auto& t : outs) grads.push_back(t.mutable_data_ptr<scalar_t>());
+    disc_kernel<scalar_t>(job, stats, grads);
+  });
+
+  at::Tensor st = at::empty({4}, real_in.options().dtype(at::kDouble));
+  double* sp = st.mutable_data_ptr<double>();
+  sp[0] = stats[0];
+  sp[1] = stats[1];
+  sp[2] = stats[2] / double(real.size(0));
+  sp[3] = stats[3] / double(fake.size(0));
+  std::vector<at::Tensor> result{st.to(dtype)};
+  for (auto& t : outs) result.push_back(upcast ? t.to(dtype) : t);
+  return result;
+}
+
+// ---- the generator step --------------------------------------------------------------------------
+template <typename T>
+struct GenJob {
+  const Net<T>* net;
+  const T* fake;
+  const T* real;  // paired only
+  int64_t N;
+  const Term* term;
+  bool paired;
+  int64_t Rb;
+  T* dfake;       // (N, K) output
+};
+
+// One block: forward (real rows too when paired), c, the V chain scaled by c, dfake = c g.
+template <typename T>
+FASTGAN_INLINE void gen_block(const GenJob<T>& job, Workspace<T>& ws, int64_t bi, double* st) {
+  const Net<T>& net = *job.net;
+  const int64_t K = net.width[0], Rb = job.Rb, n = std::min(Rb, job.N - bi * Rb);
+  Block<T> blk{{job.paired ? job.real + bi * Rb * K : nullptr, job.fake + bi * Rb * K, nullptr},
+               {job.paired ? n : 0, n, 0}};
+  forward(net, ws, blk);
+  const int64_t f0 = blk.n[0], S = blk.rows();
+  double loss = 0, sum_f = 0;
+  for (int64_t i = f0; i < S; ++i) {
+    const T f = ws.o[i];
+    sum_f += double(f);
+    if (!job.term) {
+      ws.c[i] = T(0);
+    } else if (job.paired) {
+      const T d = ws.o[i - f0] - f;
+      loss += double(term_value<T>(*job.term, d));
+      ws.c[i] = -term_derivative<T>(*job.term, d);
+    } else {
+      loss += double(term_value<T>(*job.term, f));
+      ws.c[i] = term_derivative<T>(*job.term, f);
+    }
+  }
+  v_chain(net, ws, f0, S, 0, 0);
+  gemm<T>(false, false, n, K, net.width[1], T(1), ws.V[1] + f0 * net.width[1], net.width[1], net.W[1], K, T(0),
+          job.dfake + bi * Rb * K, K);
+  st[0] = loss;
+  st[1] = sum_f;
+}
+
+template <typename T>
+FASTGAN_SIMD_TARGET void gen_block_simd(const GenJob<T>& job, Workspace<T>& ws, int64_t bi, double* st) {
+  gen_block(job, ws, bi, st);
+}
+template <typename T>
+void gen_block_base(const GenJob<T>& job, Workspace<T>& ws, int64_t bi, double* st) {
+  gen_block(job, ws, bi, st);
+}
+
+std::vector<at::Tensor> mlp_gen_step_cpu(const at::Tensor& fake_in, const c10::optional<at::Tensor>& real_in,
+                                         at::TensorList weights, at::TensorList biases, const at::Tensor& w_out,
+                                         const c10::optional<at::Tensor>& b_out, double negative_slope,
+                                         c10::ArrayRef<double> term, bool paired, bool allow_tf32) {
+  (void)allow_tf32;
+  check_rows(fake_in, "fake", fake_in);
+  check_net(fake_in, weights, biases, w_out, b_out, negative_slope);
+  Term t{};
+  const bool has_t = parse_term(term, "term", &t);
+  if (paired) {
+    TORCH_CHECK(real_in.has_value(), "fastgan mlp step: paired (relativistic) generator loss needs real rows");
+    check_rows(*real_in, "real", fake_in);
+    TORCH_CHECK(real_in->size(0) == fake_in.size(0), "fastgan mlp step: paired (relativistic) loss needs as many "
+                "real rows as fake rows, got ", real_in->size(0), " and ", fake_in.size(0));
+  }
+  const at::ScalarType dtype = fake_in.scalar_type();
+  const bool upcast = dtype == at::kHalf || dtype == at::kBFloat16;
+  auto prep = [&](const at::Tensor& x) { return (upcast ? x.to(at::kFloat) : x).contiguous(); };
+  const at::Tensor fake = prep(fake_in);
+  const at::Tensor real = paired ? prep(*real_in) : at::Tensor();
+  std::vector<at::Tensor> ws_, bs_;
+  for (const auto& w : weights) ws_.push_back(prep(w));
+  for (const auto& b : biases) bs_.push_back(prep(b));
+  const at::Tensor wo_ = prep(w_out);
+  const c10::optional<at::Tensor> bo_ = b_out.has_value() ? c10::optional<at::Tensor>(prep(*b_out)) : c10::nullopt;
+  at::Tensor dfake = at::empty_like(fake);
+  double loss = 0, sum_f = 0;
+
+  AT_DISPATCH_FLOATING_TYPES(fake.scalar_type(), "mlp_gen_step_cpu", [&] {
+    using T = scalar_t;
+    std::vector<at::Tensor> keep;
+    const Net<T> net = make_net<T>(keep, ws_, bs_, wo_, bo_, negative_slope);
+    const int64_t Nf = fake.size(0);
+    const int sides = paired ? 2 : 1;
+    const int64_t Rb = block_rows(net, sides, Nf);
+    const int64_t nblocks = (Nf + Rb - 1) / Rb;
+    std::vector<double> block_stats(size_t(nblocks * 2), 0.0);
+    const GenJob<T> job{&net, fake.const_data_ptr<T>(), paired ? real.const_data_ptr<T>() : nullptr, Nf,
+                        has_t ? &t : nullptr, paired, Rb, dfake.mutable_data_ptr<T>()};
+    const bool simd = cpu_has_simd_target();
+    at::parallel_for(0, nblocks, 1, [&](int64_t bb, int64_t be) {
+      Workspace<T> ws(net, sides * Rb);
+      for (int64_t bi = bb; bi < be; ++bi) {
+        if (simd) gen_block_simd(job, ws, bi, &block_stats[bi * 2]);
+        else gen_block_base(job, ws, bi, &block_stats[bi * 2]);
+      }
+    });
+    for (int64_t bi = 0; bi < nblocks; ++bi) { loss += block_stats[bi * 2]; sum_f += block_stats[bi * 2 + 1]; }
+  });
+
+  at::Tensor st = at::empty({2}, fake_in.options().dtype(at::kDouble));
+  st.mutable_data_ptr<double>()[0] = loss;
+  st.mutable_data_ptr<double>()[1] = sum_f / double(fake.size(0));
+  return {st.to(dtype), upcast ? dfake.to(dtype) : dfake};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
+  m.impl("mlp_disc_step", &mlp_disc_step_cpu);
+  m.impl("mlp_gen_step", &mlp_gen_step_cpu);
+}
+
+}  // namespace fastgan

@@ -8,18 +8,32 @@
 followed by ``.backward()`` would (that composition is the ``reference`` backend). For an
 :class:`~fastgan.MLPDiscriminator` the other backends compute the same gradients in closed form
 without double backward; any other module goes through the reference path.
+
+The fused path (DESIGN.md section 4): rows are packed (``(B, in) -> (B/pack, pack*in)``), the
+means' 1/N, the penalty's 1/rows and its lazy factor are folded into the term scales and the
+penalty weight, and the chosen backend's ``mlp_disc_step`` (``torch``: :mod:`fastgan.closed_form`;
+``cpu``/``cuda``: ``torch.ops.fastgan``; ``triton``: ``fastgan.kernels.mlp_step``, one contract
+in ``csrc/bindings.cpp``) returns the loss with the parameter gradients. A first-order
+``autograd.Function`` hands those to autograd, so ``torch.compile(fullgraph=True)`` and
+DistributedDataParallel work (the step runs inside ``D.forward``, so DDP all-reduces it). The
+inputs are data: no gradient flows to ``real`` or ``fake``. Under ``torch.compile`` the backend
+and ``allow_tf32`` (``torch.get_float32_matmul_precision() != 'highest'``) are resolved when the
+graph is traced (changing them later does not retrace); WGAN-GP/DRAGAN need ``eps`` there (random draws inside a compiled graph
+follow the compiler's RNG).
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from fastgan import _dispatch, _validate
+from fastgan import _dispatch, _native, _validate, closed_form
 from fastgan.losses import GANLoss, get_loss
 from fastgan.mlp import MLPDiscriminator
-from fastgan.penalties import GradientPenaltyBase
+from fastgan.penalties import GradientPenaltyBase, R1Penalty, R2Penalty
 
 
 class StepParts(NamedTuple):
@@ -72,8 +86,25 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
     _check_step_args(D, real, fake, loss, penalty)
     if loss.reduction == "none":
         raise ValueError("discriminator_step needs a scalar loss: use reduction 'mean' or 'sum'")
-    name = _dispatch.select(backend, real.device)
-    total, parts = _reference_step(D, real, fake, loss, penalty, eps, generator)
+    if loss.paired:
+        _validate.same_shape("real", real, "fake", fake, f"{type(loss).__name__} pairs real and fake")
+    inner = _unwrap(D)
+    if not isinstance(inner, MLPDiscriminator):
+        if backend is not None and backend != "reference":
+            raise ValueError(f"backend={backend!r} needs an MLPDiscriminator (the fused step is closed-form "
+                             f"for it only); {type(inner).__name__} runs with backend='reference' or None")
+        name = "reference"
+    else:
+        name = _resolve(backend, str(real.device))
+    if name == "reference":
+        total, parts = _reference_step(D, real, fake, loss, penalty, eps, generator)
+    else:
+        _check_params(inner, real)
+        # Through D's forward (fused=...), so DistributedDataParallel sees a forward and
+        # all-reduces the gradients the fused function hands to autograd.
+        run = functools.partial(_fused_step, fake=fake, loss=loss, penalty=penalty, backend=name,
+                                eps=eps, generator=generator)
+        total, parts = D(real, fused=run)
     return (total, parts) if return_parts else total
 
 
@@ -96,8 +127,41 @@ def generator_step(D: nn.Module, fake: torch.Tensor, *, loss: GANLoss | str, rea
     loss = get_loss(loss)
     if loss.paired and real is None:
         raise ValueError(f"{type(loss).__name__} pairs real and fake: pass real= to generator_step")
-    _validate.tensors(fake=fake, real=real)
+    if not isinstance(D, nn.Module):
+        raise TypeError(f"D must be an nn.Module, got {type(D).__name__}")
+    if loss.reduction == "none":
+        raise ValueError("generator_step needs a scalar loss: use reduction 'mean' or 'sum'")
+    _validate.tensors(fake=fake, real=real if loss.paired else None)
     inner = _unwrap(D)
+    if not isinstance(inner, MLPDiscriminator):
+        if backend is not None and backend != "reference":
+            raise ValueError(f"backend={backend!r} needs an MLPDiscriminator (the fused step is closed-form "
+                             f"for it only); {type(inner).__name__} runs with backend='reference' or None")
+        name = "reference"
+    else:
+        inner.check_input(fake, "fake")
+        if loss.paired:
+            inner.check_input(real, "real")
+            _validate.same_shape("real", real, "fake", fake, f"{type(loss).__name__} pairs real and fake")
+        name = _resolve(backend, str(fake.device))
+    if name == "reference":
+        return _reference_generator_step(inner, fake, real, loss)
+    _check_params(inner, fake)
+    pack, k = inner.pack, inner.pack * inner.in_features
+    fake_p = fake.reshape(fake.shape[0] // pack, k)
+    real_p = real.detach().reshape(real.shape[0] // pack, k) if loss.paired else None
+    term = loss.generator_term()
+    rows = fake_p.shape[0]
+    if loss.reduction == "mean":
+        term = term.scaled(1.0 / rows)
+    weights, biases, w_out, b_out = _mlp_params(inner)
+    params = [p.detach() for p in [*weights, *biases, w_out] + ([b_out] if b_out is not None else [])]
+    value = _GenStepFn.apply(fake_p, real_p, name, inner.negative_slope, tuple(term.as_list()), loss.paired,
+                             _allow_tf32(), len(weights), bool(biases), b_out is not None, *params)
+    return value.reshape(())
+
+
+def _reference_generator_step(inner, fake, real, loss):
     params = {k: v.detach() for k, v in inner.named_parameters()}
     buffers = dict(inner.named_buffers())
     call = lambda x: torch.func.functional_call(inner, (params, buffers), (x,))  # noqa: E731
@@ -105,3 +169,152 @@ def generator_step(D: nn.Module, fake: torch.Tensor, *, loss: GANLoss | str, rea
         fake_logits = call(fake)
         real_logits = call(real.detach()) if loss.paired else None
         return loss.generator_loss(fake_logits, real_logits)
+
+
+# ---- the fused path ---------------------------------------------------------------------------
+
+@functools.cache
+def _step_backends() -> tuple[str, ...]:
+    """The backends whose fused-step implementation exists in this installation."""
+    found = ["torch", "reference"]
+    if importlib.util.find_spec("fastgan.kernels") is not None and \
+            importlib.util.find_spec("fastgan.kernels.mlp_step") is not None:
+        found.append("triton")
+    ext, _ = _native.load()
+    if ext is not None:
+        for name, key in (("cpu", "CPU"), ("cuda", "CUDA")):
+            if torch._C._dispatch_has_kernel_for_dispatch_key("fastgan::mlp_disc_step", key):
+                found.append(name)
+    return tuple(b for b in _dispatch.BACKENDS if b in found)
+
+
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without importing dynamo (and with it triton)
+    when fastgan is imported: the public decorator only sets this marker
+    (tests/test_mlp_step_compile.py checks that it still does)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
+def _resolve(backend: str | None, device: str) -> str:
+    """The backend for a fused step on ``device``. Resolved once per compiled graph under
+    torch.compile (a constant: no guard on the environment or the context)."""
+    return _dispatch.select(backend, torch.device(device), supported=_step_backends())
+
+
+@_assume_constant_result
+def _allow_tf32() -> bool:
+    return torch.get_float32_matmul_precision() != "highest"
+
+
+def _impl(name: str):
+    """(mlp_disc_step, mlp_gen_step) of a backend; all share one contract (csrc/bindings.cpp)."""
+    if name == "torch":
+        return closed_form.mlp_disc_step, closed_form.mlp_gen_step
+    if name == "triton":
+        from fastgan.kernels import mlp_step
+        return mlp_step.mlp_disc_step, mlp_step.mlp_gen_step
+    return torch.ops.fastgan.mlp_disc_step, torch.ops.fastgan.mlp_gen_step  # cpu, cuda
+
+
+def _mlp_params(inner: MLPDiscriminator):
+    weights = [layer.weight for layer in inner.layers]
+    biases = [layer.bias for layer in inner.layers] if inner.bias else []
+    return weights, biases, inner.out.weight, inner.out.bias
+
+
+def _check_params(inner: MLPDiscriminator, x: torch.Tensor) -> None:
+    p = inner.out.weight
+    if p.dtype != x.dtype or p.device != x.device:
+        raise ValueError(f"the inputs are {x.dtype} on {x.device} but D's parameters are {p.dtype} on "
+                         f"{p.device}; the fused step needs one dtype and device (D.to(x))")
+
+
+def _penalty_setup(inner, real, fake, penalty, eps, generator):
+    """(side, kind, weight per row incl. the lazy factor, center, penalty rows or None)."""
+    if penalty is None:
+        return -1, 0, 0.0, 0.0, None
+    pack = inner.pack
+    penalty.check_inputs(real, fake, pack)
+    scale = penalty.next_scale()
+    if scale == 0:
+        return -1, 0, 0.0, 0.0, None
+    if isinstance(penalty, R2Penalty):
+        side, x = 1, None
+    elif isinstance(penalty, R1Penalty):
+        side, x = 0, None
+    else:  # interpolates, perturbed reals, ...: exactly the rows the penalty module builds
+        side = 2
+        x = penalty.penalty_input(real, fake, pack, eps=eps, generator=generator).detach()
+    rows = (real, fake, x)[side].shape[0] // pack
+    return side, int(penalty.kind), penalty.weight * scale / rows, penalty.center, x
+
+
+def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalty, backend, eps, generator):
+    """The fused step on an unwrapped MLPDiscriminator (called from its forward)."""
+    pack, k = inner.pack, inner.pack * inner.in_features
+    side, kind, pw, center, pen_x = _penalty_setup(inner, real, fake, penalty, eps, generator)
+    real_p = real.detach().reshape(real.shape[0] // pack, k)
+    fake_p = fake.detach().reshape(fake.shape[0] // pack, k)
+    pen_p = pen_x.reshape(pen_x.shape[0] // pack, k) if pen_x is not None else None
+    t_real, t_fake = loss.discriminator_terms()
+    if loss.reduction == "mean":
+        t_real = t_real.scaled(1.0 / real_p.shape[0])
+        t_fake = t_fake.scaled(1.0 / fake_p.shape[0]) if t_fake is not None else None
+    spec = (backend, inner.negative_slope, tuple(t_real.as_list()),
+            tuple(t_fake.as_list()) if t_fake is not None else (), loss.paired, side, kind, float(pw),
+            float(center), _allow_tf32())
+    weights, biases, w_out, b_out = _mlp_params(inner)
+    params = [*weights, *biases, w_out] + ([b_out] if b_out is not None else [])
+    total, stats = _DiscStepFn.apply(real_p, fake_p, pen_p, spec, len(weights), bool(biases), b_out is not None,
+                                     *params)
+    return total, StepParts(stats[0], stats[1], stats[2], stats[3])
+
+
+def _split(params, layers: int, has_bias: bool, has_b_out: bool):
+    """Flat (W_1..W_L, b_1..b_L?, w_out, b_out?) -> (weights, biases, w_out, b_out)."""
+    nb = layers if has_bias else 0
+    weights, biases = list(params[:layers]), list(params[layers:layers + nb])
+    return weights, biases, params[layers + nb], (params[layers + nb + 1] if has_b_out else None)
+
+
+class _DiscStepFn(torch.autograd.Function):
+    """First-order: the forward runs the backend's mlp_disc_step, which returns the parameter
+    gradients with the loss and penalty; backward scales them by grad_output (no double
+    backward, so torch.compile and DDP treat it as an ordinary op). Outputs: the scalar
+    total and the detached stats (loss, penalty, mean real logit, mean fake logit)."""
+
+    @staticmethod
+    def forward(ctx, real, fake, pen, spec, layers, has_bias, has_b_out, *params):
+        backend, slope, t_real, t_fake, paired, side, kind, pw, center, tf32 = spec
+        weights, biases, w_out, b_out = _split(params, layers, has_bias, has_b_out)
+        out = _impl(backend)[0](real, fake, pen, weights, biases, w_out, b_out, slope, list(t_real),
+                                list(t_fake), paired, side, kind, pw, center, tf32)
+        stats = out[0]
+        ctx.save_for_backward(*out[1:])
+        ctx.mark_non_differentiable(stats)
+        return stats[0] + stats[1], stats
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_stats):
+        return (None,) * 7 + tuple(grad_total * g for g in ctx.saved_tensors)
+
+
+class _GenStepFn(torch.autograd.Function):
+    """First-order generator side: forward returns the loss and stashes d loss / d fake;
+    backward scales it. The discriminator's parameters are constants here."""
+
+    @staticmethod
+    def forward(ctx, fake, real, backend, slope, term, paired, tf32, layers, has_bias, has_b_out, *params):
+        weights, biases, w_out, b_out = _split(params, layers, has_bias, has_b_out)
+        stats, d_fake = _impl(backend)[1](fake, real, weights, biases, w_out, b_out, slope, list(term),
+                                          paired, tf32)
+        ctx.save_for_backward(d_fake)
+        ctx.n_params = len(params)
+        return stats[0]
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (d_fake,) = ctx.saved_tensors
+        return (grad_loss * d_fake,) + (None,) * (9 + ctx.n_params)

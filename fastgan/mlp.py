@@ -1,7 +1,7 @@
 """``MLPDiscriminator``: the plain-PyTorch MLP discriminator that the fused step accelerates."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +51,12 @@ class MLPDiscriminator(nn.Module):
         if x.shape[0] % self.pack:
             raise ValueError(f"{name} has {x.shape[0]} rows, not divisible by pack={self.pack}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, fused: Callable | None = None):
+        """The logits of ``x``; with ``fused`` (set by :func:`fastgan.discriminator_step`),
+        ``fused(self, x)`` instead: the fused step runs inside forward so that a
+        DistributedDataParallel wrapper all-reduces its gradients."""
+        if fused is not None:
+            return fused(self, x)
         self.check_input(x)
         h = x.reshape(x.shape[0] // self.pack, self.pack * self.in_features)
         for layer in self.layers:

@@ -86,9 +86,12 @@ class GradientPenaltyBase(nn.Module):
         self.calls = 0
 
     def next_scale(self) -> int:
-        """Advance the lazy-regularisation counter: ``every`` on a penalty call, else 0."""
-        due = self.calls % self.every == 0
-        self.calls += 1
+        """Advance the lazy-regularisation counter: ``every`` on a penalty call, else 0.
+
+        The counter is kept modulo ``every`` (it is the phase), so under ``torch.compile`` it
+        takes at most ``every`` values: one cached graph per phase instead of a recompile per call."""
+        due = self.calls == 0
+        self.calls = (self.calls + 1) % self.every
         return self.every if due else 0
 
     def penalty_input(self, real, fake, pack: int, eps=None, generator=None) -> torch.Tensor:

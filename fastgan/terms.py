@@ -48,7 +48,7 @@ class Term(NamedTuple):
 
     def as_list(self) -> list[float]:
         """The ``[phi, sign, shift, scale]`` list the fused native operators take."""
-        return [float(self.phi), float(self.sign), float(self.shift), float(self.scale)]
+        return [float(int(self.phi)), float(self.sign), float(self.shift), float(self.scale)]  # int(): dynamo-safe
 
 
 def term_value(x: torch.Tensor, t: Term) -> torch.Tensor:

@@ -188,14 +188,22 @@ def _step_backends() -> tuple[str, ...]:
     return tuple(b for b in _dispatch.BACKENDS if b in found)
 
 
-@torch.compiler.assume_constant_result
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without importing dynamo (and with it triton)
+    when fastgan is imported: the public decorator only sets this marker
+    (tests/test_mlp_step_compile.py checks that it still does)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
 def _resolve(backend: str | None, device: str) -> str:
     """The backend for a fused step on ``device``. Resolved once per compiled graph under
     torch.compile (a constant: no guard on the environment or the context)."""
     return _dispatch.select(backend, torch.device(device), supported=_step_backends())
 
 
-@torch.compiler.assume_constant_result
+@_assume_constant_result
 def _allow_tf32() -> bool:
     return torch.get_float32_matmul_precision() != "highest"
 

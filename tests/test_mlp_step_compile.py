@@ -93,3 +93,13 @@ def test_compiled_generator_step(backend):
         generator_step(D, fake, loss=loss, real=real, backend="reference").backward()
         torch.testing.assert_close(got, fake.grad, rtol=1e-4, atol=1e-6)
         assert all(p.grad is None for p in D.parameters())
+
+
+def test_constant_marker_matches_torch_compiler():
+    """fused.py marks its backend resolution constant without importing dynamo; the marker must
+    be what torch.compiler.assume_constant_result itself sets."""
+    from fastgan import fused
+
+    marked = torch.compiler.assume_constant_result(lambda: 0)
+    probe = fused._assume_constant_result(lambda: 0)
+    assert {k for k in vars(marked)} == {k for k in vars(probe)} == {"_dynamo_marked_constant"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import datetime
 import faulthandler
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,7 +85,7 @@ def _worker(rank: int, init_file: str, backend: str):
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
-def test_ddp_averages_fused_gradients(backend, tmp_path):
+def test_ddp_averages_fused_gradients(backend, tmp_path, monkeypatch):
     if backend != "torch":
         from fastgan import fused
         try:
@@ -93,4 +94,7 @@ def test_ddp_averages_fused_gradients(backend, tmp_path):
             pytest.skip(f"fused step backend {backend!r} unavailable: {err}")
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
+    # spawned workers unpickle _worker by its module name (tests.test_mlp_step_ddp): let them
+    # import it whatever the import mode (they inherit sys.path)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
     mp.spawn(_worker, args=(str(tmp_path / "init"), backend), nprocs=WORLD, join=True)

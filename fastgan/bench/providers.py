@@ -1,0 +1,224 @@
+"""What is timed: every fastgan backend's fused step and the baselines, as runners with one
+``step()`` each (a full step: zero the gradients, the objective, ``.backward()``).
+
+=================  ==========================================================================
+provider           one step
+=================  ==========================================================================
+cuda/triton/cpu/   ``D.zero_grad(set_to_none=True)``; ``fastgan.discriminator_step(D, real, fake,
+torch              loss=..., penalty=..., backend=name).backward()`` (or ``generator_step``)
+reference          the same with ``backend="reference"``: autograd with ``create_graph=True``,
+                   what GAN code does today (baseline)
+reference+graph    the reference step captured once in a CUDA graph, then ``graph.replay()``
+                   (GPU baseline, where capture works)
+func+compile       ``torch.func.grad_and_value`` of the same objective (input gradient by
+                   ``torch.func.grad``) inside ``torch.compile(mode="reduce-overhead")``; the
+                   compile (and graph recording) time is reported as setup (GPU baseline)
+=================  ==========================================================================
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+
+import fastgan
+from fastgan import fused
+from fastgan.bench.configs import Config, Inputs
+from fastgan.reference import losses as ref_losses
+from fastgan.reference import penalties as ref_penalties
+
+BACKENDS = ("cuda", "triton", "cpu", "torch")  # fastgan backends with a fused step
+BASELINES = {"cpu": ("reference", "torch"), "cuda": ("reference", "reference+graph", "func+compile")}
+DEFAULTS = {"cpu": ("cpu", "torch", "reference"),
+            "cuda": ("cuda", "triton", "torch", "reference", "reference+graph", "func+compile")}
+PROVIDERS = BACKENDS + ("reference", "reference+graph", "func+compile")
+
+
+def _fused_step_backends() -> tuple[str, ...]:
+    """Backends whose fused step exists in this installation (all but reference need one)."""
+    lister = getattr(fused, "_step_backends", None)
+    return tuple(lister()) if lister is not None else ("reference",)
+
+
+def why_missing(name: str, device: str) -> str:
+    """'' when ``name`` can run on ``device`` ('cpu' or 'cuda'), else why not. A fastgan backend's
+    reason is the one :func:`fastgan.available_backends` gives."""
+    if name not in PROVIDERS:
+        raise ValueError(f"--providers: unknown provider {name!r}; choose from {PROVIDERS}")
+    if name == "reference+graph":
+        return "" if device == "cuda" else "CUDA graphs need a CUDA device"
+    if name == "func+compile":
+        return ""
+    status = {s.name: s for s in fastgan.available_backends()}[name if name in BACKENDS else "reference"]
+    if not status.available:
+        return status.reason
+    if name == "cuda" and device != "cuda":
+        return "the cuda backend runs on CUDA tensors only"
+    if name == "cpu" and device != "cpu":
+        return "the cpu backend runs on CPU tensors only"
+    if name not in _fused_step_backends():
+        return "no fused-step implementation of this backend in this installation"
+    return ""
+
+
+class Runner:
+    """One provider on one configuration. ``setup_s``: compile or capture time (else None);
+    ``setup_peak``: bytes allocated while capturing (graph providers' memory is their pool)."""
+
+    name: str
+    setup_s: float | None = None
+    setup_peak: int | None = None
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Drop the last step's outputs (before a memory measurement); graphs keep theirs."""
+
+    def result(self) -> list[torch.Tensor]:
+        """[value, gradients...] after the last step: D's parameter gradients, or d loss / d fake
+        for the generator step."""
+        raise NotImplementedError
+
+
+class EagerRunner(Runner):
+    """``discriminator_step``/``generator_step`` with one backend, then ``.backward()``."""
+
+    def __init__(self, name: str, config: Config, D: torch.nn.Module, data: Inputs):
+        self.name, self.backend, self.D, self.data = name, name, copy.deepcopy(D), data
+        self.objective = config.objective
+        self.loss, self.penalty = self.objective.make_loss(), self.objective.make_penalty()
+        self.fake = data.fake.clone().requires_grad_(True) if self.objective.generator else None
+        self.value = None
+
+    def step(self) -> None:
+        if self.objective.generator:
+            self.fake.grad = None
+            value = fastgan.generator_step(self.D, self.fake, loss=self.loss, backend=self.backend)
+        else:
+            self.D.zero_grad(set_to_none=True)
+            value = fastgan.discriminator_step(self.D, self.data.real, self.data.fake, loss=self.loss,
+                                               penalty=self.penalty, backend=self.backend, eps=self.data.eps)
+        value.backward()
+        self.value = value.detach()
+
+    def release(self) -> None:
+        self.D.zero_grad(set_to_none=True)
+        if self.fake is not None:
+            self.fake.grad = None
+        self.value = None
+
+    def result(self) -> list[torch.Tensor]:
+        grads = [self.fake.grad] if self.objective.generator else [p.grad for p in self.D.parameters()]
+        return [self.value, *grads]
+
+
+class GraphRunner(Runner):
+    """The reference step captured in a CUDA graph (warm-up on a side stream, then capture with
+    the gradients unset so that the captured backward allocates them in the graph's pool)."""
+
+    def __init__(self, name: str, config: Config, D: torch.nn.Module, data: Inputs):
+        self.name = name
+        self.eager = EagerRunner("reference", config, D, data)
+        start = time.perf_counter()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.eager.step()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.eager.step()  # set_to_none inside: backward allocates static gradients
+        torch.cuda.synchronize()
+        self.setup_peak = torch.cuda.max_memory_allocated() - before
+        self.setup_s = time.perf_counter() - start
+
+    def step(self) -> None:
+        self.graph.replay()
+
+    def result(self) -> list[torch.Tensor]:
+        return self.eager.result()
+
+
+def _functional_objective(config: Config, D: torch.nn.Module):
+    """The reference objective as a pure function for torch.func: (params, real, fake, eps) ->
+    scalar for the discriminator, (fake, params) -> scalar for the generator. Losses and
+    penalty formulas are fastgan.reference's; only the input gradient uses torch.func.grad."""
+    obj, pack = config.objective, config.network.pack
+
+    def logits(params, x):
+        return torch.func.functional_call(D, params, (x,))
+
+    if obj.generator:
+        return lambda fake, params: ref_losses.generator_loss(obj.loss, logits(params, fake))
+
+    def objective(params, real, fake, eps):
+        value = ref_losses.discriminator_loss(obj.loss, logits(params, real), logits(params, fake))
+        if obj.penalty is None:
+            return value
+        x = real if obj.penalty == "r1" else ref_penalties.interpolate(real, fake, eps, pack)
+        g = torch.func.grad(lambda x_: logits(params, x_).sum())(x).reshape(x.shape[0] // pack, -1)
+        if obj.penalty == "r1":
+            return value + ref_penalties.squared_penalty(g, obj.gamma)
+        return value + ref_penalties.centered_penalty(g, obj.gamma, 1.0)
+
+    return objective
+
+
+class CompileRunner(Runner):
+    """``torch.compile(torch.func.grad_and_value(objective), mode="reduce-overhead")``; the
+    gradients are handed to D's ``.grad`` like a backward would. Setup = the first three calls
+    (compilation and CUDA-graph recording)."""
+
+    def __init__(self, name: str, config: Config, D: torch.nn.Module, data: Inputs):
+        self.name, self.data, self.generator = name, data, config.objective.generator
+        self.D = copy.deepcopy(D)
+        torch._dynamo.reset()  # fresh caches: one code object serves every configuration
+        self.params = {k: v.detach() for k, v in self.D.named_parameters()}
+        self.fn = torch.compile(torch.func.grad_and_value(_functional_objective(config, self.D)),
+                                mode="reduce-overhead")
+        self.out = None
+        cuda = data.real.is_cuda
+        if cuda:
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        for _ in range(3):
+            self.step()
+        if cuda:
+            torch.cuda.synchronize()
+            self.setup_peak = torch.cuda.max_memory_allocated() - before
+        self.setup_s = time.perf_counter() - start
+
+    def step(self) -> None:
+        torch.compiler.cudagraph_mark_step_begin()
+        if self.generator:
+            grad, value = self.fn(self.data.fake, self.params)
+            self.out = [value, grad]
+        else:
+            grads, value = self.fn(self.params, self.data.real, self.data.fake, self.data.eps)
+            for p, g in zip(self.D.parameters(), grads.values()):
+                p.grad = g
+            self.out = [value, *grads.values()]
+
+    def release(self) -> None:
+        self.D.zero_grad(set_to_none=True)
+        self.out = None
+
+    def result(self) -> list[torch.Tensor]:
+        return self.out
+
+
+def make_runner(name: str, config: Config, D: torch.nn.Module, data: Inputs) -> Runner:
+    """A runner for provider ``name`` (already known to be available) on this configuration."""
+    if name == "reference+graph":
+        return GraphRunner(name, config, D, data)
+    if name == "func+compile":
+        return CompileRunner(name, config, D, data)
+    return EagerRunner(name, config, D, data)

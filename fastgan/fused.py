@@ -89,13 +89,7 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
     if loss.paired:
         _validate.same_shape("real", real, "fake", fake, f"{type(loss).__name__} pairs real and fake")
     inner = _unwrap(D)
-    if not isinstance(inner, MLPDiscriminator):
-        if backend is not None and backend != "reference":
-            raise ValueError(f"backend={backend!r} needs an MLPDiscriminator (the fused step is closed-form "
-                             f"for it only); {type(inner).__name__} runs with backend='reference' or None")
-        name = "reference"
-    else:
-        name = _resolve(backend, str(real.device))
+    name = _step_backend(inner, backend, real.device)
     if name == "reference":
         total, parts = _reference_step(D, real, fake, loss, penalty, eps, generator)
     else:
@@ -106,6 +100,17 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
                                 eps=eps, generator=generator)
         total, parts = D(real, fused=run)
     return (total, parts) if return_parts else total
+
+
+def _step_backend(inner: nn.Module, backend: str | None, device: torch.device) -> str:
+    """The fused path's backend for an MLPDiscriminator; 'reference' for any other module, for
+    which an explicit fused backend is an error."""
+    if isinstance(inner, MLPDiscriminator):
+        return _resolve(backend, str(device))
+    if backend is not None and backend != "reference":
+        raise ValueError(f"backend={backend!r} needs an MLPDiscriminator (the fused step is closed-form "
+                         f"for it only); {type(inner).__name__} runs with backend='reference' or None")
+    return "reference"
 
 
 def _reference_step(D, real, fake, loss, penalty, eps, generator):
@@ -133,17 +138,12 @@ def generator_step(D: nn.Module, fake: torch.Tensor, *, loss: GANLoss | str, rea
         raise ValueError("generator_step needs a scalar loss: use reduction 'mean' or 'sum'")
     _validate.tensors(fake=fake, real=real if loss.paired else None)
     inner = _unwrap(D)
-    if not isinstance(inner, MLPDiscriminator):
-        if backend is not None and backend != "reference":
-            raise ValueError(f"backend={backend!r} needs an MLPDiscriminator (the fused step is closed-form "
-                             f"for it only); {type(inner).__name__} runs with backend='reference' or None")
-        name = "reference"
-    else:
+    if isinstance(inner, MLPDiscriminator):
         inner.check_input(fake, "fake")
         if loss.paired:
             inner.check_input(real, "real")
             _validate.same_shape("real", real, "fake", fake, f"{type(loss).__name__} pairs real and fake")
-        name = _resolve(backend, str(fake.device))
+    name = _step_backend(inner, backend, fake.device)
     if name == "reference":
         return _reference_generator_step(inner, fake, real, loss)
     _check_params(inner, fake)

@@ -65,10 +65,12 @@ class Regime:
     The default pits a two-hidden-layer generator against a *weaker* discriminator (one hidden
     layer of 64 units), the setting in which mode collapse is reproducible on CPU: on the ring,
     with 3 seeds, the plain ``ns`` and ``minimax`` generators end in one narrow clump (no
-    high-quality mode), while R1 (gamma 1) and PacGAN packing recover all 8 modes. With the
-    previous default (D 2-128-128-1, 1,000 steps) no logistic objective dropped a ring mode; a
-    two-layer D of 64 units, or no learning-rate decay with a two-layer D, did not collapse
-    either. The grid is too hard for this small discriminator: no objective learns it well."""
+    high-quality mode), while R1 (gamma 1) and PacGAN packing recover all 8 modes (the same on
+    seeds 3-5). With the previous default (D 2-128-128-1, 1,000 steps) no logistic objective
+    dropped a ring mode; a two-layer D of 64 units, or no learning-rate decay with a two-layer
+    D, did not collapse either. Limits: WGAN-GP (one critic step per generator step, weights
+    0.1, 1 and 10 tried) does not converge here, and the grid is too hard for this small
+    discriminator: no objective gets more than a few percent of high-quality samples on it."""
 
     steps: int = 3000
     batch: int = 128

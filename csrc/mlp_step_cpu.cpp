@@ -68,7 +68,7 @@ constexpr int64_t kMinBlockRows = 32;
 // split into fixed tiles of output rows or columns (at most kTiles, each one BLAS call) run in
 // parallel: tiles depend on the shapes alone, so results stay independent of the thread count.
 constexpr int64_t kWideBytes = 512 * 1024;
-constexpr int64_t kWideRows = 512;
+constexpr int64_t kWideRows = 384;
 constexpr int64_t kTiles = 8;
 constexpr int64_t kMinTile = 64;
 
@@ -193,14 +193,17 @@ struct Workspace {
     for (int64_t l = 1; l <= net.L; ++l) e += 2 * net.width[l];
     return e;
   }
-  Workspace(const Net<T>& net, int64_t S) : buf(size_t(S * elems_per_row(net))), H(net.L + 1), V(net.L + 1) {
+  // S stacked rows, of which at most P carry a penalty (the UB buffers hold only those)
+  Workspace(const Net<T>& net, int64_t S, int64_t P)
+      : buf(size_t(S * (elems_per_row(net) - 2 * net.max_width) + 2 * P * net.max_width)), H(net.L + 1),
+        V(net.L + 1) {
     T* p = buf.data();
     auto take = [&](int64_t n) { T* q = p; p += n; return q; };
     for (int64_t l = 0; l <= net.L; ++l) H[l] = take(S * net.width[l]);
     for (int64_t l = 1; l <= net.L; ++l) V[l] = take(S * net.width[l]);
     G = take(S * net.width[0]);
-    UB0 = take(S * net.max_width);
-    UB1 = take(S * net.max_width);
+    UB0 = take(P * net.max_width);
+    UB1 = take(P * net.max_width);
     o = take(S);
     c = take(S);
   }
@@ -583,7 +586,7 @@ void disc_kernel(const DiscJob<T>& job, double stats[4], std::vector<T*>& grads)
   const bool simd = cpu_has_simd_target();
 
   auto run_chunks = [&](int64_t cb, int64_t ce) {
-    Workspace<T> ws(net, sides * job.Rb);
+    Workspace<T> ws(net, sides * job.Rb, job.pen.side == -1 ? 0 : job.Rb);
     for (int64_t ch = cb; ch < ce; ++ch) {
       T* const* dw = dW.data() + ch * np;
       double* vslot = vslots.data() + ch * lay.vsize;
@@ -804,7 +807,7 @@ std::vector<at::Tensor> mlp_gen_step_cpu(const at::Tensor& fake_in, const c10::o
                         has_t ? &t : nullptr, paired, Rb, dfake.mutable_data_ptr<T>()};
     const bool simd = cpu_has_simd_target();
     auto run_blocks = [&](int64_t bb, int64_t be) {
-      Workspace<T> ws(net, sides * Rb);
+      Workspace<T> ws(net, sides * Rb, 0);
       for (int64_t bi = bb; bi < be; ++bi) {
         if (simd) gen_block_simd(job, ws, bi, &block_stats[bi * 2]);
         else gen_block_base(job, ws, bi, &block_stats[bi * 2]);

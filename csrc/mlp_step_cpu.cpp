@@ -26,7 +26,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -70,7 +69,7 @@ constexpr int64_t kMinBlockRows = 32;
 constexpr int64_t kWideBytes = 512 * 1024;
 constexpr int64_t kWideRows = 384;
 constexpr int64_t kTiles = 8;
-constexpr int64_t kMinTile = 64;
+constexpr int64_t kMinTile = 256;  // each tile re-packs the shared operand: keep tiles wide
 
 // ---- products on row-major matrices: C (M x N) = alpha op(A) op(B) + beta C ----------------------
 void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
@@ -217,6 +216,21 @@ struct Block {
   int64_t rows() const { return n[0] + n[1] + n[2]; }
 };
 
+// Runs BODY over rows [a, b) of [0, n): split in parallel when `par` (wide networks: row-wise
+// independent work only, so results do not depend on the split), else one pass inline. The
+// parallel body is never inlined, so it is one compiled function (baseline ISA, no FMA
+// contraction) whichever thread count at::parallel_for runs it on.
+#define FASTGAN_FOR_ROWS(par, n, w, a, b, BODY)                                                   \
+  do {                                                                                          \
+    if (par) {                                                                                  \
+      at::parallel_for(0, (n), std::max<int64_t>(1, 16384 / std::max<int64_t>(1, (w))),          \
+                       [&](int64_t a, int64_t b) __attribute__((noinline)) { BODY; });          \
+    } else {                                                                                    \
+      const int64_t a = 0, b = (n);                                                             \
+      BODY;                                                                                     \
+    }                                                                                           \
+  } while (0)
+
 // ---- elementwise steps (one pass over a block in cache each) ------------------------------------
 // LeakyReLU and its mask as multiplies by a selected factor (1 or alpha): torch's exact results,
 // and branch-free loops that vectorise. `one` is 1 read at run time, so that the compiler does not
@@ -252,6 +266,19 @@ FASTGAN_INLINE void combine(T* __restrict__ h, const T* __restrict__ c, const T*
   }
 }
 
+// o_i = h_L,i . w_out + b_out for rows [a, b)
+template <typename T>
+FASTGAN_INLINE void logits(const Net<T>& net, Workspace<T>& ws, int64_t a, int64_t b) {
+  const int64_t wl = net.width[net.L];
+  for (int64_t i = a; i < b; ++i) {
+    const T* h = ws.H[net.L] + i * wl;
+    T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < wl; ++j) acc += h[j] * net.w_out[j];
+    ws.o[i] = acc + net.b_out;
+  }
+}
+
 // Forward of all S stacked rows: H[0] <- inputs, H[l] <- leaky(H[l-1] W_l^T + b_l), o <- logits.
 template <typename T>
 FASTGAN_INLINE void forward(const Net<T>& net, Workspace<T>& ws, const Block<T>& blk) {
@@ -264,34 +291,35 @@ FASTGAN_INLINE void forward(const Net<T>& net, Workspace<T>& ws, const Block<T>&
   for (int64_t l = 1; l <= net.L; ++l) {
     const int64_t wi = net.width[l - 1], wo = net.width[l];
     mm<T>(net.wide, false, true, S, wo, wi, T(1), ws.H[l - 1], wi, net.W[l], wi, T(0), ws.H[l], wo);
-    bias_leaky(ws.H[l], S, wo, net.b[l], net.one, net.alpha);
+    FASTGAN_FOR_ROWS(net.wide, S, wo, a, b, bias_leaky(ws.H[l] + a * wo, b - a, wo, net.b[l], net.one, net.alpha));
   }
   const int64_t wl = net.width[net.L];
-  for (int64_t i = 0; i < S; ++i) {
-    const T* h = ws.H[net.L] + i * wl;
-    T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < wl; ++j) acc += h[j] * net.w_out[j];
-    ws.o[i] = acc + net.b_out;
-  }
+  FASTGAN_FOR_ROWS(net.wide, S, wl, a, b, logits(net, ws, a, b));
 }
 
 // V chain over rows [r0, r1): V[L] = s_i m_L w_out, V[l-1] = (V[l] W_l) * m_{l-1}, with s_i = c_i,
 // or 1 on the penalised rows [p0, p1).
 template <typename T>
-FASTGAN_INLINE void v_chain(const Net<T>& net, Workspace<T>& ws, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
-  const int64_t L = net.L, wl = net.width[L], n = r1 - r0;
+FASTGAN_INLINE void v_top(const Net<T>& net, Workspace<T>& ws, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+  const int64_t wl = net.width[net.L];
   for (int64_t i = r0; i < r1; ++i) {
     const T s = (i >= p0 && i < p1) ? T(1) : ws.c[i];
     const T sa = s * net.alpha;
-    const T* __restrict__ h = ws.H[L] + i * wl;
-    T* __restrict__ v = ws.V[L] + i * wl;
+    const T* __restrict__ h = ws.H[net.L] + i * wl;
+    T* __restrict__ v = ws.V[net.L] + i * wl;
     for (int64_t j = 0; j < wl; ++j) v[j] = (h[j] > T(0) ? s : sa) * net.w_out[j];
   }
+}
+template <typename T>
+FASTGAN_INLINE void v_chain(const Net<T>& net, Workspace<T>& ws, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+  const int64_t L = net.L, wl = net.width[L], n = r1 - r0;
+  FASTGAN_FOR_ROWS(net.wide, n, wl, a, b, v_top(net, ws, r0 + a, r0 + b, p0, p1));
   for (int64_t l = L; l >= 2; --l) {
     const int64_t wo = net.width[l], wi = net.width[l - 1];
     mm<T>(net.wide, false, false, n, wi, wo, T(1), ws.V[l] + r0 * wo, wo, net.W[l], wi, T(0), ws.V[l - 1] + r0 * wi, wi);
-    apply_mask(ws.V[l - 1] + r0 * wi, ws.H[l - 1] + r0 * wi, n * wi, net.one, net.alpha);
+    FASTGAN_FOR_ROWS(net.wide, n, wi, a, b,
+                     apply_mask(ws.V[l - 1] + (r0 + a) * wi, ws.H[l - 1] + (r0 + a) * wi, (b - a) * wi, net.one,
+                                net.alpha));
   }
 }
 
@@ -389,7 +417,6 @@ Net<T> make_net(std::vector<at::Tensor>& keep, at::TensorList weights, at::Tenso
   int64_t welems = 0;
   for (int64_t l = 1; l <= net.L; ++l) welems += net.width[l] * net.width[l - 1];
   net.wide = welems * int64_t(sizeof(T)) > kWideBytes;
-  if (const char* e = std::getenv("FASTGAN_CPU_WIDE")) net.wide = e[0] == '1';  // TEMP
   return net;
 }
 
@@ -488,11 +515,13 @@ FASTGAN_INLINE void disc_block(const DiscJob<T>& job, Workspace<T>& ws, int64_t 
       const int64_t wi = net.width[l - 1], wo = net.width[l];
       T* ub = (l & 1) ? ws.UB0 : ws.UB1;
       mm<T>(net.wide, false, true, np, wo, wi, T(1), ub_prev, wi, net.W[l], wi, T(0), ub, wo);
-      apply_mask(ub, ws.H[l] + p0 * wo, np * wo, net.one, net.alpha);
-      combine(ws.H[l - 1] + p0 * wi, c + p0, ub_prev, np, wi);
+      FASTGAN_FOR_ROWS(net.wide, np, wo + wi, a, b, {
+        apply_mask(ub + a * wo, ws.H[l] + (p0 + a) * wo, (b - a) * wo, net.one, net.alpha);
+        combine(ws.H[l - 1] + (p0 + a) * wi, c + p0 + a, ub_prev + a * wi, b - a, wi);
+      });
       ub_prev = ub;
     }
-    combine(ws.H[L] + p0 * wl, c + p0, ub_prev, np, wl);
+    FASTGAN_FOR_ROWS(net.wide, np, wl, a, b, combine(ws.H[L] + (p0 + a) * wl, c + p0 + a, ub_prev + a * wl, b - a, wl));
   }
   // weight gradients: one product per layer over all stacked rows
   if (net.wide) {  // vectors too as products, into dW[L + l] (db_l) and dW[0] (dw_out)

@@ -18,8 +18,11 @@
 // and every elementwise step (bias, activation, masks, c, penalty factors) runs on the block
 // right after its product. Weight gradients accumulate per chunk of consecutive blocks (a fixed
 // number of chunks, independent of the thread count, summed in order), so results are bitwise
-// reproducible. Products go to BLAS ?gemm_ directly when torch exports it (MKL builds), else to
-// at::mm on views. Half and bfloat16 are computed in float32.
+// reproducible. Wide networks (weights above kWideBytes) instead take blocks of about kWideRows
+// stacked rows in turn, add their gradients straight into the outputs, and run each product as
+// fixed column (or row) tiles in parallel, and the row-wise elementwise steps split over rows.
+// Products go to BLAS ?gemm_ directly when torch exports it (MKL builds), else to at::mm on
+// views. Half and bfloat16 are computed in float32.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -61,11 +64,13 @@ bool cpu_has_simd_target() { return false; }
 constexpr int64_t kChunks = 8;                  // weight-gradient partial sums (fixed: determinism)
 constexpr int64_t kBlockBytes = 1024 * 1024;    // target per-thread block workspace (about L2)
 constexpr int64_t kMinBlockRows = 32;
-// Wide networks: weights above kWideBytes would make kChunks partial sums costly and row blocks of
-// about kBlockBytes too short for efficient products. They take one accumulator (the outputs
-// themselves, blocks added in order), blocks of about kWideRows stacked rows, and every product
-// split into fixed tiles of output rows or columns (at most kTiles, each one BLAS call) run in
-// parallel: tiles depend on the shapes alone, so results stay independent of the thread count.
+// Wide networks: weights above kWideBytes would make kChunks partial sums costly (memory, and
+// their sum) and row blocks of about kBlockBytes too short for efficient products. They take one
+// accumulator (the outputs themselves, blocks added in order), blocks of about kWideRows stacked
+// rows, and every product split into fixed tiles of output rows or columns (at most kTiles of at
+// least kMinTile, each one BLAS call) run in parallel: tiles depend on the shapes alone, so
+// results stay independent of the thread count. Bias and w_out gradients are then products too
+// (float accumulation, like the weights), instead of the narrow path's double row sums.
 constexpr int64_t kWideBytes = 512 * 1024;
 constexpr int64_t kWideRows = 384;
 constexpr int64_t kTiles = 8;

@@ -18,8 +18,11 @@
 // and every elementwise step (bias, activation, masks, c, penalty factors) runs on the block
 // right after its product. Weight gradients accumulate per chunk of consecutive blocks (a fixed
 // number of chunks, independent of the thread count, summed in order), so results are bitwise
-// reproducible. Products go to BLAS ?gemm_ directly when torch exports it (MKL builds), else to
-// at::mm on views. Half and bfloat16 are computed in float32.
+// reproducible. Wide networks (weights above kWideBytes) instead take blocks of about kWideRows
+// stacked rows in turn, add their gradients straight into the outputs, and run each product as
+// fixed column (or row) tiles in parallel, and the row-wise elementwise steps split over rows.
+// Products go to BLAS ?gemm_ directly when torch exports it (MKL builds), else to at::mm on
+// views. Half and bfloat16 are computed in float32.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -61,6 +64,17 @@ bool cpu_has_simd_target() { return false; }
 constexpr int64_t kChunks = 8;                  // weight-gradient partial sums (fixed: determinism)
 constexpr int64_t kBlockBytes = 1024 * 1024;    // target per-thread block workspace (about L2)
 constexpr int64_t kMinBlockRows = 32;
+// Wide networks: weights above kWideBytes would make kChunks partial sums costly (memory, and
+// their sum) and row blocks of about kBlockBytes too short for efficient products. They take one
+// accumulator (the outputs themselves, blocks added in order), blocks of about kWideRows stacked
+// rows, and every product split into fixed tiles of output rows or columns (at most kTiles of at
+// least kMinTile, each one BLAS call) run in parallel: tiles depend on the shapes alone, so
+// results stay independent of the thread count. Bias and w_out gradients are then products too
+// (float accumulation, like the weights), instead of the narrow path's double row sums.
+constexpr int64_t kWideBytes = 512 * 1024;
+constexpr int64_t kWideRows = 384;
+constexpr int64_t kTiles = 8;
+constexpr int64_t kMinTile = 256;  // each tile re-packs the shared operand: keep tiles wide
 
 // ---- products on row-major matrices: C (M x N) = alpha op(A) op(B) + beta C ----------------------
 void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
@@ -110,6 +124,33 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A
   }
 }
 
+// gemm split into fixed tiles along the larger of M and N, run in parallel (see kTiles).
+template <typename T>
+void gemm_par(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+              int64_t ldb, T beta, T* C, int64_t ldc) {
+  const bool by_cols = N >= M;
+  const int64_t D = by_cols ? N : M;
+  const int64_t tile = std::max(kMinTile, (D + kTiles - 1) / kTiles);
+  const int64_t ntiles = (D + tile - 1) / tile;
+  if (ntiles <= 1) return gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  at::parallel_for(0, ntiles, 1, [&](int64_t tb0, int64_t te) {
+    for (int64_t t = tb0; t < te; ++t) {
+      const int64_t d0 = t * tile, n = std::min(tile, D - d0);
+      if (by_cols)  // columns d0.. of C and of op(B)
+        gemm<T>(ta, tb, M, n, K, alpha, A, lda, tb ? B + d0 * ldb : B + d0, ldb, beta, C + d0, ldc);
+      else          // rows d0.. of C and of op(A)
+        gemm<T>(ta, tb, n, N, K, alpha, ta ? A + d0 : A + d0 * lda, lda, B, ldb, beta, C + d0 * ldc, ldc);
+    }
+  });
+}
+
+template <typename T>
+FASTGAN_INLINE void mm(bool par, bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+                       int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (par) gemm_par<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  else gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 // ---- the network as raw pointers --------------------------------------------------------------
 template <typename T>
 struct Net {
@@ -122,6 +163,7 @@ struct Net {
   T alpha = T(0);
   T one = T(1);                // see bias_leaky
   int64_t max_width = 0;       // max over H_1..H_L
+  bool wide = false;           // weights above kWideBytes: tiled parallel products (see kWideBytes)
 };
 
 // Parameter-gradient layout of one chunk's partial sums: weight matrices in a T slot (products
@@ -155,14 +197,17 @@ struct Workspace {
     for (int64_t l = 1; l <= net.L; ++l) e += 2 * net.width[l];
     return e;
   }
-  Workspace(const Net<T>& net, int64_t S) : buf(size_t(S * elems_per_row(net))), H(net.L + 1), V(net.L + 1) {
+  // S stacked rows, of which at most P carry a penalty (the UB buffers hold only those)
+  Workspace(const Net<T>& net, int64_t S, int64_t P)
+      : buf(size_t(S * (elems_per_row(net) - 2 * net.max_width) + 2 * P * net.max_width)), H(net.L + 1),
+        V(net.L + 1) {
     T* p = buf.data();
     auto take = [&](int64_t n) { T* q = p; p += n; return q; };
     for (int64_t l = 0; l <= net.L; ++l) H[l] = take(S * net.width[l]);
     for (int64_t l = 1; l <= net.L; ++l) V[l] = take(S * net.width[l]);
     G = take(S * net.width[0]);
-    UB0 = take(S * net.max_width);
-    UB1 = take(S * net.max_width);
+    UB0 = take(P * net.max_width);
+    UB1 = take(P * net.max_width);
     o = take(S);
     c = take(S);
   }
@@ -175,6 +220,21 @@ struct Block {
   int64_t n[3];
   int64_t rows() const { return n[0] + n[1] + n[2]; }
 };
+
+// Runs BODY over rows [a, b) of [0, n): split in parallel when `par` (wide networks: row-wise
+// independent work only, so results do not depend on the split), else one pass inline. The
+// parallel body is never inlined, so it is one compiled function (baseline ISA, no FMA
+// contraction) whichever thread count at::parallel_for runs it on.
+#define FASTGAN_FOR_ROWS(par, n, w, a, b, BODY)                                                   \
+  do {                                                                                          \
+    if (par) {                                                                                  \
+      at::parallel_for(0, (n), std::max<int64_t>(1, 16384 / std::max<int64_t>(1, (w))),          \
+                       [&](int64_t a, int64_t b) __attribute__((noinline)) { BODY; });          \
+    } else {                                                                                    \
+      const int64_t a = 0, b = (n);                                                             \
+      BODY;                                                                                     \
+    }                                                                                           \
+  } while (0)
 
 // ---- elementwise steps (one pass over a block in cache each) ------------------------------------
 // LeakyReLU and its mask as multiplies by a selected factor (1 or alpha): torch's exact results,
@@ -211,6 +271,19 @@ FASTGAN_INLINE void combine(T* __restrict__ h, const T* __restrict__ c, const T*
   }
 }
 
+// o_i = h_L,i . w_out + b_out for rows [a, b)
+template <typename T>
+FASTGAN_INLINE void logits(const Net<T>& net, Workspace<T>& ws, int64_t a, int64_t b) {
+  const int64_t wl = net.width[net.L];
+  for (int64_t i = a; i < b; ++i) {
+    const T* h = ws.H[net.L] + i * wl;
+    T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < wl; ++j) acc += h[j] * net.w_out[j];
+    ws.o[i] = acc + net.b_out;
+  }
+}
+
 // Forward of all S stacked rows: H[0] <- inputs, H[l] <- leaky(H[l-1] W_l^T + b_l), o <- logits.
 template <typename T>
 FASTGAN_INLINE void forward(const Net<T>& net, Workspace<T>& ws, const Block<T>& blk) {
@@ -222,35 +295,36 @@ FASTGAN_INLINE void forward(const Net<T>& net, Workspace<T>& ws, const Block<T>&
   }
   for (int64_t l = 1; l <= net.L; ++l) {
     const int64_t wi = net.width[l - 1], wo = net.width[l];
-    gemm<T>(false, true, S, wo, wi, T(1), ws.H[l - 1], wi, net.W[l], wi, T(0), ws.H[l], wo);
-    bias_leaky(ws.H[l], S, wo, net.b[l], net.one, net.alpha);
+    mm<T>(net.wide, false, true, S, wo, wi, T(1), ws.H[l - 1], wi, net.W[l], wi, T(0), ws.H[l], wo);
+    FASTGAN_FOR_ROWS(net.wide, S, wo, a, b, bias_leaky(ws.H[l] + a * wo, b - a, wo, net.b[l], net.one, net.alpha));
   }
   const int64_t wl = net.width[net.L];
-  for (int64_t i = 0; i < S; ++i) {
-    const T* h = ws.H[net.L] + i * wl;
-    T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < wl; ++j) acc += h[j] * net.w_out[j];
-    ws.o[i] = acc + net.b_out;
-  }
+  FASTGAN_FOR_ROWS(net.wide, S, wl, a, b, logits(net, ws, a, b));
 }
 
 // V chain over rows [r0, r1): V[L] = s_i m_L w_out, V[l-1] = (V[l] W_l) * m_{l-1}, with s_i = c_i,
 // or 1 on the penalised rows [p0, p1).
 template <typename T>
-FASTGAN_INLINE void v_chain(const Net<T>& net, Workspace<T>& ws, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
-  const int64_t L = net.L, wl = net.width[L], n = r1 - r0;
+FASTGAN_INLINE void v_top(const Net<T>& net, Workspace<T>& ws, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+  const int64_t wl = net.width[net.L];
   for (int64_t i = r0; i < r1; ++i) {
     const T s = (i >= p0 && i < p1) ? T(1) : ws.c[i];
     const T sa = s * net.alpha;
-    const T* __restrict__ h = ws.H[L] + i * wl;
-    T* __restrict__ v = ws.V[L] + i * wl;
+    const T* __restrict__ h = ws.H[net.L] + i * wl;
+    T* __restrict__ v = ws.V[net.L] + i * wl;
     for (int64_t j = 0; j < wl; ++j) v[j] = (h[j] > T(0) ? s : sa) * net.w_out[j];
   }
+}
+template <typename T>
+FASTGAN_INLINE void v_chain(const Net<T>& net, Workspace<T>& ws, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+  const int64_t L = net.L, wl = net.width[L], n = r1 - r0;
+  FASTGAN_FOR_ROWS(net.wide, n, wl, a, b, v_top(net, ws, r0 + a, r0 + b, p0, p1));
   for (int64_t l = L; l >= 2; --l) {
     const int64_t wo = net.width[l], wi = net.width[l - 1];
-    gemm<T>(false, false, n, wi, wo, T(1), ws.V[l] + r0 * wo, wo, net.W[l], wi, T(0), ws.V[l - 1] + r0 * wi, wi);
-    apply_mask(ws.V[l - 1] + r0 * wi, ws.H[l - 1] + r0 * wi, n * wi, net.one, net.alpha);
+    mm<T>(net.wide, false, false, n, wi, wo, T(1), ws.V[l] + r0 * wo, wo, net.W[l], wi, T(0), ws.V[l - 1] + r0 * wi, wi);
+    FASTGAN_FOR_ROWS(net.wide, n, wi, a, b,
+                     apply_mask(ws.V[l - 1] + (r0 + a) * wi, ws.H[l - 1] + (r0 + a) * wi, (b - a) * wi, net.one,
+                                net.alpha));
   }
 }
 
@@ -345,6 +419,9 @@ Net<T> make_net(std::vector<at::Tensor>& keep, at::TensorList weights, at::Tenso
   net.w_out = keep.back().const_data_ptr<T>();
   net.b_out = b_out.has_value() ? b_out->item<T>() : T(0);
   net.alpha = T(negative_slope);
+  int64_t welems = 0;
+  for (int64_t l = 1; l <= net.L; ++l) welems += net.width[l] * net.width[l - 1];
+  net.wide = welems * int64_t(sizeof(T)) > kWideBytes;
   return net;
 }
 
@@ -353,6 +430,11 @@ Net<T> make_net(std::vector<at::Tensor>& keep, at::TensorList weights, at::Tenso
 // least kMinBlockRows rows when the batch allows, so that small batches still spread over threads.
 template <typename T>
 int64_t block_rows(const Net<T>& net, int sides, int64_t rows) {
+  if (net.wide) {  // about kWideRows stacked rows, balanced
+    const int64_t fit = std::max<int64_t>(1, kWideRows / sides);
+    const int64_t nblocks = (rows + fit - 1) / fit;
+    return (rows + nblocks - 1) / nblocks;
+  }
   const int64_t per_row = Workspace<T>::elems_per_row(net) * int64_t(sizeof(T)) * sides;
   const int64_t fit = std::max<int64_t>(8, kBlockBytes / per_row);
   const int64_t nblocks = std::max((rows + fit - 1) / fit, std::min(kChunks, rows / kMinBlockRows));
@@ -374,9 +456,9 @@ struct DiscJob {
 };
 
 // One block: forward, c, the V chain, the penalty adjoint, and its share of every gradient,
-// added to the chunk's slots (slot: weight matrices, vslot: vectors, st: stats).
+// added to the chunk's accumulators (dW[l]: weight matrices, vslot: vectors, st: stats).
 template <typename T>
-FASTGAN_INLINE void disc_block(const DiscJob<T>& job, Workspace<T>& ws, int64_t bi, T* slot, double* vslot,
+FASTGAN_INLINE void disc_block(const DiscJob<T>& job, Workspace<T>& ws, int64_t bi, T* const* dW, double* vslot,
                                double* st) {
   const Net<T>& net = *job.net;
   const GradLayout& lay = job.lay;
@@ -422,7 +504,7 @@ FASTGAN_INLINE void disc_block(const DiscJob<T>& job, Workspace<T>& ws, int64_t 
   double pen_sum = 0;
   if (np > 0) {
     // g = v_1 W_1, then ubar_0 = k(|g|) g in place
-    gemm<T>(false, false, np, K, net.width[1], T(1), ws.V[1] + p0 * net.width[1], net.width[1], net.W[1], K, T(0),
+    mm<T>(net.wide, false, false, np, K, net.width[1], T(1), ws.V[1] + p0 * net.width[1], net.width[1], net.W[1], K, T(0),
             ws.G, K);
     for (int64_t i = 0; i < np; ++i) {
       T* g = ws.G + i * K;
@@ -437,17 +519,42 @@ FASTGAN_INLINE void disc_block(const DiscJob<T>& job, Workspace<T>& ws, int64_t 
     for (int64_t l = 1; l <= L; ++l) {
       const int64_t wi = net.width[l - 1], wo = net.width[l];
       T* ub = (l & 1) ? ws.UB0 : ws.UB1;
-      gemm<T>(false, true, np, wo, wi, T(1), ub_prev, wi, net.W[l], wi, T(0), ub, wo);
-      apply_mask(ub, ws.H[l] + p0 * wo, np * wo, net.one, net.alpha);
-      combine(ws.H[l - 1] + p0 * wi, c + p0, ub_prev, np, wi);
+      mm<T>(net.wide, false, true, np, wo, wi, T(1), ub_prev, wi, net.W[l], wi, T(0), ub, wo);
+      FASTGAN_FOR_ROWS(net.wide, np, wo + wi, a, b, {
+        apply_mask(ub + a * wo, ws.H[l] + (p0 + a) * wo, (b - a) * wo, net.one, net.alpha);
+        combine(ws.H[l - 1] + (p0 + a) * wi, c + p0 + a, ub_prev + a * wi, b - a, wi);
+      });
       ub_prev = ub;
     }
-    combine(ws.H[L] + p0 * wl, c + p0, ub_prev, np, wl);
+    FASTGAN_FOR_ROWS(net.wide, np, wl, a, b, combine(ws.H[L] + (p0 + a) * wl, c + p0 + a, ub_prev + a * wl, b - a, wl));
   }
   // weight gradients: one product per layer over all stacked rows
+  if (net.wide) {  // vectors too as products, into dW[L + l] (db_l) and dW[0] (dw_out)
+    T* s = ws.o;     // the logits are spent: row factors of db (c on penalised rows, else 1)
+    T* s2 = ws.G;    // and of dw_out (1 on penalised rows, else c); G's K >= 1 columns per row
+    double dbo = 0;
+    for (int64_t i = 0; i < S; ++i) {
+      const bool pr = i >= p0 && i < p1;
+      s[i] = pr ? c[i] : T(1);
+      dbo += double(c[i]);
+    }
+    for (int64_t i = 0; i < S; ++i) s2[i] = (i >= p0 && i < p1) ? T(1) : c[i];
+    for (int64_t l = 1; l <= L; ++l) {
+      const int64_t wi = net.width[l - 1], wo = net.width[l];
+      mm<T>(true, true, false, wo, wi, S, T(1), ws.V[l], wo, ws.H[l - 1], wi, T(1), dW[l], wi);
+      if (job.has_bias) mm<T>(true, true, false, wo, 1, S, T(1), ws.V[l], wo, s, 1, T(1), dW[L + l], 1);
+    }
+    mm<T>(true, true, false, wl, 1, S, T(1), ws.H[L], wl, s2, 1, T(1), dW[0], 1);
+    vslot[lay.b_out] += dbo;
+    st[0] += loss;
+    st[1] += pen_sum;
+    st[2] += sum_r;
+    st[3] += sum_f;
+    return;
+  }
   for (int64_t l = 1; l <= L; ++l) {
     const int64_t wi = net.width[l - 1], wo = net.width[l];
-    gemm<T>(true, false, wo, wi, S, T(1), ws.V[l], wo, ws.H[l - 1], wi, T(1), slot + lay.W[l], wi);
+    mm<T>(net.wide, true, false, wo, wi, S, T(1), ws.V[l], wo, ws.H[l - 1], wi, T(1), dW[l], wi);
     if (job.has_bias) {
       double* db = vslot + lay.b[l];
       for (int64_t i = 0; i < S; ++i) {
@@ -473,13 +580,14 @@ FASTGAN_INLINE void disc_block(const DiscJob<T>& job, Workspace<T>& ws, int64_t 
 }
 
 template <typename T>
-FASTGAN_SIMD_TARGET void disc_block_simd(const DiscJob<T>& job, Workspace<T>& ws, int64_t bi, T* slot,
+FASTGAN_SIMD_TARGET void disc_block_simd(const DiscJob<T>& job, Workspace<T>& ws, int64_t bi, T* const* dW,
                                          double* vslot, double* st) {
-  disc_block(job, ws, bi, slot, vslot, st);
+  disc_block(job, ws, bi, dW, vslot, st);
 }
 template <typename T>
-void disc_block_base(const DiscJob<T>& job, Workspace<T>& ws, int64_t bi, T* slot, double* vslot, double* st) {
-  disc_block(job, ws, bi, slot, vslot, st);
+void disc_block_base(const DiscJob<T>& job, Workspace<T>& ws, int64_t bi, T* const* dW, double* vslot,
+                     double* st) {
+  disc_block(job, ws, bi, dW, vslot, st);
 }
 
 template <typename T>
@@ -488,24 +596,43 @@ void disc_kernel(const DiscJob<T>& job, double stats[4], std::vector<T*>& grads)
   const GradLayout& lay = job.lay;
   const int sides = job.pen.side == 2 ? 3 : 2;
   const int64_t nblocks = (std::max({job.N[0], job.N[1], job.N[2]}) + job.Rb - 1) / job.Rb;
-  const int64_t nchunks = std::min(nblocks, kChunks);
-  std::vector<T> slots(size_t(nchunks * lay.size), T(0));
+  // wide: one accumulator, the outputs themselves (blocks in order, products parallel inside)
+  const int64_t nchunks = net.wide ? 1 : std::min(nblocks, kChunks);
+  std::vector<T> slots(size_t(net.wide ? 0 : nchunks * lay.size), T(0));
+  // per chunk: dW[l] weight matrices; wide only: dW[L + l] biases, dW[0] w_out (the outputs, zeroed)
+  const int64_t np = 2 * net.L + 1;
+  std::vector<T*> dW(size_t(nchunks * np), nullptr);
+  for (int64_t ch = 0; ch < nchunks; ++ch)
+    for (int64_t l = 1; l <= net.L; ++l) dW[ch * np + l] = net.wide ? grads[l - 1] : slots.data() + ch * lay.size + lay.W[l];
+  if (net.wide) {
+    for (int64_t l = 1; l <= net.L; ++l) {
+      std::fill(grads[l - 1], grads[l - 1] + net.width[l] * net.width[l - 1], T(0));
+      if (job.has_bias) {
+        dW[net.L + l] = grads[net.L + l - 1];
+        std::fill(dW[net.L + l], dW[net.L + l] + net.width[l], T(0));
+      }
+    }
+    dW[0] = grads[(job.has_bias ? 2 : 1) * net.L];
+    std::fill(dW[0], dW[0] + net.width[net.L], T(0));
+  }
   std::vector<double> vslots(size_t(nchunks * lay.vsize), 0.0);
   std::vector<double> chunk_stats(size_t(nchunks * 4), 0.0);
   const bool simd = cpu_has_simd_target();
 
-  at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
-    Workspace<T> ws(net, sides * job.Rb);
+  auto run_chunks = [&](int64_t cb, int64_t ce) {
+    Workspace<T> ws(net, sides * job.Rb, job.pen.side == -1 ? 0 : job.Rb);
     for (int64_t ch = cb; ch < ce; ++ch) {
-      T* slot = slots.data() + ch * lay.size;
+      T* const* dw = dW.data() + ch * np;
       double* vslot = vslots.data() + ch * lay.vsize;
       double* st = chunk_stats.data() + ch * 4;
       for (int64_t bi = ch * nblocks / nchunks; bi < (ch + 1) * nblocks / nchunks; ++bi) {
-        if (simd) disc_block_simd(job, ws, bi, slot, vslot, st);
-        else disc_block_base(job, ws, bi, slot, vslot, st);
+        if (simd) disc_block_simd(job, ws, bi, dw, vslot, st);
+        else disc_block_base(job, ws, bi, dw, vslot, st);
       }
     }
-  });
+  };
+  if (net.wide) run_chunks(0, 1);
+  else at::parallel_for(0, nchunks, 1, run_chunks);
 
   // fixed-order sums over the chunks
   for (int k = 0; k < 4; ++k) {
@@ -529,9 +656,13 @@ void disc_kernel(const DiscJob<T>& job, double stats[4], std::vector<T*>& grads)
     }
   };
   size_t gi = 0;
-  for (int64_t l = 1; l <= net.L; ++l) sum_into(grads[gi++], lay.W[l], net.width[l] * net.width[l - 1]);
-  if (job.has_bias) for (int64_t l = 1; l <= net.L; ++l) vsum_into(grads[gi++], lay.b[l], net.width[l]);
-  vsum_into(grads[gi++], lay.w_out, net.width[net.L]);
+  if (!net.wide) {
+    for (int64_t l = 1; l <= net.L; ++l) sum_into(grads[gi++], lay.W[l], net.width[l] * net.width[l - 1]);
+    if (job.has_bias) for (int64_t l = 1; l <= net.L; ++l) vsum_into(grads[gi++], lay.b[l], net.width[l]);
+    vsum_into(grads[gi++], lay.w_out, net.width[net.L]);
+  } else {
+    gi = size_t((job.has_bias ? 2 : 1) * net.L + 1);
+  }
   if (gi < grads.size()) vsum_into(grads[gi++], lay.b_out, 1);
 }
 
@@ -654,7 +785,7 @@ FASTGAN_INLINE void gen_block(const GenJob<T>& job, Workspace<T>& ws, int64_t bi
     }
   }
   v_chain(net, ws, f0, S, 0, 0);
-  gemm<T>(false, false, n, K, net.width[1], T(1), ws.V[1] + f0 * net.width[1], net.width[1], net.W[1], K, T(0),
+  mm<T>(net.wide, false, false, n, K, net.width[1], T(1), ws.V[1] + f0 * net.width[1], net.width[1], net.W[1], K, T(0),
           job.dfake + bi * Rb * K, K);
   st[0] = loss;
   st[1] = sum_f;
@@ -709,13 +840,15 @@ std::vector<at::Tensor> mlp_gen_step_cpu(const at::Tensor& fake_in, const c10::o
     const GenJob<T> job{&net, fake.const_data_ptr<T>(), paired ? real.const_data_ptr<T>() : nullptr, Nf,
                         has_t ? &t : nullptr, paired, Rb, dfake.mutable_data_ptr<T>()};
     const bool simd = cpu_has_simd_target();
-    at::parallel_for(0, nblocks, 1, [&](int64_t bb, int64_t be) {
-      Workspace<T> ws(net, sides * Rb);
+    auto run_blocks = [&](int64_t bb, int64_t be) {
+      Workspace<T> ws(net, sides * Rb, 0);
       for (int64_t bi = bb; bi < be; ++bi) {
         if (simd) gen_block_simd(job, ws, bi, &block_stats[bi * 2]);
         else gen_block_base(job, ws, bi, &block_stats[bi * 2]);
       }
-    });
+    };
+    if (net.wide) run_blocks(0, nblocks);  // blocks in turn, products parallel inside
+    else at::parallel_for(0, nblocks, 1, run_blocks);
     for (int64_t bi = 0; bi < nblocks; ++bi) { loss += block_stats[bi * 2]; sum_f += block_stats[bi * 2 + 1]; }
   });
 

@@ -220,6 +220,26 @@ def test_disc_odd_row_counts_without_bias(rows, slope):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("rows, pen_name, bias", [(3, "r1", True), (700, "gp", False), (700, "r2", True),
+                                                  (301, "none", True), (1, "dragan", False)])
+def test_disc_wide_network(rows, pen_name, bias, dtype):
+    """Weights above the kernel's wide threshold (whole-batch tiled products, gradients added in
+    place): a few rows, several row blocks, every penalty side, with and without biases."""
+    loss = LOSSES["relativistic" if pen_name == "r2" else "non_saturating"]()
+    D, real, fake = make_case(17, (600, 601), 1, rows, rows, bias, 0.2, torch.float64, rows)
+    check_disc(D, real, fake, loss, *make_penalty(pen_name, 5, real, 1), dtype)
+
+
+def test_gen_step_wide_network():
+    D, real, fake = make_case(9, (600, 333, 600), 1, 600, 600, True, 0.2, torch.float64, 2)
+    for loss in (LOSSES["non_saturating"](), LOSSES["relativistic"]()):
+        stats_ref, dfake_ref = reference_gen(D, real, fake, loss)
+        out = torch.ops.fastgan.mlp_gen_step(*gen_args(D, real, fake, loss))
+        assert_close(out[0], stats_ref, TOL[torch.float64], "stats")
+        assert_close(out[1], dfake_ref, TOL[torch.float64], "d loss / d fake")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("loss_name", sorted(LOSSES))
 def test_gen_step(loss_name, dtype):
     loss = LOSSES[loss_name]()
@@ -264,8 +284,9 @@ def test_zero_norm_penalty_rows_give_zero_gradient_not_nan():
     assert out[0][1].item() == pytest.approx(3.0 * 0.7 ** 2)
 
 
-def test_bitwise_deterministic_across_calls_and_thread_counts():
-    D, real, fake = make_case(32, (64, 96), 1, 1023, 900, True, 0.2, torch.float32, 3)
+@pytest.mark.parametrize("hidden", [(64, 96), (600, 700)])
+def test_bitwise_deterministic_across_calls_and_thread_counts(hidden):
+    D, real, fake = make_case(32, hidden, 1, 1023, 900, True, 0.2, torch.float32, 3)
     for pen_name in ("r1", "gp"):
         real_ = real[:900] if pen_name == "gp" else real  # WGAN-GP pairs real and fake rows
         args = disc_args(D, real_, fake, LOSSES["non_saturating"](), *make_penalty(pen_name, 4, real_, 1))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib.util
 import os
 import warnings
@@ -43,6 +44,11 @@ class BackendStatus:
     reason: str  # what it needs or why it is missing; "" when available
 
 
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None  # a file-system search: once per process
+
+
 def _triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -52,7 +58,7 @@ def _why_unavailable(name: str) -> str:
     if name in ("torch", "reference"):
         return ""
     if name == "triton":
-        if importlib.util.find_spec("triton") is None:
+        if not _triton_installed():
             return "triton is not installed (pip install triton)"
         if not (torch.cuda.is_available() or _triton_interpret()):
             return "no CUDA device (set TRITON_INTERPRET=1 to run Triton kernels on CPU tensors)"

@@ -15,7 +15,7 @@ TORCH_LIBRARY(fastgan, m) {
   m.def("penalty_forward(Tensor grad, int kind, float weight, float center) -> Tensor");
   m.def("penalty_backward(Tensor grad_out, Tensor grad, int kind, float weight, float center) -> Tensor");
 
-  // ---- fused MLP discriminator step (DESIGN.md section 4); see fastgan/fused.py ----
+  // ---- fused MLP discriminator step (docs/DESIGN.md section 4); see fastgan/fused.py ----
   // Rows are already packed. weights[l]: (H_l, H_{l-1}); biases: empty or one per layer;
   // w_out: (1, H_L); b_out: (1,) or None. Terms are [phi, sign, shift, scale] with any mean's
   // 1/N folded into scale; an empty list means no term. paired: term_real applies to

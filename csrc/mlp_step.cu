@@ -1,5 +1,5 @@
-// CUDA implementation of the fused MLP discriminator / generator step (DESIGN.md section 4;
-// the contract is in csrc/bindings.cpp and /work/HELPERS.md "The fused MLP step contract").
+// CUDA implementation of the fused MLP discriminator / generator step (docs/DESIGN.md section 4;
+// the contract is in csrc/bindings.cpp).
 //
 // Rows are stacked as X = [real; fake; penalty_input] (generator: [real (paired only); fake]);
 // each group is a contiguous range of stacked row indices. Every row i has a loss derivative

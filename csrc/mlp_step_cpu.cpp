@@ -1,4 +1,4 @@
-// CPU kernels of the fused MLP discriminator and generator steps (DESIGN.md section 4; the
+// CPU kernels of the fused MLP discriminator and generator steps (docs/DESIGN.md section 4; the
 // contract is in csrc/bindings.cpp). Equivalent torch, autograd being the specification:
 //
 //   o = D(x): z_l = h_{l-1} W_l^T + b_l, h_l = leaky_relu(z_l, alpha), o = h_L w_out^T + b_out

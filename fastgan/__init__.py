@@ -28,7 +28,18 @@ from fastgan.penalties import (
     R2Penalty,
 )
 
+from fastgan import divergences, reference
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``fastgan.lab`` and ``fastgan.bench`` load on first use (they import matplotlib and the
+    benchmark machinery, which plain training code does not need)."""
+    if name in ("lab", "bench"):
+        import importlib
+        return importlib.import_module(f"fastgan.{name}")
+    raise AttributeError(f"module 'fastgan' has no attribute {name!r}")
 
 __all__ = [
     "BACKENDS", "BackendStatus", "available_backends", "use_backend",
@@ -36,4 +47,5 @@ __all__ = [
     "RelativisticLoss", "WassersteinLoss", "discriminator_loss", "generator_loss", "get_loss",
     "MLPDiscriminator", "StepParts", "discriminator_step", "generator_step",
     "PENALTIES", "DRAGANPenalty", "GradientPenalty", "GradientPenaltyBase", "R1Penalty", "R2Penalty",
+    "divergences", "reference",
 ]

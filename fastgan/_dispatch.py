@@ -1,6 +1,6 @@
 """Backend selection: the one place that knows which backends exist and picks one per call.
 
-Backends (DESIGN.md section 3):
+Backends (docs/DESIGN.md section 3):
 
 ==========  ============================================================================
 cuda        CUDA C++ kernels in the compiled extension (NVIDIA GPU)

@@ -2,7 +2,7 @@
 
 Same contract and signature as ``torch.ops.fastgan.mlp_disc_step`` / ``mlp_gen_step`` (see
 ``csrc/bindings.cpp`` and :mod:`fastgan.fused`); works on any device and is the fallback.
-The maths is DESIGN.md section 4. With rows already packed, layers
+The maths is docs/DESIGN.md section 4. With rows already packed, layers
 ``z_l = h_{l-1} W_l^T + b_l``, ``h_l = leaky_relu(z_l)``, mask ``m_l = 1 if z_l > 0 else alpha``
 (read off ``h_l > 0``, so no mask is stored), logit ``o = h_L w^T + c`` and per-row loss
 derivative ``c_i = d loss / d o_i``:

@@ -1,4 +1,4 @@
-"""The fused discriminator and generator steps (DESIGN.md section 4).
+"""The fused discriminator and generator steps (docs/DESIGN.md section 4).
 
 ``discriminator_step(D, real, fake, loss=..., penalty=...)`` returns the scalar
 ``loss + penalty``; its ``.backward()`` leaves in D's ``.grad`` exactly what
@@ -9,7 +9,7 @@ followed by ``.backward()`` would (that composition is the ``reference`` backend
 :class:`~fastgan.MLPDiscriminator` the other backends compute the same gradients in closed form
 without double backward; any other module goes through the reference path.
 
-The fused path (DESIGN.md section 4): rows are packed (``(B, in) -> (B/pack, pack*in)``), the
+The fused path (docs/DESIGN.md section 4): rows are packed (``(B, in) -> (B/pack, pack*in)``), the
 means' 1/N, the penalty's 1/rows and its lazy factor are folded into the term scales and the
 penalty weight, and the chosen backend's ``mlp_disc_step`` (``torch``: :mod:`fastgan.closed_form`;
 ``cpu``/``cuda``: ``torch.ops.fastgan``; ``triton``: ``fastgan.kernels.mlp_step``, one contract

@@ -1,4 +1,4 @@
-"""The fused MLP discriminator and generator steps in Triton (DESIGN.md section 4).
+"""The fused MLP discriminator and generator steps in Triton (docs/DESIGN.md section 4).
 
 ``mlp_disc_step`` and ``mlp_gen_step`` implement the contract of the ``mlp_disc_step`` /
 ``mlp_gen_step`` operators in ``csrc/bindings.cpp`` (same arguments, same results) without
@@ -61,7 +61,7 @@ from fastgan.kernels.terms import phi_derivative, phi_value
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # fp32 products when allow_tf32 is False. "ieee" is fp32-accurate but runs on FMA units: an sm_90
 # AOT compile (ptxas -v) shows the fused kernels spilling 25-90 KB per thread with it, against
-# 1-5 KB with "tf32x3" (3xTF32 on tensor cores, which DESIGN.md section 5 also accepts for
+# 1-5 KB with "tf32x3" (3xTF32 on tensor cores, which docs/DESIGN.md section 5 also accepts for
 # 'highest'). Switch once test_gpu_precision passes with "tf32x3" on an H100.
 FP32_PRECISION = "ieee"
 POISON = False  # tests set True: scratch buffers start as NaN so unwritten elements show

@@ -8,7 +8,7 @@ Terms used in every table:
   a row holds m samples, so each side has ``B * m`` samples of ``in_features`` values.
 - ``P``: the number of weights (entries of the weight matrices W_1..W_L and w_out; biases are
   not counted), the same for every provider.
-- useful work (DESIGN.md section 4), the same count for every provider: 12BP for the plain
+- useful work (docs/DESIGN.md section 4), the same count for every provider: 12BP for the plain
   step (hinge, no penalty), 14BP for non-saturating + R1, 20BP for Wasserstein + WGAN-GP, and
   4BP for the generator step (forward and input-gradient chain over B fake rows).
 """

@@ -126,7 +126,7 @@ METHOD = """\
   (above 1: faster than the baseline), both measured in this run, interleaved round by round.
 - depth = hidden layers (the output layer is not counted); batch = rows per side (with
   pack m, m samples per row); P = weight-matrix entries (biases not counted).
-- TFLOP/s from useful work, the same for every provider (DESIGN.md section 4): 12BP plain
+- TFLOP/s from useful work, the same for every provider (docs/DESIGN.md section 4): 12BP plain
   (hinge), 14BP non-saturating + R1 (gamma 10), 20BP Wasserstein + WGAN-GP (weight 10), 4BP
   generator step; `% peak` against the matmul peak measured in this run (above).
 - Peak memory: GPU `max_memory_allocated` during one step above what was allocated before it

@@ -174,8 +174,9 @@ def _discriminator_objective(inner, theta, buffers, real, fake, loss, penalty, g
     if penalty is not None and (scale := penalty.next_scale()):
         pack = discriminator_pack(inner)
         x = _penalty_points(penalty, real, fake, pack, generator)
-        if not x.requires_grad:
-            x = x.detach().requires_grad_(True)
+        # A node of its own: the input gradient is d D_theta(x) / dx at fixed theta, while
+        # theta itself depends on fake after the first update.
+        x = x.view_as(x) if x.requires_grad else x.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(call(x).sum(), x, create_graph=True)
         g = g.reshape(x.shape[0] // pack, -1)
         total = total + scale * penalty_from_gradient(g, penalty.kind, penalty.weight, penalty.center,

@@ -2,11 +2,20 @@
 the ones that cannot run here are skipped with the probe's reason.
 
 Triton kernels run on CPU tensors only under ``TRITON_INTERPRET=1`` (set it before pytest starts).
+
+The tests run in importlib mode (pyproject.toml), so this directory is put on ``sys.path`` here:
+every test file imports the shared harness as ``import harness`` (tests/harness.py).
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fastgan import _dispatch
 

@@ -30,10 +30,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from fastgan import _dispatch, _native, _validate, closed_form
+from fastgan import _dispatch, _native, _validate, closed_form, step_spec
 from fastgan.losses import GANLoss, get_loss
 from fastgan.mlp import MLPDiscriminator
-from fastgan.penalties import GradientPenaltyBase, R1Penalty, R2Penalty
+from fastgan.penalties import GradientPenaltyBase
+from fastgan.step_spec import PenaltySide
 
 
 class StepParts(NamedTuple):
@@ -66,7 +67,7 @@ def _check_step_args(D, real, fake, loss, penalty):
 def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, loss: GANLoss | str,
                        penalty: GradientPenaltyBase | None = None, backend: str | None = None,
                        eps: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                       return_parts: bool = False):
+                       return_parts: bool = False, backward: bool = False):
     """One discriminator objective: ``loss(D(real), D(fake.detach())) + penalty(D, real, fake)``.
 
     Args:
@@ -78,6 +79,12 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
         backend: see :mod:`fastgan._dispatch`.
         eps, generator: passed to the penalty (WGAN-GP's per-row eps, DRAGAN's noise).
         return_parts: also return :class:`StepParts` (detached) for logging.
+        backward: also run the backward pass: the gradients are added to D's ``.grad`` (a
+            parameter without ``.grad`` takes the kernel's buffer, no copy) as ``.backward()``
+            would, without autograd, and the returned total is detached. The fastest form (one op
+            per step, no autograd graph), and capturable in a CUDA graph. Not under
+            DistributedDataParallel, whose all-reduce hooks into autograd: there call
+            ``.backward()`` on the result.
 
     Returns:
         The scalar total, or ``(total, parts)`` with ``return_parts=True``.
@@ -89,15 +96,21 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
     if loss.paired:
         _validate.same_shape("real", real, "fake", fake, f"{type(loss).__name__} pairs real and fake")
     inner = _unwrap(D)
+    if backward and inner is not D:
+        raise ValueError(f"backward=True bypasses autograd, so {type(D).__name__} cannot all-reduce the "
+                         "gradients; call .backward() on the returned total instead")
     name = _step_backend(inner, backend, real.device)
     if name == "reference":
         total, parts = _reference_step(D, real, fake, loss, penalty, eps, generator)
+        if backward:
+            total.backward()
+            total = total.detach()
     else:
         _check_params(inner, real)
         # Through D's forward (fused=...), so DistributedDataParallel sees a forward and
         # all-reduces the gradients the fused function hands to autograd.
         run = functools.partial(_fused_step, fake=fake, loss=loss, penalty=penalty, backend=name,
-                                eps=eps, generator=generator)
+                                eps=eps, generator=generator, backward=backward)
         total, parts = D(real, fused=run)
     return (total, parts) if return_parts else total
 
@@ -147,18 +160,13 @@ def generator_step(D: nn.Module, fake: torch.Tensor, *, loss: GANLoss | str, rea
     if name == "reference":
         return _reference_generator_step(inner, fake, real, loss)
     _check_params(inner, fake)
-    pack, k = inner.pack, inner.pack * inner.in_features
-    fake_p = fake.reshape(fake.shape[0] // pack, k)
-    real_p = real.detach().reshape(real.shape[0] // pack, k) if loss.paired else None
-    term = loss.generator_term()
-    rows = fake_p.shape[0]
-    if loss.reduction == "mean":
-        term = term.scaled(1.0 / rows)
-    weights, biases, w_out, b_out = _mlp_params(inner)
-    params = [p.detach() for p in [*weights, *biases, w_out] + ([b_out] if b_out is not None else [])]
-    value = _GenStepFn.apply(fake_p, real_p, name, inner.negative_slope, tuple(term.as_list()), loss.paired,
-                             _allow_tf32(), len(weights), bool(biases), b_out is not None, *params)
-    return value.reshape(())
+    fake_p = step_spec.packed(fake, inner.pack)
+    real_p = step_spec.packed(real.detach(), inner.pack) if loss.paired else None
+    spec = _spec(step_spec.gen_step_spec, inner.negative_slope, loss.generator_term(), loss.paired,
+                 loss.reduction == "mean", fake_p.shape[0], _allow_tf32())
+    params = step_spec.mlp_params(inner)
+    flat = [p.detach() for p in _flat(params)]
+    return _GenStepFn.apply(fake_p, real_p, name, spec, _layout(params), *flat).reshape(())
 
 
 def _reference_generator_step(inner, fake, real, loss):
@@ -181,10 +189,8 @@ def _step_backends() -> tuple[str, ...]:
             importlib.util.find_spec("fastgan.kernels.mlp_step") is not None:
         found.append("triton")
     ext, _ = _native.load()
-    if ext is not None:
-        for name, key in (("cpu", "CPU"), ("cuda", "CUDA")):
-            if torch._C._dispatch_has_kernel_for_dispatch_key("fastgan::mlp_disc_step", key):
-                found.append(name)
+    if ext is not None:  # the CPU kernels are always built; the CUDA ones when cuda_compiled
+        found += ["cpu", "cuda"] if ext.cuda_compiled else ["cpu"]
     return tuple(b for b in _dispatch.BACKENDS if b in found)
 
 
@@ -218,12 +224,6 @@ def _impl(name: str):
     return torch.ops.fastgan.mlp_disc_step, torch.ops.fastgan.mlp_gen_step  # cpu, cuda
 
 
-def _mlp_params(inner: MLPDiscriminator):
-    weights = [layer.weight for layer in inner.layers]
-    biases = [layer.bias for layer in inner.layers] if inner.bias else []
-    return weights, biases, inner.out.weight, inner.out.bias
-
-
 def _check_params(inner: MLPDiscriminator, x: torch.Tensor) -> None:
     p = inner.out.weight
     if p.dtype != x.dtype or p.device != x.device:
@@ -231,66 +231,84 @@ def _check_params(inner: MLPDiscriminator, x: torch.Tensor) -> None:
                          f"{p.device}; the fused step needs one dtype and device (D.to(x))")
 
 
-def _penalty_setup(inner, real, fake, penalty, eps, generator):
-    """(side, kind, weight per row incl. the lazy factor, center, penalty rows or None)."""
-    if penalty is None:
-        return -1, 0, 0.0, 0.0, None
-    pack = inner.pack
-    penalty.check_inputs(real, fake, pack)
-    scale = penalty.next_scale()
-    if scale == 0:
-        return -1, 0, 0.0, 0.0, None
-    if isinstance(penalty, R2Penalty):
-        side, x = 1, None
-    elif isinstance(penalty, R1Penalty):
-        side, x = 0, None
-    else:  # interpolates, perturbed reals, ...: exactly the rows the penalty module builds
-        side = 2
-        x = penalty.penalty_input(real, fake, pack, eps=eps, generator=generator).detach()
-    rows = (real, fake, x)[side].shape[0] // pack
-    return side, int(penalty.kind), penalty.weight * scale / rows, penalty.center, x
+def _spec(fn, *args):
+    """A cached spec; under torch.compile the uncached function, traced to constants."""
+    return fn.__wrapped__(*args) if torch.compiler.is_compiling() else fn(*args)
 
 
-def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalty, backend, eps, generator):
+def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalty, backend, eps, generator, backward):
     """The fused step on an unwrapped MLPDiscriminator (called from its forward)."""
-    pack, k = inner.pack, inner.pack * inner.in_features
-    side, kind, pw, center, pen_x = _penalty_setup(inner, real, fake, penalty, eps, generator)
-    real_p = real.detach().reshape(real.shape[0] // pack, k)
-    fake_p = fake.detach().reshape(fake.shape[0] // pack, k)
-    pen_p = pen_x.reshape(pen_x.shape[0] // pack, k) if pen_x is not None else None
-    t_real, t_fake = loss.discriminator_terms()
-    if loss.reduction == "mean":
-        t_real = t_real.scaled(1.0 / real_p.shape[0])
-        t_fake = t_fake.scaled(1.0 / fake_p.shape[0]) if t_fake is not None else None
-    spec = (backend, inner.negative_slope, tuple(t_real.as_list()),
-            tuple(t_fake.as_list()) if t_fake is not None else (), loss.paired, side, kind, float(pw),
-            float(center), _allow_tf32())
-    weights, biases, w_out, b_out = _mlp_params(inner)
-    params = [*weights, *biases, w_out] + ([b_out] if b_out is not None else [])
-    total, stats = _DiscStepFn.apply(real_p, fake_p, pen_p, spec, len(weights), bool(biases), b_out is not None,
-                                     *params)
+    pack = inner.pack
+    pen, pen_p, rows_pen = None, None, 1
+    if penalty is not None:
+        penalty.check_inputs(real, fake, pack)
+        scale = penalty.next_scale()
+        if scale:
+            side = int(penalty.side)
+            pen = (side, int(penalty.kind), penalty.weight * scale, penalty.center)
+            if side == PenaltySide.INPUT:
+                pen_x = penalty.penalty_input(real, fake, pack, eps=eps, generator=generator).detach()
+                pen_p = step_spec.packed(pen_x, pack)
+                rows_pen = pen_p.shape[0]
+            else:
+                rows_pen = (real if side == PenaltySide.REAL else fake).shape[0] // pack
+    real_p = step_spec.packed(real.detach(), pack)
+    fake_p = step_spec.packed(fake.detach(), pack)
+    spec = _spec(step_spec.disc_step_spec, inner.negative_slope, loss.discriminator_terms(), loss.paired,
+                 loss.reduction == "mean", real_p.shape[0], fake_p.shape[0], pen, rows_pen, _allow_tf32())
+    params = step_spec.mlp_params(inner)
+    if backward:
+        with torch.no_grad():
+            out = _impl(backend)[0](**spec.op_args(real_p, fake_p, pen_p, *params))
+        _accumulate_grads(inner, out[1:])
+        stats = out[0]
+        total = stats[0] + stats[1]
+    else:
+        total, stats = _DiscStepFn.apply(real_p, fake_p, pen_p, backend, spec, _layout(params), *_flat(params))
     return total, StepParts(stats[0], stats[1], stats[2], stats[3])
 
 
-def _split(params, layers: int, has_bias: bool, has_b_out: bool):
-    """Flat (W_1..W_L, b_1..b_L?, w_out, b_out?) -> (weights, biases, w_out, b_out)."""
+def _flat(params) -> list:
+    weights, biases, w_out, b_out = params
+    return [*weights, *biases, w_out] + ([b_out] if b_out is not None else [])
+
+
+def _layout(params) -> tuple[int, bool, bool]:
+    weights, biases, _, b_out = params
+    return len(weights), len(biases) > 0, b_out is not None
+
+
+def _split(flat, layout):
+    """Flat (W_1..W_L, b_1..b_L?, w_out, b_out?) back to (weights, biases, w_out, b_out)."""
+    layers, has_bias, has_b_out = layout
     nb = layers if has_bias else 0
-    weights, biases = list(params[:layers]), list(params[layers:layers + nb])
-    return weights, biases, params[layers + nb], (params[layers + nb + 1] if has_b_out else None)
+    weights, biases = list(flat[:layers]), list(flat[layers:layers + nb])
+    return weights, biases, flat[layers + nb], (flat[layers + nb + 1] if has_b_out else None)
+
+
+def _accumulate_grads(inner: MLPDiscriminator, grads) -> None:
+    """``p.grad += g`` for D's parameters in op order, as ``.backward()`` would leave them: a
+    parameter without ``.grad`` takes the op's fresh buffer (no copy), the others one
+    multi-tensor add."""
+    params = _flat(step_spec.mlp_params(inner))
+    fresh = [(p, g) for p, g in zip(params, grads) if p.grad is None]
+    for p, g in fresh:
+        p.grad = g
+    if len(fresh) < len(params):
+        old = [(p.grad, g) for p, g in zip(params, grads) if p.grad is not g]
+        torch._foreach_add_([a for a, _ in old], [b for _, b in old])
 
 
 class _DiscStepFn(torch.autograd.Function):
     """First-order: the forward runs the backend's mlp_disc_step, which returns the parameter
-    gradients with the loss and penalty; backward scales them by grad_output (no double
-    backward, so torch.compile and DDP treat it as an ordinary op). Outputs: the scalar
-    total and the detached stats (loss, penalty, mean real logit, mean fake logit)."""
+    gradients with the loss and penalty; backward scales them by grad_output in one
+    multi-tensor op (no double backward, so torch.compile and DDP treat it as an ordinary op).
+    Outputs: the scalar total and the detached stats (loss, penalty, mean real logit, mean fake
+    logit)."""
 
     @staticmethod
-    def forward(ctx, real, fake, pen, spec, layers, has_bias, has_b_out, *params):
-        backend, slope, t_real, t_fake, paired, side, kind, pw, center, tf32 = spec
-        weights, biases, w_out, b_out = _split(params, layers, has_bias, has_b_out)
-        out = _impl(backend)[0](real, fake, pen, weights, biases, w_out, b_out, slope, list(t_real),
-                                list(t_fake), paired, side, kind, pw, center, tf32)
+    def forward(ctx, real, fake, pen, backend, spec, layout, *params):
+        out = _impl(backend)[0](**spec.op_args(real, fake, pen, *_split(params, layout)))
         stats = out[0]
         ctx.save_for_backward(*out[1:])
         ctx.mark_non_differentiable(stats)
@@ -298,7 +316,7 @@ class _DiscStepFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total, grad_stats):
-        return (None,) * 7 + tuple(grad_total * g for g in ctx.saved_tensors)
+        return (None,) * 6 + tuple(torch._foreach_mul(list(ctx.saved_tensors), grad_total))
 
 
 class _GenStepFn(torch.autograd.Function):
@@ -306,10 +324,8 @@ class _GenStepFn(torch.autograd.Function):
     backward scales it. The discriminator's parameters are constants here."""
 
     @staticmethod
-    def forward(ctx, fake, real, backend, slope, term, paired, tf32, layers, has_bias, has_b_out, *params):
-        weights, biases, w_out, b_out = _split(params, layers, has_bias, has_b_out)
-        stats, d_fake = _impl(backend)[1](fake, real, weights, biases, w_out, b_out, slope, list(term),
-                                          paired, tf32)
+    def forward(ctx, fake, real, backend, spec, layout, *params):
+        stats, d_fake = _impl(backend)[1](**spec.op_args(fake, real, *_split(params, layout)))
         ctx.save_for_backward(d_fake)
         ctx.n_params = len(params)
         return stats[0]
@@ -317,4 +333,4 @@ class _GenStepFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         (d_fake,) = ctx.saved_tensors
-        return (grad_loss * d_fake,) + (None,) * (9 + ctx.n_params)
+        return (grad_loss * d_fake,) + (None,) * (4 + ctx.n_params)

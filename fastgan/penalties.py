@@ -21,6 +21,7 @@ from torch import nn
 
 from fastgan import _dispatch, _validate
 from fastgan.reference import penalties as reference
+from fastgan.step_spec import PenaltySide
 from fastgan.terms import PenaltyKind, penalty_row_gradient, penalty_rows
 
 
@@ -71,9 +72,13 @@ def penalty_from_gradient(g: torch.Tensor, kind: PenaltyKind, weight: float, cen
 
 
 class GradientPenaltyBase(nn.Module):
-    """Shared machinery: validation, lazy regularisation, input gradient, reduction."""
+    """Shared machinery: validation, lazy regularisation, input gradient, reduction.
+
+    Subclasses say what they are with two class attributes, which the fused step reads:
+    ``kind`` (the function of the row norm) and ``side`` (the rows it differentiates at)."""
 
     kind: PenaltyKind = PenaltyKind.SQUARED
+    side: PenaltySide = PenaltySide.INPUT
 
     def __init__(self, weight: float, center: float = 0.0, every: int = 1, backend: str | None = None):
         super().__init__()
@@ -123,6 +128,7 @@ class R1Penalty(GradientPenaltyBase):
     """R1 (Mescheder et al. 2018): gamma/2 * E |grad_x D(x_real)|^2."""
 
     kind = PenaltyKind.SQUARED
+    side = PenaltySide.REAL
 
     def __init__(self, gamma: float = 10.0, every: int = 1, backend: str | None = None):
         super().__init__(gamma, 0.0, every, backend)
@@ -140,6 +146,8 @@ class R1Penalty(GradientPenaltyBase):
 
 class R2Penalty(R1Penalty):
     """R2: gamma/2 * E |grad_x D(x_fake)|^2."""
+
+    side = PenaltySide.FAKE
 
     def check_inputs(self, real, fake, pack):
         if fake is None:

@@ -1,0 +1,154 @@
+"""The fused step's contract, in one place: from (D, loss, penalty) to the op's arguments.
+
+Every backend implements one operator pair, ``mlp_disc_step`` and ``mlp_gen_step`` (schemas in
+``csrc/bindings.cpp``; ``torch``: :mod:`fastgan.closed_form`; ``cpu``/``cuda``:
+``torch.ops.fastgan``; ``triton``: :mod:`fastgan.kernels.mlp_step`). Their non-tensor arguments
+describe the configuration (docs/DESIGN.md section 4):
+
+- ``term_real``, ``term_fake``: a loss term ``scale * phi(sign * x + shift)`` as
+  ``[phi, sign, shift, scale]`` with a ``'mean'`` reduction's ``1/rows`` folded into ``scale``;
+  an empty list means no term. ``paired``: ``term_real`` applies to ``real - fake``.
+- ``penalty_side``: which rows are penalised (:class:`PenaltySide`; an attribute of each penalty
+  class); ``penalty_kind``: ``weight * |g|^2 / 2`` or ``weight * (|g| - center)^2``;
+  ``penalty_weight``: the penalty's weight times its lazy factor over the penalised row count
+  (the mean's ``1/rows``); ``penalty_center``.
+- ``allow_tf32``: ``torch.get_float32_matmul_precision() != 'highest'``.
+
+:class:`DiscStepSpec` / :class:`GenStepSpec` hold those values for one configuration and are
+built once per configuration (cached), so a training step only gathers tensors. The tests build
+their op calls with :func:`disc_step_op_args` / :func:`gen_step_op_args`, so they exercise this
+translation instead of a copy of it.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from enum import IntEnum
+
+import torch
+from torch import nn
+
+from fastgan.terms import Term
+
+
+class PenaltySide(IntEnum):
+    """The rows whose input gradient a penalty takes (``penalty_side`` in the op contract)."""
+
+    NONE = -1
+    REAL = 0    # R1
+    FAKE = 1    # R2
+    INPUT = 2   # rows the penalty builds: WGAN-GP interpolates, DRAGAN's perturbed reals
+
+
+@dataclass(frozen=True)
+class DiscStepSpec:
+    """The non-tensor arguments of ``mlp_disc_step`` for one configuration."""
+
+    negative_slope: float
+    term_real: tuple[float, ...]
+    term_fake: tuple[float, ...]
+    paired: bool
+    penalty_side: int
+    penalty_kind: int
+    penalty_weight: float
+    penalty_center: float
+    allow_tf32: bool
+
+    def op_args(self, real, fake, penalty_input, weights, biases, w_out, b_out) -> dict:
+        """Keyword arguments of ``mlp_disc_step`` (named as in the schema)."""
+        return dict(real=real, fake=fake, penalty_input=penalty_input, weights=weights, biases=biases,
+                    w_out=w_out, b_out=b_out, negative_slope=self.negative_slope,
+                    term_real=list(self.term_real), term_fake=list(self.term_fake), paired=self.paired,
+                    penalty_side=self.penalty_side, penalty_kind=self.penalty_kind,
+                    penalty_weight=self.penalty_weight, penalty_center=self.penalty_center,
+                    allow_tf32=self.allow_tf32)
+
+
+@dataclass(frozen=True)
+class GenStepSpec:
+    """The non-tensor arguments of ``mlp_gen_step`` for one configuration."""
+
+    negative_slope: float
+    term: tuple[float, ...]
+    paired: bool
+    allow_tf32: bool
+
+    def op_args(self, fake, real, weights, biases, w_out, b_out) -> dict:
+        """Keyword arguments of ``mlp_gen_step`` (named as in the schema)."""
+        return dict(fake=fake, real=real, weights=weights, biases=biases, w_out=w_out, b_out=b_out,
+                    negative_slope=self.negative_slope, term=list(self.term), paired=self.paired,
+                    allow_tf32=self.allow_tf32)
+
+
+def _term_list(term: Term | None, rows: int, mean: bool) -> tuple[float, ...]:
+    if term is None:
+        return ()
+    return tuple((term.scaled(1.0 / rows) if mean else term).as_list())
+
+
+@functools.lru_cache(maxsize=512)
+def disc_step_spec(negative_slope: float, terms: tuple[Term, Term | None], paired: bool, mean: bool,
+                   rows_real: int, rows_fake: int, penalty: tuple | None, rows_penalised: int,
+                   allow_tf32: bool) -> DiscStepSpec:
+    """The spec of one configuration (cached). ``penalty`` is ``(side, kind, weight, center)``
+    with the lazy factor already in ``weight``, or None."""
+    t_real, t_fake = terms
+    side, kind, weight, center = penalty if penalty is not None else (PenaltySide.NONE, 0, 0.0, 0.0)
+    return DiscStepSpec(float(negative_slope), _term_list(t_real, rows_real, mean),
+                        _term_list(t_fake, rows_fake, mean), bool(paired), int(side), int(kind),
+                        float(weight) / rows_penalised if penalty is not None else 0.0, float(center),
+                        bool(allow_tf32))
+
+
+@functools.lru_cache(maxsize=512)
+def gen_step_spec(negative_slope: float, term: Term, paired: bool, mean: bool, rows: int,
+                  allow_tf32: bool) -> GenStepSpec:
+    """The generator side's spec of one configuration (cached)."""
+    return GenStepSpec(float(negative_slope), _term_list(term, rows, mean), bool(paired), bool(allow_tf32))
+
+
+def mlp_params(D: nn.Module) -> tuple[list, list, torch.Tensor, torch.Tensor | None]:
+    """``(weights, biases, w_out, b_out)`` of an MLPDiscriminator in the op's order; ``biases``
+    is empty for a bias-free network."""
+    weights = [layer.weight for layer in D.layers]
+    biases = [layer.bias for layer in D.layers] if D.out.bias is not None else []
+    return weights, biases, D.out.weight, D.out.bias
+
+
+def packed(x: torch.Tensor, pack: int) -> torch.Tensor:
+    """``(B, in) -> (B / pack, pack * in)``: PacGAN rows."""
+    return x.reshape(x.shape[0] // pack, pack * x.shape[1])
+
+
+def penalty_rows_input(D, real, fake, penalty, eps=None, generator=None) -> torch.Tensor | None:
+    """The rows (unpacked) a penalty of side INPUT differentiates at; None for the other sides."""
+    if penalty is None or penalty.side != PenaltySide.INPUT:
+        return None
+    return penalty.penalty_input(real, fake, D.pack, eps=eps, generator=generator).detach()
+
+
+def disc_step_op_args(D, real, fake, *, loss, penalty=None, eps=None, generator=None,
+                      allow_tf32: bool = False, penalty_scale: int = 1) -> dict:
+    """``mlp_disc_step``'s keyword arguments for ``discriminator_step(D, real, fake, loss, penalty)``
+    (``penalty_scale``: the lazy factor of this call; ``every`` on a penalised call)."""
+    pen_x = penalty_rows_input(D, real, fake, penalty, eps, generator)
+    real_p, fake_p = packed(real.detach(), D.pack), packed(fake.detach(), D.pack)
+    pen_p = packed(pen_x, D.pack) if pen_x is not None else None
+    pen = None
+    if penalty is not None and penalty_scale:
+        rows = {PenaltySide.REAL: real_p, PenaltySide.FAKE: fake_p, PenaltySide.INPUT: pen_p}[penalty.side].shape[0]
+        pen = (penalty.side, penalty.kind, penalty.weight * penalty_scale, penalty.center)
+    else:
+        rows, pen_p = 1, None
+    spec = disc_step_spec(D.negative_slope, loss.discriminator_terms(), loss.paired, loss.reduction == "mean",
+                          real_p.shape[0], fake_p.shape[0], pen, rows, allow_tf32)
+    return spec.op_args(real_p, fake_p, pen_p, *mlp_params(D))
+
+
+def gen_step_op_args(D, fake, *, loss, real=None, allow_tf32: bool = False) -> dict:
+    """``mlp_gen_step``'s keyword arguments for ``generator_step(D, fake, loss=loss, real=real)``."""
+    fake_p = packed(fake, D.pack)
+    real_p = packed(real.detach(), D.pack) if loss.paired else None
+    spec = gen_step_spec(D.negative_slope, loss.generator_term(), loss.paired, loss.reduction == "mean",
+                         fake_p.shape[0], allow_tf32)
+    return spec.op_args(fake_p, real_p, *mlp_params(D))

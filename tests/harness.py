@@ -194,6 +194,7 @@ class Case:
     reduction: str = "mean"
     seed: int = 0
     every: int = 1
+    loss_kwargs: tuple[tuple[str, float], ...] = ()  # e.g. (("a", -1.0), ("b", 1.0)) for least squares
 
     def __post_init__(self):
         # paired losses and WGAN-GP need as many fake rows as real rows; DRAGAN scales by std(real),
@@ -209,6 +210,9 @@ class Case:
         return (f"{self.loss}-{self.penalty}{'-every%d' % self.every if self.every > 1 else ''}-{self.reduction}"
                 f"-in{self.in_features}-h{h}-p{self.pack}-r{self.rows_real}x{self.rows_fake}"
                 f"{'' if self.bias else '-nobias'}-s{self.slope:g}-seed{self.seed}")
+
+    def make_loss(self):
+        return fastgan.LOSSES[self.loss](reduction=self.reduction, **dict(self.loss_kwargs))
 
     def with_(self, **changes) -> "Case":
         return dataclasses.replace(self, **changes)
@@ -250,7 +254,7 @@ class Problem(NamedTuple):
         return self.real.dtype
 
     def loss(self):
-        return fastgan.LOSSES[self.case.loss](reduction=self.case.reduction)
+        return self.case.make_loss()
 
     def penalty(self):
         """A fresh penalty module (None for 'none'), with the case's lazy schedule."""
@@ -270,12 +274,14 @@ class Problem(NamedTuple):
         return self.D, self.real, self.fake, self.eps
 
 
-def cases(n: int = 24, seed: int = 1234, max_width: int = 300, max_weights: int | None = None) -> list[Case]:
+def cases(n: int = 24, seed: int = 1234, max_width: int = 300, max_weights: int | None = None,
+          rows: Sequence[int] = (1, 1, 2, 3, 5, 8), max_work: int | None = None) -> list[Case]:
     """``n`` seeded cases; case i takes loss x penalty combination i (mod their number), so any
     ``n >= len(LOSS_NAMES) * len(PENALTY_NAMES)`` covers every combination. Architectures: depth 1-5,
     in_features 1-40, widths 1..max_width (odd, non-powers of two), pack 1-4, 1-8 rows (one row
-    often), bias on/off, ReLU and LeakyReLU, reduction mean or sum. ``max_weights`` caps the
-    weight count (the interpreter and the double-backward reference are slow on big nets)."""
+    often; ``rows`` gives the choices), bias on/off, ReLU and LeakyReLU, reduction mean or sum.
+    ``max_weights`` caps the weight count and ``max_work`` rows x weights (the interpreter and the
+    double-backward reference are slow on big problems)."""
     rng = random.Random(seed)
     combos = list(itertools.product(LOSS_NAMES, PENALTY_NAMES))
     out = []
@@ -287,11 +293,12 @@ def cases(n: int = 24, seed: int = 1234, max_width: int = 300, max_weights: int 
                 in_features=rng.choice([1, 2, 3, 7, 16, 33, 40, rng.randint(1, 40)]),
                 hidden=tuple(rng.choice([1, 2, 5, 31, 64, 100, 127, max_width, rng.randint(1, max_width)])
                              for _ in range(depth)),
-                pack=rng.randint(1, 4), rows_real=rng.choice([1, 1, 2, 3, 5, 8]),
-                rows_fake=rng.choice([1, 2, 3, 5, 9]), bias=rng.random() < 0.75,
+                pack=rng.randint(1, 4), rows_real=rng.choice(rows),
+                rows_fake=rng.choice(rows), bias=rng.random() < 0.75,
                 slope=rng.choice([0.0, 0.2]), loss=loss, penalty=pen,
                 reduction="sum" if i % 3 == 2 else "mean", seed=seed + i)
-            if max_weights is None or case.weights() <= max_weights:
+            if ((max_weights is None or case.weights() <= max_weights)
+                    and (max_work is None or case.weights() * max(case.rows_real, case.rows_fake) <= max_work)):
                 break
         out.append(case)
     return out
@@ -336,7 +343,7 @@ def reference_disc(case: Case, calls: int = 1) -> Callable[..., dict[str, torch.
         for _ in range(calls):
             D.zero_grad(set_to_none=True)
             total, parts = fastgan.discriminator_step(
-                D, real, fake, loss=fastgan.LOSSES[case.loss](reduction=case.reduction), penalty=pen,
+                D, real, fake, loss=case.make_loss(), penalty=pen,
                 backend="reference", eps=eps, return_parts=True)
             total.backward()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in D.parameters()]
@@ -345,13 +352,16 @@ def reference_disc(case: Case, calls: int = 1) -> Callable[..., dict[str, torch.
 
 
 def reference_gen(case: Case) -> Callable[..., dict[str, torch.Tensor]]:
-    """A function (D, real, fake, eps) -> {"loss", "d fake"} of ``generator_step(backend="reference")``."""
+    """A function (D, real, fake, eps) -> {"stats": [loss, mean fake logit], "d fake"} of
+    ``generator_step(backend="reference")`` (for :func:`expected`)."""
     def run(D, real, fake, eps=None):
-        loss = fastgan.LOSSES[case.loss](reduction=case.reduction)
+        loss = case.make_loss()
         x = fake.detach().clone().requires_grad_(True)
         value = fastgan.generator_step(D, x, loss=loss, real=real if loss.paired else None, backend="reference")
         (grad,) = torch.autograd.grad(value, x)
-        return {"loss": value.detach(), "d fake": grad}
+        with torch.no_grad(), fastgan.use_backend("reference"):
+            mean_logit = D(fake).mean()
+        return {"stats": torch.stack([value.detach(), mean_logit]), "d fake": grad}
     return run
 
 
@@ -394,8 +404,22 @@ def disc_op_args(problem: Problem, allow_tf32: bool = False) -> dict:
     (``fastgan.step_spec.disc_step_op_args``)."""
     from fastgan import step_spec
     p = problem
-    return step_spec.disc_step_op_args(p.D, p.real, p.fake, loss=p.loss(), penalty=p.penalty(), eps=p.eps,
-                                       allow_tf32=allow_tf32)
+    pen = p.penalty()
+    args = step_spec.disc_step_op_args(p.D, p.real, p.fake, loss=p.loss(), penalty=pen, eps=p.eps,
+                                       allow_tf32=allow_tf32,
+                                       penalty_scale=pen.next_scale() if pen is not None else 1)
+    return _detached(args)
+
+
+def _detached(args: dict) -> dict:
+    """The raw operators take plain tensors (no autograd): D's parameters detached."""
+    def detach(v):
+        if isinstance(v, torch.Tensor):
+            return v.detach()
+        if isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
+            return [t.detach() for t in v]
+        return v
+    return {k: detach(v) for k, v in args.items()}
 
 
 def gen_op_args(problem: Problem, allow_tf32: bool = False) -> dict:
@@ -403,8 +427,8 @@ def gen_op_args(problem: Problem, allow_tf32: bool = False) -> dict:
     from fastgan import step_spec
     p = problem
     loss = p.loss()
-    return step_spec.gen_step_op_args(p.D, p.fake, loss=loss, real=p.real if loss.paired else None,
-                                      allow_tf32=allow_tf32)
+    return _detached(step_spec.gen_step_op_args(p.D, p.fake, loss=loss, real=p.real if loss.paired else None,
+                                                allow_tf32=allow_tf32))
 
 
 def reference_disc_op(case: Case) -> Callable[..., dict[str, torch.Tensor]]:
@@ -422,3 +446,28 @@ def reference_disc_op(case: Case) -> Callable[..., dict[str, torch.Tensor]]:
 def op_outputs(out: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     """An ``mlp_disc_step`` result (stats, *gradients) in :func:`reference_disc_op`'s format."""
     return StepOutputs(out[0], list(out[1:])).named()
+
+
+def gen_op_outputs(out: Sequence[torch.Tensor], fake: torch.Tensor) -> dict[str, torch.Tensor]:
+    """An ``mlp_gen_step`` result (stats, packed d fake) in :func:`reference_gen`'s format."""
+    return {"stats": out[0], "d fake": out[1].reshape(fake.shape)}
+
+
+def check_disc_op(problem: Problem, op: Callable, allow_tf32: bool = False, **changes) -> list[torch.Tensor]:
+    """``op(**disc_op_args(problem))`` (``changes`` replace arguments) within the bound of the
+    reference; returns the op's outputs."""
+    args = {**disc_op_args(problem, allow_tf32), **changes}
+    out = op(**args)
+    assert len(out) == 1 + len(op_order(problem.D)) and all(o.dtype == problem.dtype for o in out)
+    truth, base = expected(reference_disc_op(problem.case), problem.inputs(), problem.dtype, allow_tf32)
+    assert_close(op_outputs(out), truth, base, problem.dtype, problem.case.id)
+    return out
+
+
+def check_gen_op(problem: Problem, op: Callable, allow_tf32: bool = False) -> list[torch.Tensor]:
+    """``op(**gen_op_args(problem))`` within the bound of the reference; returns the op's outputs."""
+    out = op(**gen_op_args(problem, allow_tf32))
+    assert len(out) == 2 and all(o.dtype == problem.dtype for o in out)
+    truth, base = expected(reference_gen(problem.case), problem.inputs(), problem.dtype, allow_tf32)
+    assert_close(gen_op_outputs(out, problem.fake), truth, base, problem.dtype, problem.case.id)
+    return out

@@ -121,7 +121,14 @@ def select(backend: str | None, device: torch.device, supported: tuple[str, ...]
     cannot serve the call raises; auto falls back in order and warns once about a missing
     compiled extension.
     """
-    name = requested(backend)
+    return _select(requested(backend), device.type, _triton_interpret(), supported)
+
+
+@functools.lru_cache(maxsize=64)
+def _select(name: str, device_type: str, interpret: bool, supported: tuple[str, ...]) -> str:
+    """:func:`select` for one (request, device type, interpreter flag, operation): the answer
+    depends on nothing else that changes within a process, so it is computed once."""
+    device = torch.device(device_type)
     if name != "auto":
         if name not in supported:
             raise ValueError(f"backend {name!r} does not implement this operation; it has {supported}")

@@ -164,9 +164,9 @@ def generator_step(D: nn.Module, fake: torch.Tensor, *, loss: GANLoss | str, rea
     real_p = step_spec.packed(real.detach(), inner.pack) if loss.paired else None
     spec = _spec(step_spec.gen_step_spec, inner.negative_slope, loss.generator_term(), loss.paired,
                  loss.reduction == "mean", fake_p.shape[0], _allow_tf32())
-    params = step_spec.mlp_params(inner)
-    flat = [p.detach() for p in _flat(params)]
-    return _GenStepFn.apply(fake_p, real_p, name, spec, _layout(params), *flat).reshape(())
+    # D's parameters are constants here: they travel inside a non-tensor argument, which autograd
+    # does not track (no detach per parameter, no graph edges to D).
+    return _GenStepFn.apply(fake_p, real_p, name, spec, step_spec.mlp_params(inner)).reshape(())
 
 
 def _reference_generator_step(inner, fake, real, loss):
@@ -321,16 +321,15 @@ class _DiscStepFn(torch.autograd.Function):
 
 class _GenStepFn(torch.autograd.Function):
     """First-order generator side: forward returns the loss and stashes d loss / d fake;
-    backward scales it. The discriminator's parameters are constants here."""
+    backward scales it. ``params`` (D's, as ``(weights, biases, w_out, b_out)``) are constants."""
 
     @staticmethod
-    def forward(ctx, fake, real, backend, spec, layout, *params):
-        stats, d_fake = _impl(backend)[1](**spec.op_args(fake, real, *_split(params, layout)))
+    def forward(ctx, fake, real, backend, spec, params):
+        stats, d_fake = _impl(backend)[1](**spec.op_args(fake, real, *params))
         ctx.save_for_backward(d_fake)
-        ctx.n_params = len(params)
         return stats[0]
 
     @staticmethod
     def backward(ctx, grad_loss):
         (d_fake,) = ctx.saved_tensors
-        return (grad_loss * d_fake,) + (None,) * (4 + ctx.n_params)
+        return grad_loss * d_fake, None, None, None, None

@@ -36,8 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", help="comma-separated rows per side, replacing every network's batches")
     p.add_argument("--objectives", help=f"comma-separated subset of {','.join(configs.OBJECTIVES)}")
     p.add_argument("--providers", help=f"comma-separated subset of {','.join(providers.PROVIDERS)}; "
-                                       "default: cpu,torch,reference (CPU), cuda,triton,torch,reference,"
-                                       "reference+graph,func+compile (GPU)")
+                                       f"default: {','.join(providers.DEFAULTS['cpu'])} (CPU), "
+                                       f"{','.join(providers.DEFAULTS['cuda'])} (GPU)")
     p.add_argument("--full", action="store_true", help="CPU: the sweep networks at B 4096 too")
     p.add_argument("--quick", action="store_true", help="targets only (B <= 4096), 5 repeats, 1 warm-up")
     p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float32")

@@ -3,7 +3,7 @@ the step above what was in use just before it (inputs and parameters excluded; t
 step's gradients released first).
 
 - GPU: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus
-  ``memory_allocated()`` before the step. For graph providers (``reference+graph``,
+  ``memory_allocated()`` before the step. For graph providers (``*+graph``,
   ``func+compile``) a replay allocates nothing: their figure is the peak while capturing /
   recording, i.e. the graph's memory pool.
 - CPU: ``tracemalloc`` does not see torch's allocations and the CPU profiler's memory events

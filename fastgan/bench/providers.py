@@ -10,6 +10,8 @@ reference          the same with ``backend="reference"``: autograd with ``create
                    what GAN code does today (baseline)
 reference+graph    the reference step captured once in a CUDA graph, then ``graph.replay()``
                    (GPU baseline, where capture works)
+cuda+graph,        the fused step (``backward=True``: gradients written to D's ``.grad``)
+triton+graph       captured once in a CUDA graph, then ``graph.replay()``
 func+compile       ``torch.func.grad_and_value`` of the same objective (input gradient by
                    ``torch.func.grad``) inside ``torch.compile(mode="reduce-overhead")``; the
                    compile (and graph recording) time is reported as setup (GPU baseline)
@@ -30,9 +32,11 @@ from fastgan.reference import penalties as ref_penalties
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")  # fastgan backends with a fused step
 BASELINES = {"cpu": ("reference", "torch"), "cuda": ("reference", "reference+graph", "func+compile")}
+GRAPHED = ("cuda+graph", "triton+graph")  # fastgan's fused step captured in a CUDA graph
 DEFAULTS = {"cpu": ("cpu", "torch", "reference"),
-            "cuda": ("cuda", "triton", "torch", "reference", "reference+graph", "func+compile")}
-PROVIDERS = BACKENDS + ("reference", "reference+graph", "func+compile")
+            "cuda": ("cuda", "cuda+graph", "triton", "triton+graph", "torch", "reference", "reference+graph",
+                     "func+compile")}
+PROVIDERS = BACKENDS + GRAPHED + ("reference", "reference+graph", "func+compile")
 
 
 def _fused_step_backends() -> tuple[str, ...]:
@@ -46,8 +50,12 @@ def why_missing(name: str, device: str) -> str:
     reason is the one :func:`fastgan.available_backends` gives."""
     if name not in PROVIDERS:
         raise ValueError(f"--providers: unknown provider {name!r}; choose from {PROVIDERS}")
-    if name == "reference+graph":
-        return "" if device == "cuda" else "CUDA graphs need a CUDA device"
+    if name.endswith("+graph"):
+        if device != "cuda":
+            return "CUDA graphs need a CUDA device"
+        name = name.removesuffix("+graph")
+        if name == "reference":
+            return ""
     if name == "func+compile":
         return ""
     status = {s.name: s for s in fastgan.available_backends()}[name if name in BACKENDS else "reference"]
@@ -85,8 +93,9 @@ class Runner:
 class EagerRunner(Runner):
     """``discriminator_step``/``generator_step`` with one backend, then ``.backward()``."""
 
-    def __init__(self, name: str, config: Config, D: torch.nn.Module, data: Inputs):
+    def __init__(self, name: str, config: Config, D: torch.nn.Module, data: Inputs, one_op: bool = False):
         self.name, self.backend, self.D, self.data = name, name, copy.deepcopy(D), data
+        self.one_op = one_op  # discriminator_step(backward=True): no autograd graph
         self.objective = config.objective
         self.loss, self.penalty = self.objective.make_loss(), self.objective.make_penalty()
         self.fake = data.fake.clone().requires_grad_(True) if self.objective.generator else None
@@ -99,8 +108,10 @@ class EagerRunner(Runner):
         else:
             self.D.zero_grad(set_to_none=True)
             value = fastgan.discriminator_step(self.D, self.data.real, self.data.fake, loss=self.loss,
-                                               penalty=self.penalty, backend=self.backend, eps=self.data.eps)
-        value.backward()
+                                               penalty=self.penalty, backend=self.backend, eps=self.data.eps,
+                                               backward=self.one_op)
+        if self.objective.generator or not self.one_op:
+            value.backward()
         self.value = value.detach()
 
     def release(self) -> None:
@@ -115,12 +126,15 @@ class EagerRunner(Runner):
 
 
 class GraphRunner(Runner):
-    """The reference step captured in a CUDA graph (warm-up on a side stream, then capture with
-    the gradients unset so that the captured backward allocates them in the graph's pool)."""
+    """A step captured in a CUDA graph (warm-up on a side stream, then capture with the
+    gradients unset so that the captured step allocates them in the graph's pool):
+    ``reference+graph`` captures the reference step, ``cuda+graph``/``triton+graph`` the fused
+    step in its one-op form."""
 
     def __init__(self, name: str, config: Config, D: torch.nn.Module, data: Inputs):
         self.name = name
-        self.eager = EagerRunner("reference", config, D, data)
+        base = name.removesuffix("+graph")
+        self.eager = EagerRunner(base, config, D, data, one_op=base != "reference")
         start = time.perf_counter()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -217,7 +231,7 @@ class CompileRunner(Runner):
 
 def make_runner(name: str, config: Config, D: torch.nn.Module, data: Inputs) -> Runner:
     """A runner for provider ``name`` (already known to be available) on this configuration."""
-    if name == "reference+graph":
+    if name.endswith("+graph"):
         return GraphRunner(name, config, D, data)
     if name == "func+compile":
         return CompileRunner(name, config, D, data)

@@ -78,6 +78,7 @@ def unrolled_generator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor
     _check_args(D, real, fake, loss, optimizer, penalty, steps, mode, backend)
     if steps == 0:
         return fused.generator_step(D, fake, loss=loss, real=real, backend=backend)
+    real = real.detach()  # data: no gradient flows into it
     phase = penalty.calls if penalty is not None else None
     try:
         look_ahead = _exact if mode == "exact" else _first_order
@@ -87,7 +88,33 @@ def unrolled_generator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor
             penalty.calls = phase
 
 
-def _check_args(D, real, fake, loss, optimizer, penalty, steps, mode, backend) -> None:
+class UnrolledDiscriminator:
+    """D with its optimiser and look-ahead settings: ``generator_step(real, fake)`` is
+    :func:`unrolled_generator_step` with them (steps, mode and the optimiser are checked here).
+
+    >>> unrolled = UnrolledDiscriminator(D, opt_d, loss=loss, steps=5, mode="first_order")
+    >>> unrolled.generator_step(real, G(z)).backward()
+    """
+
+    def __init__(self, D: nn.Module, optimizer: torch.optim.Optimizer, *, loss: GANLoss | str,
+                 penalty: GradientPenaltyBase | None = None, steps: int = 5, mode: str = "exact",
+                 backend: str | None = None):
+        _check_settings(D, optimizer, steps, mode)
+        self.D, self.optimizer, self.loss, self.penalty = D, optimizer, get_loss(loss), penalty
+        self.steps, self.mode, self.backend = steps, mode, backend
+
+    def generator_step(self, real: torch.Tensor, fake: torch.Tensor, *,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        return unrolled_generator_step(self.D, real, fake, loss=self.loss, optimizer=self.optimizer,
+                                       penalty=self.penalty, steps=self.steps, mode=self.mode,
+                                       backend=self.backend, generator=generator)
+
+    def __repr__(self) -> str:
+        return (f"UnrolledDiscriminator({type(fused._unwrap(self.D)).__name__}, steps={self.steps}, "
+                f"mode={self.mode!r}, loss={type(self.loss).__name__})")
+
+
+def _check_settings(D, optimizer, steps, mode) -> None:
     if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0):
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     if mode not in MODES:
@@ -95,6 +122,16 @@ def _check_args(D, real, fake, loss, optimizer, penalty, steps, mode, backend) -
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.SGD)):
         raise TypeError(f"optimizer must be D's torch.optim.Adam, AdamW or SGD (the look-ahead replays its update "
                         f"rule), got {type(optimizer).__name__}")
+    if not isinstance(D, nn.Module):
+        raise TypeError(f"D must be an nn.Module, got {type(D).__name__}")
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for name, p in fused._unwrap(D).named_parameters():
+        if p.requires_grad and id(p) not in held:
+            raise ValueError(f"optimizer does not hold D's parameter {name!r}: pass D's own optimiser")
+
+
+def _check_args(D, real, fake, loss, optimizer, penalty, steps, mode, backend) -> None:
+    _check_settings(D, optimizer, steps, mode)
     fused._check_step_args(D, real, fake, loss, penalty)
     if loss.reduction == "none":
         raise ValueError("unrolled_generator_step needs a scalar loss: use reduction 'mean' or 'sum'")
@@ -102,12 +139,7 @@ def _check_args(D, real, fake, loss, optimizer, penalty, steps, mode, backend) -
         _validate.same_shape("real", real, "fake", fake, f"{type(loss).__name__} pairs real and fake")
     if penalty is not None:
         penalty.check_inputs(real, fake, discriminator_pack(D))
-    inner = fused._unwrap(D)
-    fused._step_backend(inner, backend, real.device)
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    for name, p in inner.named_parameters():
-        if p.requires_grad and id(p) not in held:
-            raise ValueError(f"optimizer does not hold D's parameter {name!r}: pass D's own optimiser")
+    fused._step_backend(fused._unwrap(D), backend, real.device)
 
 
 # ---- first order: fused steps on a copy ----------------------------------------------------------
@@ -119,7 +151,7 @@ def _first_order(inner, real, fake, loss, optimizer, penalty, steps, backend, ge
     for _ in range(steps):
         shadow_opt.zero_grad(set_to_none=True)
         fused.discriminator_step(shadow, real, fake_data, loss=loss, penalty=penalty, backend=backend,
-                                 generator=generator).backward()
+                                 generator=generator, backward=True)
         shadow_opt.step()
     return fused.generator_step(shadow, fake, loss=loss, real=real, backend=backend)
 
@@ -146,7 +178,7 @@ def _copy_optimizer(optimizer, inner, shadow):
 
 def _exact(inner, real, fake, loss, optimizer, penalty, steps, backend, generator):
     params = dict(inner.named_parameters())
-    buffers = dict(inner.named_buffers())
+    buffers = {n: b.clone() for n, b in inner.named_buffers()}  # the look-ahead's own (BatchNorm statistics)
     names = [n for n, p in params.items() if p.requires_grad]
     theta = {n: p.detach() for n, p in params.items()}
     for n in names:

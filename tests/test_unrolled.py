@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastgan
-from fastgan.unrolled import unrolled_generator_step
+from fastgan.unrolled import UnrolledDiscriminator, unrolled_generator_step
 
 TOL = dict(rtol=1e-10, atol=1e-12)
 OPTIMIZERS = {
@@ -48,6 +48,17 @@ class TanhD(nn.Module):
 
     def forward(self, x):
         return self.out(torch.tanh(self.hidden(x))).squeeze(1)
+
+
+class NormD(TanhD):
+    """With BatchNorm: buffers that every training-mode forward updates."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.norm(self.hidden(x)))).squeeze(1)
 
 
 def setup(make_d, optimizer="adam", seed=0, rows=6, warm_steps=2):
@@ -194,8 +205,8 @@ def test_exact_and_first_order_look_ahead_agree_on_mlp(loss_name, penalty):
 
 # ---- first order ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("penalty", ["none", "r1", "gp", "r1_every2"])
-@pytest.mark.parametrize("optimizer", ["adam", "adam_wd_amsgrad", "adamw", "sgd_nesterov"])
+@pytest.mark.parametrize("optimizer, penalty", [("adam", "none"), ("adam_wd_amsgrad", "r1"), ("adamw", "gp"),
+                                                ("sgd_nesterov", "r1_every2")])
 def test_first_order_is_fused_steps_on_a_copy(backend, optimizer, penalty):
     D, opt, real, fake = setup(mlp, optimizer)
     loss = fastgan.NonSaturatingLoss()
@@ -217,18 +228,19 @@ def test_first_order_is_fused_steps_on_a_copy(backend, optimizer, penalty):
 # ---- nothing changes ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["exact", "first_order"])
-@pytest.mark.parametrize("make_d", [mlp, TanhD], ids=["mlp", "tanh"])
+@pytest.mark.parametrize("make_d", [mlp, TanhD, NormD], ids=["mlp", "tanh", "batchnorm"])
 def test_d_optimiser_and_penalty_unchanged(mode, make_d):
     D, opt, real, fake = setup(make_d, "adam_wd_amsgrad")
     for p in D.parameters():
         p.grad = torch.randn_like(p)
-    before = copy.deepcopy((dict(D.named_parameters()), {n: p.grad for n, p in D.named_parameters()},
-                            opt.state_dict()))
+    before = copy.deepcopy((D.state_dict(), {n: p.grad for n, p in D.named_parameters()}, opt.state_dict()))
     penalty = fastgan.R1Penalty(1.0, every=3)
     penalty.next_scale()
-    unrolled_generator_step(D, real, fake, loss="non_saturating", optimizer=opt, penalty=penalty, steps=2,
+    real.requires_grad_(True)
+    unrolled_generator_step(D, real, fake, loss="relativistic", optimizer=opt, penalty=penalty, steps=2,
                             mode=mode).backward()
-    after = (dict(D.named_parameters()), {n: p.grad for n, p in D.named_parameters()}, opt.state_dict())
+    assert fake.grad is not None and real.grad is None  # real is data
+    after = (D.state_dict(), {n: p.grad for n, p in D.named_parameters()}, opt.state_dict())
     torch.testing.assert_close(after, before, rtol=0, atol=0)
     assert penalty.calls == 1
 
@@ -259,7 +271,21 @@ def test_bad_arguments_raise(change, error, match):
         args["optimizer"] = torch.optim.Adam(TanhD().parameters())
     if args["D"] == "tanh":
         args["D"] = TanhD().double()
+        args["optimizer"] = torch.optim.Adam(args["D"].parameters())
     if isinstance(args["fake"], str):
         args["fake"] = torch.randn(6, 3, dtype=torch.float64)
     with pytest.raises(error, match=match):
         unrolled_generator_step(args.pop("D"), args.pop("real"), args.pop("fake"), **args)
+
+
+def test_unrolled_discriminator_is_the_step_with_its_settings():
+    D, opt, real, fake = setup(TanhD)
+    unrolled = UnrolledDiscriminator(D, opt, loss="hinge", penalty=fastgan.R2Penalty(1.0), steps=2)
+    want = unrolled_generator_step(D, real, fake, loss="hinge", optimizer=opt, penalty=fastgan.R2Penalty(1.0),
+                                   steps=2, mode="exact")
+    torch.testing.assert_close(value_and_grad(unrolled.generator_step(real, fake), fake),
+                               value_and_grad(want, fake), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="mode"):
+        UnrolledDiscriminator(D, opt, loss="hinge", mode="exactly")
+    with pytest.raises(TypeError, match="optimizer"):
+        UnrolledDiscriminator(D, torch.optim.RMSprop(D.parameters()), loss="hinge")

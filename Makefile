@@ -1,0 +1,39 @@
+# The two commands: `make lab` runs the main job (the mode-collapse lab), `make test` the tests.
+# Both create a virtual environment in $(VENV) on first use: torch (the CPU wheel, unless the
+# Python that creates it already has a CUDA torch, which the venv then reuses) and fastgan built
+# against it. The install is redone when the build files change.
+#
+#   make lab                       # fastgan lab (add LAB_ARGS="--full" for the published length)
+#   make test                      # TRITON_INTERPRET=1 pytest (Triton kernels on CPU tensors)
+#   make test PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"   # CPU torch from its index
+PYTHON ?= python3
+VENV ?= .venv
+PIP_ARGS ?=
+LAB_ARGS ?=
+PYTEST_ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fastgan-installed
+
+.PHONY: lab test clean
+
+lab: $(STAMP)
+	$(BIN)/fastgan lab $(LAB_ARGS)
+
+test: $(STAMP)
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(STAMP): pyproject.toml setup.py CMakeLists.txt .ci/constraints.txt $(wildcard csrc/*)
+	@if $(PYTHON) -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then \
+	  echo "using the CUDA torch of $(PYTHON)"; \
+	  $(PYTHON) -m venv --system-site-packages $(VENV) && \
+	  $(BIN)/python -m pip install -q --no-build-isolation -e ".[test]" $(PIP_ARGS); \
+	else \
+	  $(PYTHON) -m venv $(VENV) && \
+	  $(BIN)/python -m pip install -q --upgrade pip && \
+	  $(BIN)/python -m pip install -q -c .ci/constraints.txt $(PIP_ARGS) torch && \
+	  $(BIN)/python -m pip install -q -c .ci/constraints.txt --no-build-isolation -e ".[test]" $(PIP_ARGS); \
+	fi
+	@touch $@
+
+clean:
+	rm -rf $(VENV) build

@@ -153,6 +153,16 @@ def test_exact_matches_hand_written_unrolling(penalty, k):
     torch.testing.assert_close(value_and_grad(got, fake), value_and_grad(want, fake), **TOL)
 
 
+def test_exact_with_kernel_backed_loss_and_penalty(backend):
+    """A loss or penalty pinned to a compiled backend still differentiates to every order."""
+    D, opt, real, fake = setup(TanhD)
+    got = unrolled_generator_step(D, real, fake, loss=fastgan.NonSaturatingLoss(backend=backend), optimizer=opt,
+                                  penalty=fastgan.GradientPenalty(0.5, backend=backend), steps=2, mode="exact",
+                                  generator=torch.Generator().manual_seed(5))
+    want = hand_unrolled(D, opt, real, fake, 2, "gp", seed=5)
+    torch.testing.assert_close(value_and_grad(got, fake), value_and_grad(want, fake), **TOL)
+
+
 def test_exact_keeps_the_terms_through_the_updates():
     """The second-order terms are really there: exact's gradient differs from the first-order
     one while the values agree."""

@@ -387,6 +387,22 @@ def check_disc(problem: Problem, backend: str, calls: int = 1, allow_tf32: bool 
     assert_close(got, truth, base, problem.dtype, f"{backend} {problem.case.id}")
 
 
+def check_gen(problem: Problem, backend: str, allow_tf32: bool = False) -> None:
+    """``generator_step`` on ``backend`` (its loss and d loss / d fake) within the bound of the reference."""
+    loss = problem.loss()
+    x = problem.fake.detach().clone().requires_grad_(True)
+    D = copy.deepcopy(problem.D)
+    with precision(allow_tf32):
+        value = fastgan.generator_step(D, x, loss=loss, real=problem.real if loss.paired else None, backend=backend)
+        assert value.shape == () and value.dtype == problem.dtype
+        value.backward()
+    assert all(p.grad is None for p in D.parameters()), "generator_step wrote D's gradients"
+    truth, base = expected(reference_gen(problem.case), problem.inputs(), problem.dtype, allow_tf32)
+    pick = lambda out: None if out is None else {"loss": out["stats"][0], "d fake": out["d fake"]}  # noqa: E731
+    assert_close({"loss": value.detach(), "d fake": x.grad}, pick(truth), pick(base), problem.dtype,
+                 f"{backend} {problem.case.id}")
+
+
 # ------------------------------------------------------------------- the operators' arguments ----
 def op_order(D: fastgan.MLPDiscriminator) -> list[torch.Tensor]:
     """D's parameters in the operators' gradient order: W_1..W_L, b_1..b_L (if bias), w_out, b_out."""

@@ -152,25 +152,36 @@ def _first_order(inner, real, fake, loss, optimizer, penalty, steps, backend, ge
         shadow_opt.zero_grad(set_to_none=True)
         fused.discriminator_step(shadow, real, fake_data, loss=loss, penalty=penalty, backend=backend,
                                  generator=generator, backward=True)
+        for q in shadow.parameters():  # fused Adam reads .grad in its parameter's layout (torch's contract)
+            if q.grad is not None and q.grad.stride() != q.stride():
+                q.grad = torch.empty_like(q).copy_(q.grad)
         shadow_opt.step()
     return fused.generator_step(shadow, fake, loss=loss, real=real, backend=backend)
 
 
 def _copy_optimizer(optimizer, inner, shadow):
-    """An optimiser of the same rule over ``shadow``'s parameters, with a copy of the state that
-    ``optimizer`` holds for ``inner``'s."""
+    """An optimiser of the same rule and settings over ``shadow``'s parameters, with a copy of
+    the state that ``optimizer`` holds for ``inner``'s. Adam runs its fused multi-tensor kernel
+    (one op per step, the same maths) where the parameters' device has one."""
     twin = dict(zip(map(id, inner.parameters()), shadow.parameters()))
+    original = {id(q): p for p, q in zip(inner.parameters(), shadow.parameters())}
+    adam = not isinstance(optimizer, torch.optim.SGD)
     groups = []
     for group in optimizer.param_groups:
         params = [twin[id(p)] for p in group["params"] if id(p) in twin]
         if params:
-            groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": params})
-    rule = torch.optim.SGD if isinstance(optimizer, torch.optim.SGD) else torch.optim.Adam
-    copied = rule(groups)
-    for p in inner.parameters():
-        if p in optimizer.state and id(p) in twin:
-            copied.state[twin[id(p)]] = {k: v.clone() if isinstance(v, torch.Tensor) else copy.copy(v)
-                                        for k, v in optimizer.state[p].items()}
+            settings = {k: v for k, v in group.items() if k != "params"}
+            if adam and not settings.get("differentiable") and all(
+                    q.device.type in ("cpu", "cuda") and q.is_floating_point() for q in params):
+                settings.update(fused=True, foreach=None)
+            groups.append({**settings, "params": params})
+    copied = (torch.optim.Adam if adam else torch.optim.SGD)(groups)
+    state = copied.state_dict()  # load_state_dict puts each value on its parameter's device and dtype
+    order = [original[id(q)] for group in copied.param_groups for q in group["params"]]
+    state["state"] = {i: {k: v.clone() if isinstance(v, torch.Tensor) else copy.copy(v)
+                          for k, v in optimizer.state[p].items()}
+                      for i, p in enumerate(order) if p in optimizer.state}
+    copied.load_state_dict(state)
     return copied
 
 

@@ -1,5 +1,6 @@
 """The mode-collapse lab: exact data generators, the published metrics on hand-built samples,
-the CLI end to end on a tiny configuration, and bitwise reproducibility."""
+the honest scatter, objectives, the CLI end to end on a tiny configuration, and bitwise
+reproducibility."""
 import json
 import math
 from dataclasses import replace
@@ -7,12 +8,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from fastgan.lab import cli
+from fastgan.lab import cli, plots
 from fastgan.lab.data import get_dataset, grid, ring
 from fastgan.lab.metrics import mean_se, mode_metrics
-from fastgan.lab.train import DEFAULT, OBJECTIVES, train_run
+from fastgan.lab.train import DEFAULT, FULL, OBJECTIVES, get_objective, train_run
 
-TINY = replace(DEFAULT, steps=25, batch=32, g_hidden=(16,), d_hidden=(16,), eval_samples=400)
+TINY = replace(DEFAULT, steps=25, batch=32, latent=8, g_hidden=(16,), d_hidden=(16,), eval_samples=400)
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -23,6 +24,12 @@ def test_ring_means_and_std():
     expected = torch.tensor([[1, 0], [h, h], [0, 1], [-h, h], [-1, 0], [-h, -h], [0, -1], [h, -h]],
                             dtype=torch.float64)
     torch.testing.assert_close(mix.means, expected, rtol=0, atol=1e-15)
+
+
+def test_ring_has_eight_distinct_modes():
+    means = ring().means
+    dist = torch.cdist(means, means) + torch.eye(8, dtype=torch.float64) * 10
+    assert dist.min() == pytest.approx(2 * math.sin(math.pi / 8), rel=1e-14)  # neighbours on the unit circle
 
 
 def test_grid_means_and_std():
@@ -110,6 +117,43 @@ def test_mean_and_standard_error():
     assert mean_se([1.0, float("nan"), 3.0]) == pytest.approx((2.0, 1.0), rel=1e-15)
 
 
+# ---- the honest scatter --------------------------------------------------------------------------
+def test_scatter_counts_the_samples_outside_the_square():
+    import matplotlib.pyplot as plt
+    mix = ring()
+    lim = plots.limit(mix)
+    assert lim == pytest.approx(1.35)
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [lim * 0.99, -lim * 0.99], [lim * 1.01, 0.0], [0.0, -50.0],
+                      [-3.0, 3.0]])
+    fig, ax = plt.subplots()
+    try:
+        assert plots.scatter(ax, x, mix) == 3
+        assert ax.get_xlim()[1] >= lim and ax.get_ylim()[0] <= -lim
+        drawn = sum(len(c.get_offsets()) for c in ax.collections)
+        assert drawn == len(x) + mix.modes  # every sample is drawn (the outside ones on the edge)
+    finally:
+        plt.close(fig)
+
+
+# ---- objectives and regimes ------------------------------------------------------------------------
+def test_objective_settings_belong_to_the_objective():
+    wgan = OBJECTIVES["wgan-gp"]
+    assert (wgan.d_steps, wgan.adam, wgan.penalty) == (5, (1e-4, 1e-4, (0.5, 0.9)), "gp")
+    assert all(OBJECTIVES[o].d_steps == 1 and OBJECTIVES[o].adam is None for o in ("ns", "ns-r1", "ns-pack2"))
+    assert (FULL.steps, FULL.batch, FULL.latent, FULL.g_hidden, FULL.d_hidden) == (25_000, 512, 256, (128, 128),
+                                                                                   (128, 128))
+    assert (FULL.lr_g, FULL.lr_d, FULL.betas[0]) == (1e-3, 1e-4, 0.5)
+
+
+def test_unrolled_objectives_by_name():
+    u = get_objective("ns-unrolled-5")
+    assert (u.loss, u.unrolled, u.unrolled_mode) == ("non_saturating", 5, "exact")
+    assert get_objective("ns-unrolled-3-fo").unrolled_mode == "first_order"
+    for bad in ("ns-unrolled-0", "ns-unrolled-x", "nope"):
+        with pytest.raises(ValueError, match="objective must be one of"):
+            get_objective(bad)
+
+
 # ---- training and the command -----------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["reference", None])  # None: auto, the fastest here
 @pytest.mark.parametrize("objective", ["ns-r1", "wgan-gp", "ns-pack2"])
@@ -123,6 +167,34 @@ def test_same_seed_same_numbers(objective, backend):
     assert bool(a.divergences) == OBJECTIVES[objective].logistic
 
 
+def test_snapshots_do_not_change_the_run():
+    torch.set_num_threads(1)
+    plain = train_run(ring(), OBJECTIVES["ns"], 2, TINY)
+    watched = train_run(ring(), OBJECTIVES["ns"], 2, TINY, snapshots=5)
+    assert torch.equal(plain.samples, watched.samples) and plain.history == []
+    assert [s for s, _ in watched.history] == [5, 10, 15, 20, 25]
+    assert all(x.shape == (TINY.eval_samples, 2) for _, x in watched.history)
+    assert torch.equal(watched.history[-1][1], train_run(ring(), OBJECTIVES["ns"], 2, TINY, snapshots=1).history[0][1])
+
+
+@pytest.mark.parametrize("name", ["ns-unrolled-2", "ns-unrolled-2-fo"])
+def test_unrolled_run_is_reproducible_and_differs_from_ns(name):
+    torch.set_num_threads(1)
+    short = replace(TINY, steps=6)
+    a, b = (train_run(ring(), get_objective(name), 1, short, backend="reference") for _ in range(2))
+    ns = train_run(ring(), OBJECTIVES["ns"], 1, short, backend="reference")
+    assert torch.equal(a.samples, b.samples) and not torch.equal(a.samples, ns.samples)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_run_is_reproducible():
+    runs = [train_run(ring(), OBJECTIVES[o], 3, TINY, device="cuda") for o in ("wgan-gp", "wgan-gp", "ns-r1")]
+    a, b, c = runs
+    assert torch.isfinite(a.samples).all() and torch.equal(a.samples, b.samples)
+    assert not torch.equal(a.samples, c.samples)
+
+
 def test_cli_end_to_end(tmp_path, capsys):
     args = ["--data", "ring", "--objectives", "ns", "ns-pack2", "--steps", "20", "--seeds", "2", "--quiet",
             "--backend", "reference"]
@@ -131,21 +203,24 @@ def test_cli_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| ring | ns |" in printed and "| ring | ns-pack2 |" in printed
     md = (out / "results.md").read_text()
-    assert "| ring | ns-pack2 |" in md and "Regime:" in md
+    assert "| ring | ns-pack2 |" in md and "Regime:" in md and "Shortened: 20 steps" in md
     report = json.loads((out / "results.json").read_text())
     assert [(r["objective"], r["seed"]) for r in report["runs"]] == [("ns", 0), ("ns", 1), ("ns-pack2", 0),
                                                                    ("ns-pack2", 1)]
     assert report["regime"]["steps"] == 20 and report["seeds"] == 2
-    assert (out / "lab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in ("lab.png", "hopping.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # one process gives the same numbers as two
     assert cli.main(args + ["--out", str(tmp_path / "serial"), "--jobs", "1"]) == 0
     serial = json.loads((tmp_path / "serial" / "results.json").read_text())
-    strip = lambda runs: [{k: v for k, v in r.items() if k != "seconds"} for r in runs]  # noqa: E731
+    strip = lambda runs: [{k: v for k, v in r.items() if "seconds" not in k} for r in runs]  # noqa: E731
     assert strip(serial["runs"]) == strip(report["runs"])
 
 
 def test_cli_rejects_bad_options():
     with pytest.raises(SystemExit):
         cli.main(["--objectives", "nope"])
+    with pytest.raises(SystemExit):
+        cli.main(["--objectives", "ns-unrolled-0"])
     with pytest.raises(SystemExit):
         cli.main(["--steps", "0"])

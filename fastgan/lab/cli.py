@@ -1,9 +1,12 @@
-"""``fastgan lab``: train every (data set, objective, seed) in a fixed small regime, print the
-results table and write ``results.md``, ``results.json`` and ``lab.png`` to the output folder.
+"""``fastgan lab``: train every (data set, objective, seed) in one regime, print the results
+table and write ``results.md``, ``results.json``, ``lab.png`` (samples and metrics) and
+``hopping.png`` (the non-saturating generator on the ring over training) to the output folder.
 
-The default regime (``fastgan.lab.train.DEFAULT``: 3,000 steps) runs three seeds of every
-objective on both data sets, two runs at a time, and is meant to finish in about two minutes
-on two CPU cores; ``--full`` runs ``FULL`` (6,000 steps) with 5 seeds.
+``--full`` runs the published small-MLP regime of the unrolled-GAN / VEEGAN / GDPP experiments
+(``fastgan.lab.train.FULL``: 25,000 steps of batch 512) with 5 seeds. The default is the same
+networks and optimiser shortened to fit two CPU cores in under five minutes
+(``fastgan.lab.train.DEFAULT``: fewer steps, batch 128, 3 seeds), and says so in its output. On
+a CUDA device each training step is one CUDA-graph replay.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import fastgan
 from fastgan.lab import plots
 from fastgan.lab.data import DATASETS, get_dataset
 from fastgan.lab.metrics import mean_se
-from fastgan.lab.train import DEFAULT, FULL, OBJECTIVES, train_run
+from fastgan.lab.train import DEFAULT, DEFAULT_OBJECTIVES, FULL, OBJECTIVES, get_objective, train_run
 
 METRICS = ("modes_captured", "high_quality_pct", "reverse_kl")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jensen_shannon")
@@ -33,7 +36,9 @@ NOTES = ("Modes captured: modes with at least one high-quality sample (within 3 
          "among 2,500 generator samples; reverse KL: of the high-quality histogram against uniform. "
          "D: columns are the divergences the trained discriminator's logits imply (fastgan.divergences, "
          "exact for the optimal discriminator): n/a for WGAN-GP, whose critic is not a log density ratio; "
-         "a packed discriminator compares pack-fold products (their KL is pack times the per-sample KL).")
+         "a packed discriminator compares pack-fold products (their KL is pack times the per-sample KL). "
+         "ms / step: wall time of one training step (all of its discriminator and generator updates; snapshots for the hopping figure included), mean over seeds.")
+SNAPSHOTS = 8  # samples kept over training for the hopping figure (data set ring, objective ns, seed 0)
 _queue = None  # a worker process's progress queue (set by _worker_init)
 
 
@@ -42,14 +47,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", choices=sorted(DATASETS), default=["ring", "grid"],
                    help="data sets (default: ring grid)")
-    p.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES), default=list(OBJECTIVES),
-                   help="objectives (default: all)")
+    p.add_argument("--objectives", nargs="+", default=list(DEFAULT_OBJECTIVES),
+                   help=f"objectives: {', '.join(OBJECTIVES)} or ns-unrolled-<k>[-fo] (unrolled GAN, k look-ahead "
+                        f"steps, -fo: first-order) (default: {' '.join(DEFAULT_OBJECTIVES)})")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default 3; 5 with --full)")
     p.add_argument("--steps", type=int, default=None, help="training steps per run (overrides the regime)")
     p.add_argument("--backend", default="auto", choices=("auto",) + fastgan.BACKENDS,
                    help="fastgan backend for the discriminator and generator steps (default auto)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where to train (default auto: cuda when available; runs there one at a time)")
     p.add_argument("--out", type=Path, default=Path("lab_results"), help="output folder (default lab_results/)")
-    p.add_argument("--full", action="store_true", help="the longer regime, 5 seeds by default")
+    p.add_argument("--full", action="store_true",
+                   help="the published length (25,000 steps of batch 512), 5 seeds by default")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: the models are small; results are bitwise "
                         "reproducible for a fixed thread count)")
@@ -58,6 +67,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "the target machine; results do not depend on it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    for name in args.objectives:
+        try:
+            get_objective(name)
+        except ValueError as e:
+            p.error(f"--objectives: {e}")
     for name in ("seeds", "steps", "threads", "jobs"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -81,6 +95,7 @@ def summarise(results) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
         row = {m: mean_se([getattr(r.metrics, m) for r in runs]) for m in METRICS}
         row.update({f"D_{d}": mean_se([r.divergences.get(d) for r in runs]) for d in DIVERGENCES})
         row["seconds"] = mean_se([r.seconds for r in runs])
+        row["ms_per_step"] = mean_se([1e3 * r.train_seconds / r.steps for r in runs])
         out[key] = row
     return out
 
@@ -88,21 +103,23 @@ def summarise(results) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
 def table(summary, mixtures, seeds: int) -> str:
     """The markdown results table."""
     head = ("| data | objective | modes captured | high-quality % | reverse KL | "
-            "D: KL(r‖g) | D: KL(g‖r) | D: JS | s / run |")
+            "D: KL(r‖g) | D: KL(g‖r) | D: JS | ms / step |")
     lines = [head, "|" + "---|" * 9]
     for (ds, obj), m in summary.items():
         cells = [ds, obj, _fmt(*m["modes_captured"], 1) + f" / {mixtures[ds].modes}",
                  _fmt(*m["high_quality_pct"], 1), _fmt(*m["reverse_kl"], 3),
                  _fmt(*m["D_forward_kl"], 3), _fmt(*m["D_reverse_kl"], 3), _fmt(*m["D_jensen_shannon"], 3),
-                 f"{m['seconds'][0]:.1f}"]
+                 f"{m['ms_per_step'][0]:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + f"\n\nMean ± standard error over {seeds} seed(s).\n\n" + NOTES
 
 
-def _run_one(job, regime, backend, threads, progress):
+def _run_one(job, regime, backend, threads, device, progress):
     ds, obj, seed = job
     torch.set_num_threads(threads)
-    return train_run(get_dataset(ds), OBJECTIVES[obj], seed, regime, backend, on_step=progress)
+    snapshots = SNAPSHOTS if (ds, obj, seed) == ("ring", "ns", 0) else 0
+    return train_run(get_dataset(ds), get_objective(obj), seed, regime, backend, device, on_step=progress,
+                     snapshots=snapshots)
 
 
 def _worker_init(queue):
@@ -111,14 +128,14 @@ def _worker_init(queue):
 
 
 def _worker(job, regime, backend, threads):
-    return _run_one(job, regime, backend, threads, _queue.put)
+    return _run_one(job, regime, backend, threads, "cpu", _queue.put)
 
 
-def run_all(jobs, regime, backend, threads: int, processes: int, progress) -> list:
-    """Train every (dataset, objective, seed) job, in order of ``jobs``; with ``processes > 1``
-    in forked worker processes that report finished steps through a queue."""
-    if processes == 1 or len(jobs) == 1:
-        return [_run_one(job, regime, backend, threads, progress) for job in jobs]
+def run_all(jobs, regime, backend, threads: int, processes: int, progress, device: str = "cpu") -> list:
+    """Train every (dataset, objective, seed) job, in order of ``jobs``; on the CPU with
+    ``processes > 1`` in forked worker processes that report finished steps through a queue."""
+    if processes == 1 or len(jobs) == 1 or device != "cpu":
+        return [_run_one(job, regime, backend, threads, device, progress) for job in jobs]
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     with ProcessPoolExecutor(min(processes, len(jobs)), mp_context=ctx, initializer=_worker_init,
@@ -144,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     n_seeds = args.seeds or (5 if args.full else 3)
     torch.set_num_threads(args.threads)
     backend = None if args.backend == "auto" else args.backend
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     mixtures = {name: get_dataset(name) for name in args.data}
+    length = scope(regime, n_seeds)
+    print(length)
     jobs = [(ds, obj, s) for ds in args.data for obj in args.objectives for s in range(n_seeds)]
 
     started = time.perf_counter()
@@ -153,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     with tqdm(total=len(jobs) * regime.steps, unit="step", disable=args.quiet, dynamic_ncols=True,
               desc="fastgan lab") as bar:
-        results = run_all(jobs, regime, backend, args.threads, args.jobs, bar.update)
+        results = run_all(jobs, regime, backend, args.threads, args.jobs, bar.update, device)
     total = time.perf_counter() - started
 
     summary = summarise(results)
@@ -161,14 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     print(f"\n{len(jobs)} runs in {total:.1f} s")
     args.out.mkdir(parents=True, exist_ok=True)
+    where = (f"device {device}, one run at a time" if device != "cpu" else
+             f"device cpu, {args.threads} thread(s) per run, {args.jobs} parallel job(s)")
     (args.out / "results.md").write_text(
-        f"# fastgan lab\n\nRegime: {regime.describe()}.\n\n"
-        + "\n".join(f"- `{o}`: {OBJECTIVES[o].describe()}" for o in args.objectives)
-        + f"\n\n{md}\n\nBackend `{args.backend}`, {args.threads} thread(s) per run, {args.jobs} parallel "
-        f"job(s), total wall time {total:.1f} s.\n")
+        f"# fastgan lab\n\nRegime: {regime.describe()}.\n\n{length}\n\n"
+        + "\n".join(f"- `{o}`: {get_objective(o).describe()}" for o in args.objectives)
+        + f"\n\n{md}\n\nBackend `{args.backend}`, {where}, total wall time {total:.1f} s.\n")
     report = {
-        "regime": asdict(regime), "objectives": {o: asdict(OBJECTIVES[o]) for o in args.objectives},
-        "seeds": n_seeds, "backend": args.backend, "threads": args.threads, "jobs": args.jobs,
+        "regime": asdict(regime), "objectives": {o: asdict(get_objective(o)) for o in args.objectives},
+        "seeds": n_seeds, "backend": args.backend, "device": device, "threads": args.threads, "jobs": args.jobs,
         "total_seconds": total,
         "versions": {"fastgan": fastgan.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "runs": [r.to_dict() for r in results],
@@ -177,9 +198,23 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "results.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
     first = {(r.dataset, r.objective): r for r in results if r.seed == 0}
-    plots.figure(first, mixtures, summary, list(args.objectives), args.out / "lab.png")
-    print(f"wrote {args.out / 'results.md'}, {args.out / 'results.json'}, {args.out / 'lab.png'}")
+    written = [args.out / "results.md", args.out / "results.json", args.out / "lab.png"]
+    plots.figure(first, mixtures, summary, list(args.objectives), written[-1])
+    hopping = first.get(("ring", "ns"))
+    if hopping is not None and hopping.history:
+        written.append(args.out / "hopping.png")
+        plots.hopping(hopping, mixtures["ring"], written[-1])
+    print("wrote " + ", ".join(map(str, written)))
     return 0
+
+
+def scope(regime, seeds: int) -> str:
+    """One plain sentence: how this run's length compares with the published regime."""
+    if (regime.steps, regime.batch) == (FULL.steps, FULL.batch):
+        return f"Published length: {regime.steps:,} steps of batch {regime.batch}, {seeds} seed(s)."
+    return (f"Shortened: {regime.steps:,} steps of batch {regime.batch}, {seeds} seed(s), instead of the "
+            f"published {FULL.steps:,} steps of batch {FULL.batch} (`fastgan lab --full`); compare these "
+            f"numbers only with each other.")
 
 
 def _json_safe(x):

@@ -1,6 +1,7 @@
 """The lab's data: 2-D Gaussian mixtures with equal weights (the PacGAN benchmarks).
 
-``ring``: 8 modes at (cos 2 pi k/8, sin 2 pi k/8), k = 0..7, std 0.01 per coordinate.
+``ring``: 8 modes at (cos 2 pi k/8, sin 2 pi k/8), k = 0..7 (8 distinct angles: not
+``linspace(0, 2 pi, 8)``, whose last point repeats the first), std 0.01 per coordinate.
 ``grid``: 25 modes at {-4, -2, 0, 2, 4}^2, std 0.05.
 
 Samples are fresh on every call and come only from the ``torch.Generator`` passed in, so a
@@ -26,12 +27,19 @@ class Mixture:
     def modes(self) -> int:
         return self.means.shape[0]
 
-    def sample(self, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``n`` samples (n, 2): a uniform mode index, then mean + std * N(0, I), in float64."""
+    def to(self, device: str | torch.device) -> "Mixture":
+        """The same mixture with its means on ``device`` (samples are drawn there)."""
+        return Mixture(self.name, self.means.to(device), self.std)
+
+    def sample(self, n: int, generator: torch.Generator | None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``n`` samples (n, 2) on the means' device: a uniform mode index, then
+        mean + std * N(0, I), in float64, then cast to ``dtype``. ``generator`` None: the
+        device's default generator."""
         if not (isinstance(n, int) and n >= 1):
             raise ValueError(f"n must be a positive integer, got {n!r}")
-        k = torch.randint(self.modes, (n,), generator=generator)
-        noise = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+        device = self.means.device
+        k = torch.randint(self.modes, (n,), generator=generator, device=device)
+        noise = torch.randn(n, 2, generator=generator, dtype=torch.float64, device=device)
         return (self.means[k] + self.std * noise).to(dtype)
 
 

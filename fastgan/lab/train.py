@@ -1,12 +1,23 @@
 """One lab run: train a small MLP GAN on a mixture with one objective, then measure it.
 
-The discriminator is :class:`fastgan.MLPDiscriminator` and every update goes through
-:func:`fastgan.discriminator_step` / :func:`fastgan.generator_step`, so ``backend`` picks the
-fused kernels (or the autograd reference) exactly as in user code.
+The discriminator is :class:`fastgan.MLPDiscriminator` and every discriminator update goes
+through :func:`fastgan.discriminator_step` (the generator's through
+:func:`fastgan.generator_step`), so ``backend`` picks the fused kernels (or the autograd
+reference) exactly as in user code. On a CUDA device the whole training step (the
+discriminator steps, the generator step and both Adam updates) is captured once in a CUDA
+graph and replayed (:mod:`fastgan.lab.graph`); on the CPU it runs eagerly.
+
+One training step, for an objective with ``d_steps = n``:
+
+    n times:  real ~ p_r, fake = G(z) (no gradient), D <- Adam(D, grad of D's loss + penalty)
+    once:     fake = G(z'), G <- Adam(G, grad of G's loss against the updated D)
+
+with ``batch * pack`` fresh samples of each per update (the discriminator sees ``batch`` rows).
 """
 from __future__ import annotations
 
 import copy
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
@@ -22,13 +33,19 @@ from fastgan.lab.metrics import ModeMetrics, mode_metrics
 
 @dataclass(frozen=True)
 class Objective:
-    """A GAN objective: loss, optional gradient penalty, PacGAN packing."""
+    """A GAN objective and the settings that belong to it: loss, gradient penalty, PacGAN
+    packing, discriminator (critic) steps per generator step, its own Adam settings (None: the
+    regime's), and unrolled look-ahead steps for the generator (0: none)."""
 
     name: str
     loss: str
     penalty: str | None = None
     penalty_weight: float = 0.0
     pack: int = 1
+    d_steps: int = 1
+    adam: tuple[float, float, tuple[float, float]] | None = None  # (lr G, lr D, betas)
+    unrolled: int = 0
+    unrolled_mode: str = "exact"
     logistic: bool = True  # the discriminator's logit estimates log p_r/p_g (divergences apply)
 
     def describe(self) -> str:
@@ -38,6 +55,13 @@ class Objective:
                          + f" {self.penalty_weight:g}")
         if self.pack > 1:
             parts.append(f"PacGAN packing {self.pack}")
+        if self.d_steps > 1:
+            parts.append(f"{self.d_steps} critic steps per generator step")
+        if self.adam is not None:
+            lr_g, lr_d, betas = self.adam
+            parts.append(f"Adam lr G {lr_g:g} / D {lr_d:g}, betas {betas}")
+        if self.unrolled:
+            parts.append(f"generator unrolled through {self.unrolled} D steps ({self.unrolled_mode})")
         return ", ".join(parts)
 
     def make_penalty(self):
@@ -49,63 +73,68 @@ class Objective:
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("ns", "non_saturating"),
     Objective("minimax", "minimax"),
-    Objective("ns-r1", "non_saturating", "r1", 1.0),  # gamma 0.1 did not stop the collapse (3 seeds)
-    Objective("wgan-gp", "wasserstein", "gp", 1.0, logistic=False),
+    Objective("ns-r1", "non_saturating", "r1", 1.0),
+    # the WGAN-GP toy setting: 5 critic steps per generator step, Adam 1e-4, betas (0.5, 0.9)
+    Objective("wgan-gp", "wasserstein", "gp", 0.1, d_steps=5, adam=(1e-4, 1e-4, (0.5, 0.9)), logistic=False),
     Objective("ns-pack2", "non_saturating", pack=2),
-    Objective("ns-pack4", "non_saturating", pack=4),
 )}
+DEFAULT_OBJECTIVES = ("ns", "ns-r1", "wgan-gp", "ns-pack2")
+UNROLLED = re.compile(r"ns-unrolled-(\d+)(-fo)?")
+
+
+def get_objective(name: str) -> Objective:
+    """An objective of ``OBJECTIVES`` or ``ns-unrolled-<k>[-fo]``: the non-saturating generator
+    differentiating through k look-ahead Adam updates of D (:mod:`fastgan.unrolled`; Metz et al.
+    2017), exactly, or first-order with the ``-fo`` suffix."""
+    if name in OBJECTIVES:
+        return OBJECTIVES[name]
+    match = UNROLLED.fullmatch(name)
+    if match is None or int(match[1]) < 1:
+        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)} or ns-unrolled-<k>[-fo] (k >= 1), "
+                         f"got {name!r}")
+    return Objective(name, "non_saturating", unrolled=int(match[1]),
+                     unrolled_mode="first_order" if match[2] else "exact")
 
 
 @dataclass(frozen=True)
 class Regime:
-    """Sizes and optimiser of a run. Each step draws ``batch * pack`` fresh real samples and as
-    many generated ones (the discriminator always sees ``batch`` rows), takes one
-    discriminator step, then one generator step on fresh noise.
+    """Network sizes, optimiser and length of a run (compare objectives only within one)."""
 
-    The default pits a two-hidden-layer generator against a *weaker* discriminator (one hidden
-    layer of 64 units), the setting in which mode collapse is reproducible on CPU: on the ring,
-    with 3 seeds, the plain ``ns`` and ``minimax`` generators end in one narrow clump (no
-    high-quality mode), while R1 (gamma 1) and PacGAN packing recover all 8 modes (the same on
-    seeds 3-5). With the previous default (D 2-128-128-1, 1,000 steps) no logistic objective
-    dropped a ring mode; a two-layer D of 64 units, or no learning-rate decay with a two-layer
-    D, did not collapse either. Limits: WGAN-GP (one critic step per generator step, weights
-    0.1, 1 and 10 tried) does not converge here, and the grid is too hard for this small
-    discriminator: no objective gets more than a few percent of high-quality samples on it."""
-
-    steps: int = 3000
-    batch: int = 128
-    latent: int = 2
+    name: str
+    steps: int
+    batch: int = 512
+    latent: int = 256
     g_hidden: tuple[int, ...] = (128, 128)
-    d_hidden: tuple[int, ...] = (64,)
-    lr_g: float = 2e-3
-    lr_d: float = 2e-3
-    betas: tuple[float, float] = (0.5, 0.9)
-    lr_decay: bool = True  # both learning rates decay linearly to zero over the run
+    d_hidden: tuple[int, ...] = (128, 128)
+    lr_g: float = 1e-3
+    lr_d: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
     eval_samples: int = 2500
     dtype: str = "float32"
 
     def describe(self) -> str:
         g = "-".join(map(str, (self.latent,) + self.g_hidden + (2,)))
         d = "-".join(map(str, (2,) + self.d_hidden + (1,)))
-        return (f"G MLP {g} (ReLU, N(0, I) noise), D MLPDiscriminator {d} (LeakyReLU 0.2; first layer "
-                f"2*pack inputs), Adam lr G {self.lr_g:g} / D {self.lr_d:g}, betas {self.betas}, "
-                f"{'linear decay to 0, ' if self.lr_decay else ''}batch {self.batch} rows, "
-                f"{self.steps} steps of 1 D + 1 G update, {self.dtype}")
+        return (f"{self.name}: G MLP {g} (tanh, N(0, I) noise), D MLPDiscriminator {d} (LeakyReLU 0.2; "
+                f"first layer 2*pack inputs), Adam lr G {self.lr_g:g} / D {self.lr_d:g}, betas {self.betas} "
+                f"(unless the objective sets its own), batch {self.batch} rows, {self.steps} steps, {self.dtype}")
 
 
-DEFAULT = Regime()
-FULL = replace(DEFAULT, steps=6000)
+# The small-MLP regime of the unrolled-GAN / VEEGAN / GDPP experiments, at its published length.
+FULL = Regime("unrolled-GAN MLP regime", steps=25_000)
+# The same networks and optimiser, shortened to fit 2 CPU cores (see fastgan.lab.cli).
+DEFAULT = replace(FULL, name="unrolled-GAN MLP regime, shortened for CPU", steps=3000, batch=128)
 
 
 class Generator(nn.Module):
-    """MLP from N(0, I_latent) noise to the plane: ReLU hidden layers, linear output."""
+    """MLP from N(0, I_latent) noise to the plane: tanh hidden layers, linear output."""
 
     def __init__(self, latent: int, hidden: tuple[int, ...]):
         super().__init__()
         widths = (latent,) + tuple(hidden)
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU()]
+            layers += [nn.Linear(a, b), nn.Tanh()]
         self.net = nn.Sequential(*layers, nn.Linear(widths[-1], 2))
         self.latent = latent
 
@@ -120,59 +149,112 @@ class RunResult:
     seed: int
     metrics: ModeMetrics
     divergences: dict[str, float] = field(default_factory=dict)  # empty unless the objective is logistic
-    seconds: float = 0.0
-    samples: torch.Tensor | None = None  # (eval_samples, 2), float32
+    seconds: float = 0.0  # the whole run: set-up, training, evaluation
+    steps: int = 0
+    train_seconds: float = 0.0  # the training steps only
+    samples: torch.Tensor | None = None  # (eval_samples, 2), float32, CPU
+    history: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (step, samples) snapshots
 
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "objective": self.objective, "seed": self.seed,
-                **asdict(self.metrics), "divergences": self.divergences, "seconds": self.seconds}
+                **asdict(self.metrics), "divergences": self.divergences, "seconds": self.seconds,
+                "steps": self.steps, "train_seconds": self.train_seconds}
+
+
+def make_step(G: nn.Module, D: fastgan.MLPDiscriminator, opt_g, opt_d, mixture: Mixture, objective: Objective,
+              regime: Regime, backend: str | None, rng: torch.Generator | None) -> Callable[[], None]:
+    """One training step as a closure (no host synchronisation, so it can be graph-captured).
+    ``rng``: the source of every random draw (None: the device's default generator)."""
+    param = next(G.parameters())
+    dtype, device = param.dtype, param.device
+    mixture = mixture.to(device)
+    loss = fastgan.get_loss(objective.loss)
+    penalty = objective.make_penalty()
+    n = regime.batch * objective.pack
+
+    def noise():
+        return torch.randn(n, regime.latent, generator=rng, dtype=dtype, device=device)
+
+    def step() -> None:
+        for _ in range(objective.d_steps):
+            real = mixture.sample(n, rng, dtype)
+            with torch.no_grad():
+                fake = G(noise())
+            opt_d.zero_grad(set_to_none=True)
+            fastgan.discriminator_step(D, real, fake, loss=loss, penalty=penalty, backend=backend,
+                                       generator=rng).backward()
+            opt_d.step()
+        opt_g.zero_grad(set_to_none=True)
+        if objective.unrolled:
+            from fastgan.unrolled import unrolled_generator_step
+            g_loss = unrolled_generator_step(D, mixture.sample(n, rng, dtype), G(noise()), loss=loss,
+                                             optimizer=opt_d, penalty=penalty, steps=objective.unrolled,
+                                             mode=objective.unrolled_mode, backend=backend, generator=rng)
+        else:
+            g_loss = fastgan.generator_step(D, G(noise()), loss=loss, backend=backend)
+        g_loss.backward()
+        opt_g.step()
+
+    return step
 
 
 def train_run(mixture: Mixture, objective: Objective, seed: int, regime: Regime = DEFAULT,
-              backend: str | None = None, on_step: Callable[[int], None] | None = None) -> RunResult:
-    """Train from ``seed`` and measure 2,500 (``regime.eval_samples``) generator samples.
+              backend: str | None = None, device: str | torch.device = "cpu",
+              on_step: Callable[[int], None] | None = None, snapshots: int = 0) -> RunResult:
+    """Train from ``seed`` and measure ``regime.eval_samples`` generator samples.
 
     Bitwise reproducible on CPU for a fixed seed, backend and thread count: parameters are
     initialised under ``torch.manual_seed(seed)`` (the caller's global RNG state is restored)
-    and all data, noise and penalty randomness comes from one seeded ``torch.Generator``.
-    ``on_step(n)`` is called with the number of steps just done (for progress bars).
+    and all data, noise and penalty randomness comes from one seeded ``torch.Generator``. On
+    CUDA the draws come from the device's default generator, seeded with ``seed`` (what a
+    captured graph can replay). ``snapshots = k`` also keeps the samples of one fixed noise
+    batch after k evenly spaced steps (``RunResult.history``; from a separate generator, so the
+    run is the same with or without them). ``on_step(n)`` is called with the number of steps
+    just done (for progress bars).
     """
+    device = torch.device(device)
     dtype = getattr(torch, regime.dtype)
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        G = Generator(regime.latent, regime.g_hidden).to(dtype)
-        D = fastgan.MLPDiscriminator(2, regime.d_hidden, pack=objective.pack).to(dtype)
-    rng = torch.Generator().manual_seed(seed)
-    loss = fastgan.get_loss(objective.loss)
-    penalty = objective.make_penalty()
-    opt_g = torch.optim.Adam(G.parameters(), lr=regime.lr_g, betas=regime.betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=regime.lr_d, betas=regime.betas)
-    schedules = [torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / regime.steps)
-                 for opt in (opt_g, opt_d)] if regime.lr_decay else []
-    n = regime.batch * objective.pack
-    noise = lambda: torch.randn(n, regime.latent, generator=rng, dtype=dtype)  # noqa: E731
+        G = Generator(regime.latent, regime.g_hidden).to(device, dtype)
+        D = fastgan.MLPDiscriminator(2, regime.d_hidden, pack=objective.pack).to(device, dtype)
+    lr_g, lr_d, betas = objective.adam or (regime.lr_g, regime.lr_d, regime.betas)
+    cuda = device.type == "cuda"
+    opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas, capturable=cuda)
+    opt_d = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas, capturable=cuda)
+    if cuda:
+        torch.cuda.manual_seed(seed)
+        rng = None
+    else:
+        rng = torch.Generator().manual_seed(seed)
+    step = make_step(G, D, opt_g, opt_d, mixture, objective, regime, backend, rng)
+    if cuda and not objective.unrolled:  # the look-ahead copies D on the host: not capturable
+        from fastgan.lab.graph import graphed
+        step = graphed(step)
 
-    for step in range(regime.steps):
-        real = mixture.sample(n, rng, dtype)
-        with torch.no_grad():
-            fake = G(noise())
-        opt_d.zero_grad(set_to_none=True)
-        fastgan.discriminator_step(D, real, fake, loss=loss, penalty=penalty, backend=backend,
-                                   generator=rng).backward()
-        opt_d.step()
-        opt_g.zero_grad(set_to_none=True)
-        fastgan.generator_step(D, G(noise()), loss=loss, backend=backend).backward()
-        opt_g.step()
-        for schedule in schedules:
-            schedule.step()
-        if on_step is not None and (step + 1) % 50 == 0:
+    watch = torch.Generator().manual_seed(seed + 1_000_003)
+    z_watch = torch.randn(regime.eval_samples, regime.latent, generator=watch, dtype=dtype).to(device)
+    marks = {round(regime.steps * (i + 1) / snapshots) for i in range(snapshots)} if snapshots else set()
+    history = []
+    loop_start = time.perf_counter()
+    for i in range(1, regime.steps + 1):
+        step()
+        if i in marks:
+            with torch.no_grad():
+                history.append((i, G(z_watch).float().cpu()))
+        if on_step is not None and i % 50 == 0:
             on_step(50)
     if on_step is not None and regime.steps % 50:
         on_step(regime.steps % 50)
+    if cuda:
+        torch.cuda.synchronize()
+    train_seconds = time.perf_counter() - loop_start
 
-    metrics, divs, samples = evaluate(G, D, mixture, objective, regime, rng)
-    return RunResult(mixture.name, objective.name, seed, metrics, divs, time.perf_counter() - start, samples)
+    eval_rng = torch.Generator().manual_seed(seed + 2_000_003)
+    metrics, divs, samples = evaluate(G, D, mixture, objective, regime, eval_rng)
+    return RunResult(mixture.name, objective.name, seed, metrics, divs, time.perf_counter() - start,
+                     regime.steps, train_seconds, samples, history)
 
 
 @torch.no_grad()
@@ -180,14 +262,16 @@ def evaluate(G: Generator, D: fastgan.MLPDiscriminator, mixture: Mixture, object
              regime: Regime, rng: torch.Generator):
     """Mode metrics of ``eval_samples`` generator samples, and the divergences D's logits imply
     (on as many fresh real samples; packed discriminators see rows of ``pack`` samples, so their
-    estimates are between the ``pack``-fold product distributions)."""
-    dtype = getattr(torch, regime.dtype)
+    estimates are between the ``pack``-fold product distributions). Runs on the CPU in float64
+    for the divergences."""
+    G, D = copy.deepcopy(G).cpu(), copy.deepcopy(D).cpu()
+    dtype = next(G.parameters()).dtype
     samples = G(torch.randn(regime.eval_samples, regime.latent, generator=rng, dtype=dtype))
     metrics = mode_metrics(samples, mixture)
     divs: dict[str, float] = {}
     if objective.logistic:
         rows = regime.eval_samples - regime.eval_samples % objective.pack
         real = mixture.sample(rows, rng, torch.float64)
-        D64 = copy.deepcopy(D).double()
+        D64 = D.double()
         divs = divergences.from_logits(D64(real), D64(samples[:rows].double()))
     return metrics, divs, samples.float()

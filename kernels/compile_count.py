@@ -48,6 +48,7 @@ class CompileCounter:
     def __init__(self):
         self.compiled: set = set()
         self.tuned: set = set()
+        self.timed = 0  # configs timed over all autotune runs
         self._best: dict = {}  # the tuners' caches, private to this counter (a cold start)
         self._saved = None
 
@@ -77,6 +78,7 @@ class CompileCounter:
             if len(configs) > 1 and slot not in counter._best:
                 configs = tuner.prune_configs(kwargs)
                 counter.tuned.add((tuner.base_fn.__name__, key))
+                counter.timed += len(configs)
                 counter._best[slot] = configs[0]
             elif len(configs) > 1:
                 configs = [counter._best[slot]]
@@ -90,8 +92,9 @@ class CompileCounter:
     def __exit__(self, *exc):
         JITFunction.run, Autotuner.run = self._saved
 
-    def snapshot(self) -> tuple[int, int]:
-        return len(self.compiled), len(self.tuned)
+    def snapshot(self) -> tuple[int, int, int]:
+        """(compilations, autotune runs, configs timed by them)."""
+        return len(self.compiled), len(self.tuned), self.timed
 
 
 def _step(network, batch, objective, dtype):
@@ -115,7 +118,7 @@ def _step(network, batch, objective, dtype):
 
 def count(networks, batches, objectives, dtype):
     """Per benchmark network, each on a cold cache (a fresh process with an empty Triton cache):
-    (name, (compilations, autotune runs) of its first call, the same for all its calls)."""
+    (name, snapshot after its first call, snapshot after all its calls); see :meth:`snapshot`."""
     from fastgan.bench import configs as bench
 
     chosen = bench.select("cuda", configs=networks, batches=batches, objectives=objectives)
@@ -137,13 +140,14 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float64"])
     a = p.parse_args(argv)
     batches = [int(b) for b in a.batches.split(",")] if a.batches else None
-    print("network: compilations / autotune runs of the first call (first batch, first objective), "
-          "then of all its calls (every batch and objective)")
-    total = [0, 0]
+    print("per network, on a cold cache: compilations / autotune runs (configs timed) of its first call "
+          "(first batch and objective), then of all its calls (every batch and objective)")
+    total = [0, 0, 0]
     for name, first, every in count(a.configs.split(","), batches, a.objectives.split(","), getattr(torch, a.dtype)):
-        print(f"{name:18s} first call {first[0]:4d} / {first[1]:3d}    all calls {every[0]:4d} / {every[1]:3d}")
-        total = [total[0] + every[0], total[1] + every[1]]
-    print(f"{'sum':18s} {'':20s} all calls {total[0]:4d} / {total[1]:3d}")
+        print(f"{name:18s} first call {first[0]:4d} / {first[1]:3d} ({first[2]:3d})    "
+              f"all calls {every[0]:4d} / {every[1]:3d} ({every[2]:3d})")
+        total = [t + e for t, e in zip(total, every)]
+    print(f"{'sum':18s} {'':26s} all calls {total[0]:4d} / {total[1]:3d} ({total[2]:3d})")
 
 
 if __name__ == "__main__":

@@ -161,12 +161,12 @@ def generator_step(D: nn.Module, fake: torch.Tensor, *, loss: GANLoss | str, rea
         return _reference_generator_step(inner, fake, real, loss)
     _check_params(inner, fake)
     fake_p = step_spec.packed(fake, inner.pack)
-    real_p = step_spec.packed(real.detach(), inner.pack) if loss.paired else None
+    real_p = step_spec.packed(real, inner.pack) if loss.paired else None
     spec = _spec(step_spec.gen_step_spec, inner.negative_slope, loss.generator_term(), loss.paired,
                  loss.reduction == "mean", fake_p.shape[0], _allow_tf32())
     # D's parameters are constants here: they travel inside a non-tensor argument, which autograd
     # does not track (no detach per parameter, no graph edges to D).
-    return _GenStepFn.apply(fake_p, real_p, name, spec, step_spec.mlp_params(inner)).reshape(())
+    return _GenStepFn.apply(fake_p, real_p, name, spec, step_spec.mlp_params(inner))
 
 
 def _reference_generator_step(inner, fake, real, loss):
@@ -252,20 +252,20 @@ def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalty, backend, 
                 rows_pen = pen_p.shape[0]
             else:
                 rows_pen = (real if side == PenaltySide.REAL else fake).shape[0] // pack
-    real_p = step_spec.packed(real.detach(), pack)
-    fake_p = step_spec.packed(fake.detach(), pack)
+    real_p = step_spec.packed(real, pack)  # data: the op returns no gradient for the inputs
+    fake_p = step_spec.packed(fake, pack)
     spec = _spec(step_spec.disc_step_spec, inner.negative_slope, loss.discriminator_terms(), loss.paired,
                  loss.reduction == "mean", real_p.shape[0], fake_p.shape[0], pen, rows_pen, _allow_tf32())
     params = step_spec.mlp_params(inner)
     if backward:
         with torch.no_grad():
             out = _impl(backend)[0](**spec.op_args(real_p, fake_p, pen_p, *params))
-        _accumulate_grads(inner, out[1:])
+        _accumulate_grads(_flat(params), out[1:])
         stats = out[0]
         total = stats[0] + stats[1]
     else:
         total, stats = _DiscStepFn.apply(real_p, fake_p, pen_p, backend, spec, _layout(params), *_flat(params))
-    return total, StepParts(stats[0], stats[1], stats[2], stats[3])
+    return total, StepParts(*stats.unbind())
 
 
 def _flat(params) -> list:
@@ -286,11 +286,10 @@ def _split(flat, layout):
     return weights, biases, flat[layers + nb], (flat[layers + nb + 1] if has_b_out else None)
 
 
-def _accumulate_grads(inner: MLPDiscriminator, grads) -> None:
-    """``p.grad += g`` for D's parameters in op order, as ``.backward()`` would leave them: a
+def _accumulate_grads(params: list, grads) -> None:
+    """``p.grad += g`` for D's parameters (in op order), as ``.backward()`` would leave them: a
     parameter without ``.grad`` takes the op's fresh buffer (no copy), the others one
     multi-tensor add."""
-    params = _flat(step_spec.mlp_params(inner))
     fresh = [(p, g) for p, g in zip(params, grads) if p.grad is None]
     for p, g in fresh:
         p.grad = g

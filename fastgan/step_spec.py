@@ -116,8 +116,8 @@ def mlp_params(D: nn.Module) -> tuple[list, list, torch.Tensor, torch.Tensor | N
 
 
 def packed(x: torch.Tensor, pack: int) -> torch.Tensor:
-    """``(B, in) -> (B / pack, pack * in)``: PacGAN rows."""
-    return x.reshape(x.shape[0] // pack, pack * x.shape[1])
+    """``(B, in) -> (B / pack, pack * in)``: PacGAN rows (``x`` itself when ``pack`` is 1)."""
+    return x if pack == 1 else x.reshape(x.shape[0] // pack, pack * x.shape[1])
 
 
 def penalty_rows_input(D, real, fake, penalty, eps=None, generator=None) -> torch.Tensor | None:

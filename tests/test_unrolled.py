@@ -163,6 +163,17 @@ def test_exact_with_kernel_backed_loss_and_penalty(backend):
     torch.testing.assert_close(value_and_grad(got, fake), value_and_grad(want, fake), **TOL)
 
 
+def test_exact_is_finite_where_a_gradient_is_exactly_zero():
+    """A dead ReLU unit gets exactly zero gradients, so fresh Adam state has v = 0 there, where
+    d sqrt(v)/dv is infinite: the gradient through the updates must stay finite."""
+    D, opt, real, fake = setup(lambda: fastgan.MLPDiscriminator(2, (4,), negative_slope=0.0), warm_steps=0)
+    with torch.no_grad():
+        D.layers[0].bias[0] = -100.0
+    value, grad = value_and_grad(unrolled_generator_step(D, real, fake, loss="non_saturating", optimizer=opt,
+                                                         steps=2, mode="exact"), fake)
+    assert value.isfinite() and grad.isfinite().all()
+
+
 def test_exact_keeps_the_terms_through_the_updates():
     """The second-order terms are really there: exact's gradient differs from the first-order
     one while the values agree."""

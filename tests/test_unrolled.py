@@ -224,6 +224,31 @@ def test_exact_and_first_order_look_ahead_agree_on_mlp(loss_name, penalty):
     torch.testing.assert_close(values[0], values[1], **TOL)
 
 
+def test_optimiser_with_groups_and_other_parameters():
+    """Per-group settings follow each parameter; parameters that are not D's are ignored."""
+    D, _, real, fake = setup(mlp, warm_steps=0)
+    extra = nn.Parameter(torch.randn(3, dtype=torch.float64))
+    opt = torch.optim.Adam([{"params": D.layers.parameters(), "lr": 0.1},
+                            {"params": [*D.out.parameters(), extra], "lr": 0.02, "weight_decay": 0.3}])
+    opt.zero_grad()
+    fastgan.discriminator_step(D, real, fake, loss="hinge").backward()
+    extra.grad = torch.ones_like(extra)
+    opt.step()
+    values = [unrolled_generator_step(D, real, fake, loss="hinge", optimizer=opt, steps=3, mode=mode).detach()
+              for mode in ("exact", "first_order")]
+    D2 = copy.deepcopy(D)
+    opt2 = torch.optim.Adam([{"params": D2.layers.parameters(), "lr": 0.1},
+                             {"params": D2.out.parameters(), "lr": 0.02, "weight_decay": 0.3}])
+    for p, q in zip(D.parameters(), D2.parameters()):
+        opt2.state[q] = copy.deepcopy(opt.state[p])
+    for _ in range(3):
+        opt2.zero_grad()
+        fastgan.discriminator_step(D2, real, fake, loss="hinge").backward()
+        opt2.step()
+    want = fastgan.generator_step(D2, fake, loss="hinge").detach()
+    torch.testing.assert_close(values, [want, want], **TOL)
+
+
 # ---- first order ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("optimizer, penalty", [("adam", "none"), ("adam_wd_amsgrad", "r1"), ("adamw", "gp"),

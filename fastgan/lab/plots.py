@@ -54,7 +54,7 @@ def scatter(ax, x: torch.Tensor, mixture: Mixture) -> int:
 
 
 def _outside_note(n: int, total: int) -> str:
-    return f", {n}/{total} outside (red, on the edge)" if n else ""
+    return f"\n{n}/{total} outside (red, on the edge)" if n else ""
 
 
 BAR_METRICS = (("modes_captured", "modes captured"), ("high_quality_pct", "high-quality samples (%)"),
@@ -70,7 +70,7 @@ def figure(first: dict[tuple[str, str], "RunResult"], mixtures: dict[str, Mixtur
     datasets = list(mixtures)
     cols = max(len(objectives), len(BAR_METRICS))
     rows = len(datasets) + len(datasets)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.8 * rows), squeeze=False)
     for ax in axes.flat:
         ax.set_visible(False)
     for i, ds in enumerate(datasets):
@@ -108,7 +108,7 @@ def hopping(run: "RunResult", mixture: Mixture, path: Path) -> None:
     ``history``), one panel per snapshot with its modes captured and high-quality share: a
     generator that hops from mode to mode shows different modes in consecutive panels."""
     n = len(run.history)
-    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.6), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(2.4 * n, 2.9), squeeze=False)
     for ax, (step, x) in zip(axes[0], run.history):
         out = scatter(ax, x, mixture)
         m = mode_metrics(x, mixture)

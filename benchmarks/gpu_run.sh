@@ -1,31 +1,46 @@
 #!/usr/bin/env bash
-# One call on the GPU machine (H100/H200, no network): build, run the GPU tests, then the
-# benchmarks; everything it produces goes under $OUT (the device tool brings that back).
+# One call on the GPU machine (H100/H200, no network), under 8 minutes: build, the host-cost
+# table, the benchmarks, the GPU tests. Every step has a time limit, so a slow one cannot eat
+# the rest. What comes back: $OUT/summary.txt and $OUT/gpu-run.tar.gz (every log and result).
 #   device run:  bash benchmarks/gpu_run.sh
-# Commit what comes back to benchmarks/results/ (device, date and versions are in each file).
+# Commit the results (benchmarks/results/) from the tarball; device, date and versions are in each.
 set -uo pipefail
 OUT=${OUT:-$PWD/benchmarks/results/gpu-run}
+RUN=$(mktemp -d)
 mkdir -p "$OUT"
+summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
+step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $RUN/NAME.log, note rc and time
+  local name=$1 limit=$2; shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" > "$RUN/$name.log" 2>&1
+  summary "$name: rc=$? in $((SECONDS - start)) s (limit $limit s)"
+}
 {
   date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-} > "$OUT/environment.txt" 2>&1
+} > "$RUN/environment.txt" 2>&1
+cat "$RUN/environment.txt" >> "$OUT/summary.txt"
 
 # Build against the machine's own torch, cmake and pybind11 (no network: no build isolation).
-FASTGAN_REQUIRE_CUDA=1 FASTGAN_JOBS=16 python -m pip install --no-build-isolation --no-deps -e . \
-  > "$OUT/build.log" 2>&1 || { echo "build failed"; tail -40 "$OUT/build.log"; exit 1; }
-python -c "import fastgan; print(*fastgan.available_backends(), sep='\n')" | tee "$OUT/backends.txt"
-
-# GPU tests (real Triton, no interpreter) and the CPU suite's fast part as a sanity check.
+step build 180 env FASTGAN_REQUIRE_CUDA=1 FASTGAN_JOBS=16 python -m pip install --no-build-isolation --no-deps -e .
+python -c "import fastgan; print(*fastgan.available_backends(), sep='\n')" > "$RUN/backends.txt" 2>&1
+cat "$RUN/backends.txt" >> "$OUT/summary.txt"
 unset TRITON_INTERPRET
-python -m pytest -q -x tests/test_losses_gpu.py tests/test_mlp_step_cuda.py tests/test_mlp_step_triton.py \
-  > "$OUT/gpu_tests.log" 2>&1; echo "gpu tests rc=$?" | tee -a "$OUT/gpu_tests.log"; tail -5 "$OUT/gpu_tests.log"
 
-# Benchmarks: the targets first (fp32 'highest', then TF32), then bf16 wide networks.
-python -m fastgan.bench --quick --no-progress --output "$OUT/h100-targets-fp32" > "$OUT/bench_targets.log" 2>&1
-python -m fastgan.bench --quick --no-progress --precision high --output "$OUT/h100-targets-tf32" > "$OUT/bench_tf32.log" 2>&1
-python -m fastgan.bench --configs width-512,width-1024 --batch 8192 --dtype bfloat16 --no-progress \
-  --output "$OUT/h100-wide-bf16" > "$OUT/bench_bf16.log" 2>&1
-python -m fastgan.bench --configs ctgan-in256-p10 --batch 1638 --objectives w+gp --no-progress \
-  --output "$OUT/h100-pacgan" > "$OUT/bench_pacgan.log" 2>&1
+# Host cost per call (tiny problem: the Python path and launches), then the benchmarks:
+# targets fp32 'highest' (with every graphed provider), TF32, bf16 wide networks, PacGAN.
+step host-cuda 60 python -m fastgan.bench.host --device cuda --backend cuda --calls 500
+step host-triton 90 python -m fastgan.bench.host --device cuda --backend triton --calls 500
+step bench-fp32 200 python -m fastgan.bench --quick --no-progress --output "$RUN/gpu-targets-fp32"
+step bench-tf32 100 python -m fastgan.bench --quick --no-progress --precision high --providers cuda,cuda+graph,reference+graph,func+compile --output "$RUN/gpu-targets-tf32"
+step bench-bf16 90 python -m fastgan.bench --configs width-512,width-1024 --batch 8192 --dtype bfloat16 --no-progress --providers cuda,triton,reference,func+compile --output "$RUN/gpu-wide-bf16"
+step bench-pacgan 60 python -m fastgan.bench --configs ctgan-in256-p10 --batch 1638 --objectives w+gp --no-progress --output "$RUN/gpu-pacgan"
+
+# GPU tests, to the end (no -x): real Triton, the CUDA backend, capture and compile recipes.
+step gpu-tests 200 python -m pytest -q -p no:cacheprovider tests/test_losses_gpu.py tests/test_mlp_step_cuda.py \
+  tests/test_mlp_step_capture.py tests/test_mlp_step_triton.py
+tail -3 "$RUN/gpu-tests.log" >> "$OUT/summary.txt"
+for f in "$RUN"/host-*.log; do cat "$f" >> "$OUT/summary.txt"; done
+
+tar -czf "$OUT/gpu-run.tar.gz" -C "$RUN" .
 ls -la "$OUT"

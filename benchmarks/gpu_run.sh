@@ -9,9 +9,12 @@ OUT=${OUT:-$PWD/benchmarks/results/gpu-run}
 RUN=$(mktemp -d)
 mkdir -p "$OUT"
 summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
+BUDGET=${BUDGET:-450}  # seconds for the whole call; each step gets at most what is left
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $RUN/NAME.log, note rc and time
   local name=$1 limit=$2; shift 2
-  local start=$SECONDS
+  local start=$SECONDS left=$((BUDGET - SECONDS))
+  if [ "$left" -lt 15 ]; then summary "$name: skipped (budget spent)"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
   timeout "$limit" "$@" > "$RUN/$name.log" 2>&1
   summary "$name: rc=$? in $((SECONDS - start)) s (limit $limit s)"
 }

@@ -30,18 +30,18 @@ python -c "import fastgan; print(*fastgan.available_backends(), sep='\n')" > "$R
 cat "$RUN/backends.txt" >> "$OUT/summary.txt"
 unset TRITON_INTERPRET
 
+# GPU tests, to the end (no -x): real Triton, the CUDA backend, capture and compile recipes.
+step gpu-tests 150 python -m pytest -q -p no:cacheprovider tests/test_losses_gpu.py tests/test_mlp_step_cuda.py \
+  tests/test_mlp_step_capture.py tests/test_mlp_step_triton.py
 # Host cost per call (tiny problem: the Python path and launches), then the benchmarks:
 # targets fp32 'highest' (with every graphed provider), TF32, bf16 wide networks, PacGAN.
 step host-cuda 60 python -m fastgan.bench.host --device cuda --backend cuda --calls 500
 step host-triton 90 python -m fastgan.bench.host --device cuda --backend triton --calls 500
-step bench-fp32 200 python -m fastgan.bench --quick --no-progress --output "$RUN/gpu-targets-fp32"
+step bench-fp32 150 python -m fastgan.bench --quick --no-progress --output "$RUN/gpu-targets-fp32"
 step bench-tf32 100 python -m fastgan.bench --quick --no-progress --precision high --providers cuda,cuda+graph,reference+graph,func+compile --output "$RUN/gpu-targets-tf32"
 step bench-bf16 90 python -m fastgan.bench --configs width-512,width-1024 --batch 8192 --dtype bfloat16 --no-progress --providers cuda,triton,reference,func+compile --output "$RUN/gpu-wide-bf16"
 step bench-pacgan 60 python -m fastgan.bench --configs ctgan-in256-p10 --batch 1638 --objectives w+gp --no-progress --output "$RUN/gpu-pacgan"
 
-# GPU tests, to the end (no -x): real Triton, the CUDA backend, capture and compile recipes.
-step gpu-tests 200 python -m pytest -q -p no:cacheprovider tests/test_losses_gpu.py tests/test_mlp_step_cuda.py \
-  tests/test_mlp_step_capture.py tests/test_mlp_step_triton.py
 tail -3 "$RUN/gpu-tests.log" >> "$OUT/summary.txt"
 for f in "$RUN"/host-*.log; do cat "$f" >> "$OUT/summary.txt"; done
 

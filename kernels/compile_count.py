@@ -35,7 +35,7 @@ def _spec(param, value):
     if isinstance(value, int):
         if param.do_not_specialize:
             return ("int",)
-        return ("int", 1) if value == 1 else ("int", value % 16 == 0)
+        return ("int", "1" if value == 1 else "16k" if value % 16 == 0 else "")  # strings: 1 == True
     if isinstance(value, float):
         return ("fp32",)
     return (type(value).__name__, value if value is None else None)

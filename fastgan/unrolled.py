@@ -19,9 +19,10 @@ within k updates. D, its gradients and the optimiser are left as they were.
   (a penalty makes that third order). Time and memory grow linearly with k, several times a
   plain step each.
 - ``mode="first_order"`` (the cheap approximation the paper also discusses): the k updates are
-  fused :func:`fastgan.discriminator_step` calls with a real optimiser step on a copy of D and of
-  its optimiser state, on ``fake.detach()``; the returned loss is :func:`fastgan.generator_step`
-  on the copy. It keeps d f_k / d fake at fixed theta_k and drops every term through the
+  fused :func:`fastgan.discriminator_step` calls (``backward=True``) and torch optimiser steps
+  (Adam through torch's fused kernel, the same maths) on a copy of D and of its optimiser state,
+  on ``fake.detach()``; the returned loss is :func:`fastgan.generator_step` on the copy. Cost:
+  k fused D steps, one generator step and the copy. It keeps d f_k / d fake at fixed theta_k and drops every term through the
   updates (d f_k/d theta_k * d theta_k / d fake): the generator sees the look-ahead
   discriminator's parameters as constants.
 

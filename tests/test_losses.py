@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import fastgan
+import harness
 from fastgan import LOSSES
 from fastgan.terms import Phi, Reduction, Term, reduce, term_value
 
@@ -14,7 +15,6 @@ SHAPES = [(1,), (3,), (1023,), (5, 1), (2, 1, 3, 5)]
 # Every loss, plus least squares with non-default targets.
 CASES = [pytest.param(name, {}, id=name) for name in sorted(LOSSES)]
 CASES.append(pytest.param("least_squares", {"a": -0.3, "b": 0.7, "c": 0.45}, id="least_squares-abc"))
-TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 
 
 def logits(shape, dtype=torch.float64, seed=0):
@@ -22,22 +22,26 @@ def logits(shape, dtype=torch.float64, seed=0):
     return 3 * torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
 
 
-def loss_and_grads(fn, *inputs, seed=1):
+def weights(shape, dtype, seed=1):
+    """The random w of :func:`loss_and_grads` (drawn in float64: the same numbers in every dtype)."""
+    return (0.5 + torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))).to(dtype)
+
+
+def loss_and_grads(fn, *inputs, seed=1) -> dict:
     """``fn(*inputs)`` and the gradients of ``<w, fn(*inputs)>`` w.r.t. each input, for a random w."""
     xs = [x.detach().clone().requires_grad_(True) for x in inputs]
     out = fn(*xs)
-    w = 0.5 + torch.rand(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(seed))
-    grads = torch.autograd.grad(out, xs, grad_outputs=w)
-    return out.detach(), grads
+    grads = torch.autograd.grad(out, xs, grad_outputs=weights(out.shape, out.dtype, seed))
+    return {"loss": out.detach(), **{f"d input {i}": g for i, g in enumerate(grads)}}
 
 
 def assert_same(fn, ref_fn, inputs, dtype):
-    out, grads = loss_and_grads(fn, *inputs)
-    expected, expected_grads = loss_and_grads(ref_fn, *inputs)
-    assert out.dtype == dtype and out.shape == expected.shape
-    torch.testing.assert_close(out, expected, **TOL[dtype])
-    for g, e in zip(grads, expected_grads):
-        torch.testing.assert_close(g, e, **TOL[dtype])
+    """``fn`` against the reference ``ref_fn`` (values and gradients), by the harness's bound: the
+    float64 reference, and the reference run in ``dtype`` as the baseline."""
+    got = loss_and_grads(fn, *inputs)
+    truth, base = harness.expected(lambda *xs: loss_and_grads(ref_fn, *xs), inputs, dtype)
+    assert got["loss"].dtype == dtype
+    harness.assert_close(got, truth, base, dtype)
 
 
 # ---- the loss modules against the reference ------------------------------------------------
@@ -79,7 +83,7 @@ def test_real_and_fake_batches_may_differ(backend, name, params, reduction):
 def test_mean_averages_each_term_over_its_own_batch(backend):
     r, f = logits((2,), seed=8), logits((6,), seed=9)
     d = fastgan.WassersteinLoss(backend=backend).discriminator_loss(r, f)
-    torch.testing.assert_close(d, f.mean() - r.mean(), **TOL[torch.float64])
+    harness.assert_close(d, f.mean() - r.mean(), None, torch.float64)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -101,8 +105,7 @@ def test_extreme_logits_are_finite_and_exact(backend, name, params, reduction, d
     ref = LOSSES[name](reduction=reduction, backend="reference", **params)
     r = torch.tensor([1e4, -1e4, 1e4, -1e4], dtype=dtype)
     f = torch.tensor([1e4, -1e4, -1e4, 1e4], dtype=dtype)
-    out, grads = loss_and_grads(loss.discriminator_loss, r, f)
-    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+    assert all(torch.isfinite(t).all() for t in loss_and_grads(loss.discriminator_loss, r, f).values())
     assert_same(loss.discriminator_loss, ref.discriminator_loss, (r, f), dtype)
     g_inputs = (f, r) if loss.paired else (f,)
     assert_same(loss.generator_loss, ref.generator_loss, g_inputs, dtype)
@@ -111,10 +114,9 @@ def test_extreme_logits_are_finite_and_exact(backend, name, params, reduction, d
 def test_softplus_losses_at_extreme_logits_take_their_limits(backend):
     """softplus(-1e4) = 0 and softplus(1e4) = 1e4 exactly; sigmoid saturates to 0 or 1."""
     r = torch.tensor([1e4, -1e4], dtype=torch.float32)
-    out, (grad,) = loss_and_grads(fastgan.NonSaturatingLoss(reduction="none", backend=backend).generator_loss, r)
-    w = 0.5 + torch.rand(2, generator=torch.Generator().manual_seed(1))
-    assert out.tolist() == [0.0, 1e4]
-    assert grad.tolist() == [0.0, -w[1].item()]
+    out = loss_and_grads(fastgan.NonSaturatingLoss(reduction="none", backend=backend).generator_loss, r)
+    assert out["loss"].tolist() == [0.0, 1e4]
+    assert out["d input 0"].tolist() == [0.0, -weights(2, torch.float32)[1].item()]
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -124,17 +126,17 @@ def test_functional_forms_match_the_modules(backend, name, reduction):
     module = LOSSES[name](reduction=reduction, backend=backend)
     d = fastgan.discriminator_loss(r, f, name, reduction=reduction, backend=backend)
     g = fastgan.generator_loss(f, r, name, reduction=reduction, backend=backend)
-    torch.testing.assert_close(d, module.discriminator_loss(r, f), rtol=0, atol=0)
-    torch.testing.assert_close(g, module.generator_loss(f, r), rtol=0, atol=0)
+    assert torch.equal(d, module.discriminator_loss(r, f))
+    assert torch.equal(g, module.generator_loss(f, r))
 
 
 def test_functional_form_passes_loss_parameters(backend):
     r, f = logits((6,), seed=14), logits((6,), seed=15)
     d = fastgan.discriminator_loss(r, f, "least_squares", backend=backend, a=-0.3, b=0.7)
     expected = ((r - 0.7) ** 2 / 2).mean() + ((f + 0.3) ** 2 / 2).mean()
-    torch.testing.assert_close(d, expected, **TOL[torch.float64])
+    harness.assert_close(d, expected, None, torch.float64)
     g = fastgan.generator_loss(f, loss="least_squares", backend=backend, c=0.45)
-    torch.testing.assert_close(g, ((f - 0.45) ** 2 / 2).mean(), **TOL[torch.float64])
+    harness.assert_close(g, ((f - 0.45) ** 2 / 2).mean(), None, torch.float64)
 
 
 # ---- the raw loss-term kernels against fastgan.terms -----------------------------------------
@@ -157,16 +159,19 @@ def test_loss_term_kernels_match_terms(backend, term, reduction, dtype):
     forward, backward = _term_kernels(backend)
     x = logits((37, 71), dtype, seed=16).t()  # non-contiguous, more than one 1024-element block
     args = (int(term.phi), term.sign, term.shift, term.scale, int(reduction))
-    out = forward(x, *args)
-    xr = x.clone().requires_grad_(True)
-    expected = reduce(term_value(xr, term), reduction)
-    assert out.shape == expected.shape and out.dtype == dtype
-    torch.testing.assert_close(out, expected.detach(), **TOL[dtype])
     # grad_out: 0-dim for mean/sum, an expanded (non-contiguous) tensor for none.
     grad_out = (torch.tensor(0.75, dtype=dtype) if reduction != Reduction.NONE
                 else logits((37,), dtype, seed=17).expand(71, 37))
-    (expected_grad,) = torch.autograd.grad(expected, xr, grad_out)
-    torch.testing.assert_close(backward(grad_out, x, *args), expected_grad, **TOL[dtype])
+
+    def spec(x, grad_out):  # fastgan.terms: the terms' definition, differentiated by autograd
+        xr = x.clone().requires_grad_(True)
+        value = reduce(term_value(xr, term), reduction)
+        (grad,) = torch.autograd.grad(value, xr, grad_out)
+        return {"value": value.detach(), "grad": grad}
+    out = forward(x, *args)
+    assert out.dtype == dtype
+    truth, base = harness.expected(spec, (x, grad_out), dtype)
+    harness.assert_close({"value": out, "grad": backward(grad_out, x, *args)}, truth, base, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
@@ -180,8 +185,8 @@ def test_loss_term_kernels_low_precision(backend, dtype):
     term = Term(Phi.SOFTPLUS, -1.0)
     mean = forward(x, int(term.phi), term.sign, term.shift, term.scale, int(Reduction.MEAN))
     assert mean.dtype == dtype
-    expected = reduce(term_value(x.double(), term), Reduction.MEAN)  # fp32 accumulation: exact up to rounding
-    torch.testing.assert_close(mean.double(), expected, rtol=1e-2 if dtype != torch.float32 else 1e-6, atol=0)
+    truth, base = harness.expected(lambda x: reduce(term_value(x, term), Reduction.MEAN), (x,), dtype)
+    harness.assert_close(mean, truth, base, dtype)
     grad = backward(torch.tensor(1.0, dtype=dtype), x, int(term.phi), term.sign, term.shift, term.scale,
                     int(Reduction.MEAN))
     assert grad.dtype == dtype and grad.shape == x.shape
@@ -196,7 +201,7 @@ def test_triton_two_stage_sum_over_many_partials(backend):
     from fastgan.kernels._common import finish_sum
     partials = logits((3001,), seed=20)
     out = finish_sum(partials, 0.3, torch.float64, tl.float64)
-    torch.testing.assert_close(out, 0.3 * partials.sum(), **TOL[torch.float64])
+    harness.assert_close(out, 0.3 * partials.sum(), None, torch.float64)
     assert torch.equal(out, finish_sum(partials, 0.3, torch.float64, tl.float64))  # deterministic
 
 

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 import fastgan
+import harness
 from fastgan.penalties import _kernels
 from fastgan.terms import PenaltyKind, penalty_rows
 
-TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
 PENALTIES = {
     "r1": lambda **kw: fastgan.R1Penalty(gamma=3.0, **kw),
     "r2": lambda **kw: fastgan.R2Penalty(gamma=0.5, **kw),
@@ -65,19 +65,26 @@ def value_and_param_grads(penalty, D, real, fake, eps):
     return value.detach(), torch.autograd.grad(value, list(D.parameters()), allow_unused=True, materialize_grads=True)
 
 
+def named_value_and_grads(make_penalty):
+    """(D, real, fake, eps) -> {"value", "grad i"}: a function for ``harness.expected``."""
+    def run(D, real, fake, eps):
+        value, grads = value_and_param_grads(make_penalty(), D, real, fake, eps)
+        return {"value": value, **{f"grad {i}": g for i, g in enumerate(grads)}}
+    return run
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("disc", DISCRIMINATORS)
 @pytest.mark.parametrize("name", PENALTIES)
 def test_penalty_matches_reference(backend, name, disc, dtype):
     D, real, fake = batch(disc, dtype)
     eps = eps_for(name, real, getattr(D, "pack", 1))
-    value, grads = value_and_param_grads(PENALTIES[name](backend=backend), D, real, fake, eps)
-    expected, expected_grads = value_and_param_grads(PENALTIES[name](backend="reference"), D, real, fake, eps)
-    assert value.dtype == dtype and value.shape == ()
-    assert value > 0
-    torch.testing.assert_close(value, expected, **TOL[dtype])
-    for g, e in zip(grads, expected_grads):
-        torch.testing.assert_close(g, e, **TOL[dtype])
+    got = named_value_and_grads(lambda: PENALTIES[name](backend=backend))(D, real, fake, eps)
+    assert got["value"].dtype == dtype and got["value"].shape == ()
+    assert got["value"] > 0
+    truth, base = harness.expected(named_value_and_grads(lambda: PENALTIES[name](backend="reference")),
+                                   (D, real, fake, eps), dtype)
+    harness.assert_close(got, truth, base, dtype)
 
 
 @pytest.mark.parametrize("pack", [1, 3])
@@ -91,7 +98,7 @@ def test_norms_are_per_packed_row(backend, pack):
     (g,) = torch.autograd.grad(D(xhat).sum(), xhat)
     rows = g.reshape(real.shape[0] // pack, pack * real.shape[1])
     per_row = 2.0 * ((rows.norm(dim=1) - 0.8) ** 2).mean()
-    torch.testing.assert_close(value.detach(), per_row, **TOL[torch.float64])
+    harness.assert_close(value, per_row, None, torch.float64)
     per_batch = 2.0 * (g.norm() - 0.8) ** 2
     assert not torch.isclose(value.detach(), per_batch)
     if pack > 1:
@@ -161,8 +168,7 @@ def test_zero_norm_rows_give_no_nan(backend, name):
     value, (grad_w,) = value_and_param_grads(PENALTIES[name](backend=backend), D, real, fake, eps)
     expected, (expected_w,) = value_and_param_grads(PENALTIES[name](backend="reference"), D, real, fake, eps)
     assert torch.isfinite(value) and torch.isfinite(grad_w).all()
-    torch.testing.assert_close(value, expected, **TOL[torch.float64])
-    torch.testing.assert_close(grad_w, expected_w, **TOL[torch.float64])
+    harness.assert_close([value, grad_w], [expected, expected_w], None, torch.float64)
 
 
 @pytest.mark.parametrize("name", ["gp", "dragan"])
@@ -179,7 +185,7 @@ def test_eps_and_generator_make_the_penalty_reproducible(backend, name):
     g = torch.Generator().manual_seed(7)
     eps = (torch.rand(real.shape[0], dtype=real.dtype, generator=g) if name == "gp"
            else torch.rand(real.shape, dtype=real.dtype, generator=g))
-    torch.testing.assert_close(penalty(D, real, fake, eps=eps), a, rtol=0, atol=0)
+    assert torch.equal(penalty(D, real, fake, eps=eps), a)
 
 
 @pytest.mark.parametrize("name", PENALTIES)
@@ -191,7 +197,7 @@ def test_lazy_regularisation(backend, name):
     values = [lazy(D, real, fake, eps=eps) for _ in range(7)]
     for i, v in enumerate(values):
         if i % 3 == 0:
-            torch.testing.assert_close(v, 3 * every_call, **TOL[torch.float64])
+            harness.assert_close(v, 3 * every_call, None, torch.float64)
             assert v.grad_fn is not None
         else:
             assert v.item() == 0.0 and v.grad_fn is None and not v.requires_grad
@@ -210,17 +216,20 @@ def test_penalty_kernels_match_penalty_rows(backend, kind, weight, center, shape
     forward, backward = _kernels(backend)
     g = randn(*shape, dtype=dtype, seed=3)
     g[0] = 0  # a zero-norm row
-    gr = g.clone().requires_grad_(True)
-    expected = penalty_rows(gr, kind, weight, center).mean()
+    grad_out = torch.tensor(0.6, dtype=dtype)
+
+    def spec(g, grad_out):  # fastgan.terms.penalty_rows, differentiated by autograd
+        gr = g.clone().requires_grad_(True)
+        value = penalty_rows(gr, kind, weight, center).mean()
+        (grad,) = torch.autograd.grad(value, gr, grad_out)
+        return {"value": value.detach(), "grad": grad}
     out = forward(g, int(kind), weight, center)
     assert out.shape == () and out.dtype == dtype
-    torch.testing.assert_close(out, expected.detach(), **TOL[dtype])
-    grad_out = torch.tensor(0.6, dtype=dtype)
-    (expected_grad,) = torch.autograd.grad(expected, gr, grad_out)
     grad = backward(grad_out, g, int(kind), weight, center)
     assert torch.isfinite(grad).all()
     assert torch.equal(grad[0], torch.zeros_like(grad[0]))
-    torch.testing.assert_close(grad, expected_grad, **TOL[dtype])
+    truth, base = harness.expected(spec, (g, grad_out), dtype)
+    harness.assert_close({"value": out, "grad": grad}, truth, base, dtype)
 
 
 def test_penalty_kernels_reject_bad_input(backend):

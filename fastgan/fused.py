@@ -128,7 +128,7 @@ def _step_backend(inner: nn.Module, backend: str | None, device: torch.device) -
 
 def _reference_step(D, real, fake, loss, penalty, eps, generator):
     with _dispatch.use_backend("reference"):
-        real_logits = D(real)
+        real_logits = D(real.detach())  # data, as on the fused path: no gradient into real
         fake_logits = D(fake.detach())
         value = loss.discriminator_loss(real_logits, fake_logits)
         pen = (penalty(D, real, fake, eps=eps, generator=generator) if penalty is not None
@@ -291,8 +291,8 @@ def _accumulate_grads(params: list, grads) -> None:
     parameter without ``.grad`` takes the op's fresh buffer (no copy), the others one
     multi-tensor add."""
     fresh = [(p, g) for p, g in zip(params, grads) if p.grad is None]
-    for p, g in fresh:
-        p.grad = g
+    for p, g in fresh:  # laid out like the parameter, as autograd's accumulation guarantees
+        p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
     if len(fresh) < len(params):
         old = [(p.grad, g) for p, g in zip(params, grads) if p.grad is not g]
         torch._foreach_add_([a for a, _ in old], [b for _, b in old])

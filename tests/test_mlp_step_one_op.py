@@ -50,6 +50,23 @@ def test_one_op_equals_autograd_form(backend, penalty, pack):
     torch.testing.assert_close(parts.loss + parts.penalty, one, rtol=1e-12, atol=0)
     for p, q in zip(D.parameters(), D2.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-12, atol=1e-15)
+        assert q.grad.stride() == q.stride()  # optimisers (fused Adam) assume the parameter's layout
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backward", [False, True])
+def test_inputs_are_data(backend, backward):
+    """No gradient reaches real or fake, on every backend and in both forms."""
+    _require(backend)
+    D, real, fake, _ = _setup()
+    real.requires_grad_(True)
+    fake.requires_grad_(True)
+    total = fastgan.discriminator_step(D, real, fake, loss="non_saturating", penalty=fastgan.R1Penalty(),
+                                       backend=backend, backward=backward)
+    if not backward:
+        total.backward()
+    assert real.grad is None and fake.grad is None
+    assert all(p.grad is not None for p in D.parameters())
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch", "reference"])

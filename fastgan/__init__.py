@@ -28,7 +28,8 @@ from fastgan.penalties import (
     R2Penalty,
 )
 
-from fastgan import divergences, reference
+from fastgan.unrolled import UnrolledDiscriminator, unrolled_generator_step
+from fastgan import divergences, reference, step_spec
 
 __version__ = "0.1.0"
 
@@ -47,5 +48,6 @@ __all__ = [
     "RelativisticLoss", "WassersteinLoss", "discriminator_loss", "generator_loss", "get_loss",
     "MLPDiscriminator", "StepParts", "discriminator_step", "generator_step",
     "PENALTIES", "DRAGANPenalty", "GradientPenalty", "GradientPenaltyBase", "R1Penalty", "R2Penalty",
-    "divergences", "reference",
+    "UnrolledDiscriminator", "unrolled_generator_step",
+    "divergences", "reference", "step_spec",
 ]

@@ -8,6 +8,7 @@ Build knobs (environment variables):
   FASTGAN_CUDA_CHECK=0       with a CPU-only torch, skip the nvcc compile-only check of csrc/*.cu
   FASTGAN_REQUIRE_CUDA=1     fail the build unless csrc/*.cu are compiled (CI sets it)
   FASTGAN_CUDA_ARCHS=90      CUDA architectures in CMake syntax ("90" = sm_90 SASS + PTX; "90;100")
+  FASTGAN_PTXAS_VERBOSE=1    print ptxas registers / shared memory / spills per kernel (-Xptxas -v)
   FASTGAN_JOBS=N             parallel compile jobs (default: CPU count)
   FASTGAN_BUILD_TYPE=Release CMake build type (Release, RelWithDebInfo, Debug)
 """
@@ -51,6 +52,7 @@ class CMakeBuild(build_ext):
             f"-DFASTGAN_CUDA_CHECK={'OFF' if _flag('FASTGAN_CUDA_CHECK', '1') == '0' else 'ON'}",
             f"-DFASTGAN_CUDA_ARCHS={_flag('FASTGAN_CUDA_ARCHS', '90')}",
             f"-DFASTGAN_REQUIRE_CUDA={'ON' if _flag('FASTGAN_REQUIRE_CUDA', '0') == '1' else 'OFF'}",
+            f"-DFASTGAN_PTXAS_VERBOSE={'ON' if _flag('FASTGAN_PTXAS_VERBOSE', '0') == '1' else 'OFF'}",
         ]
         try:
             import ninja  # noqa: F401

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "loss_terms.h"
+#include "mlp_step_contract.h"
 
 // Fortran BLAS from torch's own BLAS (MKL on x86 wheels); weak, so a build without them still loads.
 extern "C" {
@@ -328,71 +329,8 @@ FASTGAN_INLINE void v_chain(const Net<T>& net, Workspace<T>& ws, int64_t r0, int
   }
 }
 
-// ---- arguments ---------------------------------------------------------------------------------
-struct PenaltySpec {
-  int side = -1;  // -1 none, 0 real, 1 fake, 2 penalty_input
-  int kind = 0;
-  double weight = 0, center = 0;
-};
-
-bool parse_term(c10::ArrayRef<double> v, const char* name, Term* t) {
-  if (v.empty()) return false;
-  TORCH_CHECK(v.size() == 4, "fastgan mlp step: ", name, " must be [] or [phi, sign, shift, scale], got ",
-              v.size(), " numbers");
-  const int phi = int(v[0]);
-  TORCH_CHECK(double(phi) == v[0] && phi >= SOFTPLUS && phi <= HALF_SQUARE, "fastgan mlp step: ", name,
-              "[0] must be a phi code 0..3 (softplus, relu, identity, half square), got ", v[0]);
-  *t = Term{phi, v[1], v[2], v[3]};
-  return true;
-}
-
-void check_rows(const at::Tensor& x, const char* name, const at::Tensor& like) {
-  TORCH_CHECK(x.device().is_cpu(), "fastgan mlp step (cpu): ", name, " must be a CPU tensor, got ", x.device());
-  TORCH_CHECK(x.dim() == 2, "fastgan mlp step: ", name, " must be (rows, K), got shape ", x.sizes());
-  TORCH_CHECK(x.size(0) > 0, "fastgan mlp step: ", name, " must have at least one row");
-  TORCH_CHECK(x.scalar_type() == like.scalar_type(), "fastgan mlp step: ", name, " has dtype ", x.scalar_type(),
-              " but the first input has ", like.scalar_type(), "; use one dtype");
-  TORCH_CHECK(x.size(1) == like.size(1), "fastgan mlp step: ", name, " has ", x.size(1),
-              " features per row but the first input has ", like.size(1));
-}
-
-void check_net(const at::Tensor& x, at::TensorList weights, at::TensorList biases, const at::Tensor& w_out,
-               const c10::optional<at::Tensor>& b_out, double negative_slope) {
-  TORCH_CHECK(x.is_floating_point(), "fastgan mlp step: inputs must be floating point, got ", x.scalar_type());
-  TORCH_CHECK(!weights.empty(), "fastgan mlp step: weights must hold at least one hidden layer");
-  TORCH_CHECK(biases.empty() || biases.size() == weights.size(), "fastgan mlp step: biases must be empty or one per "
-              "layer (", weights.size(), "), got ", biases.size());
-  TORCH_CHECK(negative_slope >= 0, "fastgan mlp step: negative_slope must be >= 0, got ", negative_slope);
-  auto check_param = [&](const at::Tensor& p, const std::string& name) {
-    TORCH_CHECK(p.device().is_cpu(), "fastgan mlp step (cpu): ", name, " must be a CPU tensor, got ", p.device());
-    TORCH_CHECK(p.scalar_type() == x.scalar_type(), "fastgan mlp step: ", name, " has dtype ", p.scalar_type(),
-                " but the inputs have ", x.scalar_type(), "; use one dtype");
-  };
-  int64_t prev = x.size(1);
-  for (size_t l = 0; l < weights.size(); ++l) {
-    const at::Tensor& w = weights[l];
-    const std::string name = "weights[" + std::to_string(l) + "]";
-    check_param(w, name);
-    TORCH_CHECK(w.dim() == 2 && w.size(0) > 0 && w.size(1) == prev, "fastgan mlp step: ", name,
-                " must be (H, ", prev, ") with H >= 1 (", l == 0 ? "K = the inputs' row width" : "previous layer's H",
-                "), got shape ", w.sizes());
-    if (!biases.empty()) {
-      const std::string bname = "biases[" + std::to_string(l) + "]";
-      check_param(biases[l], bname);
-      TORCH_CHECK(biases[l].dim() == 1 && biases[l].size(0) == w.size(0), "fastgan mlp step: ", bname,
-                  " must have shape (", w.size(0), ",), got ", biases[l].sizes());
-    }
-    prev = w.size(0);
-  }
-  check_param(w_out, "w_out");
-  TORCH_CHECK(w_out.dim() == 2 && w_out.size(0) == 1 && w_out.size(1) == prev,
-              "fastgan mlp step: w_out must have shape (1, ", prev, "), got ", w_out.sizes());
-  if (b_out.has_value()) {
-    check_param(*b_out, "b_out");
-    TORCH_CHECK(b_out->dim() == 1 && b_out->size(0) == 1, "fastgan mlp step: b_out must have shape (1,), got ",
-                b_out->sizes());
-  }
-}
+// ---- arguments: parsed and checked by mlp_step_contract.h -----------------------------------
+using PenaltySpec = contract::Penalty;
 
 // Contiguous copies (kept alive by the caller) and the raw view of the network.
 template <typename T>
@@ -674,30 +612,12 @@ std::vector<at::Tensor> mlp_disc_step_cpu(const at::Tensor& real_in, const at::T
                                           bool paired, int64_t penalty_side, int64_t penalty_kind,
                                           double penalty_weight, double penalty_center, bool allow_tf32) {
   (void)allow_tf32;  // CPU products are always full precision
-  check_rows(real_in, "real", real_in);
-  check_rows(fake_in, "fake", real_in);
-  check_net(real_in, weights, biases, w_out, b_out, negative_slope);
-  Term tr{}, tf{};
-  const bool has_tr = parse_term(term_real, "term_real", &tr);
-  const bool has_tf = parse_term(term_fake, "term_fake", &tf);
-  if (paired) {
-    TORCH_CHECK(real_in.size(0) == fake_in.size(0), "fastgan mlp step: paired (relativistic) loss needs as many "
-                "real rows as fake rows, got ", real_in.size(0), " and ", fake_in.size(0));
-    TORCH_CHECK(!has_tf, "fastgan mlp step: paired loss takes its term in term_real; term_fake must be []");
-    TORCH_CHECK(has_tr, "fastgan mlp step: paired loss needs term_real");
-  }
-  TORCH_CHECK(penalty_side >= -1 && penalty_side <= 2, "fastgan mlp step: penalty_side must be -1 (none), 0 (real), "
-              "1 (fake) or 2 (penalty_input), got ", penalty_side);
-  PenaltySpec pen;
-  if (penalty_side != -1) {
-    TORCH_CHECK(penalty_kind == PENALTY_SQUARED || penalty_kind == PENALTY_CENTERED, "fastgan mlp step: "
-                "penalty_kind must be 0 (weight |g|^2 / 2) or 1 (weight (|g| - center)^2), got ", penalty_kind);
-    pen = PenaltySpec{int(penalty_side), int(penalty_kind), penalty_weight, penalty_center};
-  }
-  if (penalty_side == 2) {
-    TORCH_CHECK(penalty_input.has_value(), "fastgan mlp step: penalty_side 2 needs penalty_input rows");
-    check_rows(*penalty_input, "penalty_input", real_in);
-  }
+  const contract::DiscArgs args = contract::parse_disc(real_in, fake_in, penalty_input, weights, biases, w_out, b_out,
+                                                       negative_slope, term_real, term_fake, paired, penalty_side,
+                                                       penalty_kind, penalty_weight, penalty_center, at::kCPU);
+  const Term tr = args.term_real, tf = args.term_fake;
+  const bool has_tr = args.has_real, has_tf = args.has_fake;
+  const PenaltySpec pen = args.pen;
 
   const at::ScalarType dtype = real_in.scalar_type();
   const bool upcast = dtype == at::kHalf || dtype == at::kBFloat16;
@@ -805,16 +725,10 @@ std::vector<at::Tensor> mlp_gen_step_cpu(const at::Tensor& fake_in, const c10::o
                                          const c10::optional<at::Tensor>& b_out, double negative_slope,
                                          c10::ArrayRef<double> term, bool paired, bool allow_tf32) {
   (void)allow_tf32;
-  check_rows(fake_in, "fake", fake_in);
-  check_net(fake_in, weights, biases, w_out, b_out, negative_slope);
-  Term t{};
-  const bool has_t = parse_term(term, "term", &t);
-  if (paired) {
-    TORCH_CHECK(real_in.has_value(), "fastgan mlp step: paired (relativistic) generator loss needs real rows");
-    check_rows(*real_in, "real", fake_in);
-    TORCH_CHECK(real_in->size(0) == fake_in.size(0), "fastgan mlp step: paired (relativistic) loss needs as many "
-                "real rows as fake rows, got ", real_in->size(0), " and ", fake_in.size(0));
-  }
+  const contract::GenArgs args =
+      contract::parse_gen(fake_in, real_in, weights, biases, w_out, b_out, negative_slope, term, paired, at::kCPU);
+  const Term t = args.term;
+  const bool has_t = args.has_term;
   const at::ScalarType dtype = fake_in.scalar_type();
   const bool upcast = dtype == at::kHalf || dtype == at::kBFloat16;
   auto prep = [&](const at::Tensor& x) { return (upcast ? x.to(at::kFloat) : x).contiguous(); };

@@ -1,17 +1,24 @@
-"""The fused-path CUDA kernels of csrc/mlp_step.cu, run on the CPU by an emulator.
+"""The fused-path CUDA kernels (csrc/mlp_step_fused.cuh, csrc/mlp_step_epilogue.cuh), run on
+the CPU by an emulator.
 
 ``tests/cuda_emulation/mlp_step_emulated.cpp`` compiles the kernels as C++ (each CUDA thread a
-``std::thread``, ``__syncthreads`` a barrier, shuffles through a per-warp buffer, blocks one
-after another) and runs the logits pass, the loss epilogue and the discriminator / generator
-pass exactly as the host code launches them, with small tiles and several blocks so that
-partial tiles, the grid-stride loop, penalty ranges that straddle tiles and the cross-block
-atomics all occur. Results are compared with the float64 autograd reference of
-test_mlp_step_cuda.py. This checks indexing, barriers and maths without a GPU; the wide path
-(cuBLAS) and the host code need the GPU tests.
+``std::thread``, ``__syncthreads`` a barrier, shuffles and WMMA fragments through per-warp
+buffers with warp barriers, blocks one after another) and runs the logits pass, the loss
+epilogue, the discriminator / generator pass and the ordered reduction of per-block sums exactly
+as the host code (csrc/mlp_step.cu) launches them, with small tiles and several blocks so that
+partial tiles, the grid-stride loops, penalty ranges that straddle tiles and the cross-block
+reduction all occur. The emulated kernels stand in for ``torch.ops.fastgan.mlp_disc_step`` /
+``mlp_gen_step``: they take the library's own op arguments (tests/harness.py) and are held to
+the harness's bound against the float64 reference.
+
+Also checked here: runs with the blocks in reverse order give the same bits (the weight
+gradients are reduced in a fixed order, not with float atomics), and the tensor-core products
+(MMA_TF32X3: split-precision TF32, within the fp32 bound; MMA_TF32: plain TF32, visibly less
+accurate, within a bound of a few TF32 units). The wide path (cuBLAS) and the host code need the
+GPU tests.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import struct
@@ -21,17 +28,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastgan.losses import get_loss
+import harness
+from harness import Case
 
 ROOT = Path(__file__).resolve().parents[1]
-# The reference helpers live beside the GPU tests (pytest runs with --import-mode=importlib).
-_spec = importlib.util.spec_from_file_location("_mlp_step_cuda_tests", ROOT / "tests" / "test_mlp_step_cuda.py")
-_gpu_tests = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_gpu_tests)
-SIDE, _assert_rel, _make, _terms = _gpu_tests.SIDE, _gpu_tests._assert_rel, _gpu_tests._make, _gpu_tests._terms
-_penalty_setup, _reference_disc, _reference_gen = (_gpu_tests._penalty_setup, _gpu_tests._reference_disc,
-                                                   _gpu_tests._reference_gen)
 SOURCE = ROOT / "tests" / "cuda_emulation" / "mlp_step_emulated.cpp"
+MMA_NONE, MMA_TF32, MMA_TF32X3 = 0, 1, 2  # MmaMode in csrc/mlp_step_fused.cuh
+TF32_UNIT = 2.0 ** -11                     # unit roundoff of TF32 (10 stored mantissa bits)
 
 
 def _cuda_include() -> Path | None:
@@ -67,78 +70,113 @@ def _run(binary, tmp_path, header, tensors):
             values += t.detach().double().flatten().tolist()
     src, dst = tmp_path / "in.bin", tmp_path / "out.bin"
     src.write_bytes(struct.pack(f"<{len(values)}d", *values))
-    done = subprocess.run([str(binary), str(src), str(dst)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([str(binary), str(src), str(dst)], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     raw = dst.read_bytes()
     return torch.tensor(struct.unpack(f"<{len(raw) // 8}d", raw), dtype=torch.float64)
 
 
-def _network(D):
-    widths = [D.layers[0].in_features] + [layer.out_features for layer in D.layers]
-    tensors = [layer.weight for layer in D.layers]
-    tensors += [layer.bias for layer in D.layers] if D.bias else []
-    tensors += [D.out.weight] + ([D.out.bias] if D.bias else [])
-    return widths, tensors
+def _term(term):
+    return [1.0, *term] if term else [0.0] * 5
 
 
-def _term_header(term):
-    return [1.0] + list(term) if term else [0.0] * 5
+def _take(out, sizes):
+    parts, offset = [], 0
+    for n in sizes:
+        parts.append(out[offset:offset + n])
+        offset += n
+    assert offset == out.numel()
+    return parts
 
 
-ARCHS = [(5, (7,), True, 0.2), (13, (9, 11, 6), False, 0.0), (3, (40, 33), True, 0.2)]
+def emulated_disc(binary, tmp_path, tile, grid_cap, reverse=False, mma=MMA_NONE):
+    """A stand-in for ``torch.ops.fastgan.mlp_disc_step`` that runs the emulated kernels."""
+    def op(real, fake, penalty_input, weights, biases, w_out, b_out, negative_slope, term_real, term_fake,
+           paired, penalty_side, penalty_kind, penalty_weight, penalty_center, allow_tf32):
+        widths = [real.shape[1]] + [w.shape[0] for w in weights]
+        header = [real.dtype == torch.float32, mma, 0, len(weights), *widths, real.shape[0], fake.shape[0],
+                  0 if penalty_input is None else penalty_input.shape[0], bool(biases), b_out is not None,
+                  negative_slope, paired, *_term(term_real), *_term(term_fake), penalty_side, penalty_kind,
+                  penalty_weight, penalty_center, tile, grid_cap, reverse]
+        out = _run(binary, tmp_path, header, [real, fake, penalty_input, *weights, *biases, w_out, b_out])
+        shapes = [w.shape for w in weights] + [b.shape for b in biases] + [w_out.shape]
+        stats, db_out, *grads = _take(out, [4, 1] + [s.numel() for s in shapes])
+        result = [stats] + [g.view(s) for g, s in zip(grads, shapes)] + ([db_out] if b_out is not None else [])
+        return [t.to(real.dtype) for t in result]
+    return op
 
 
-# Each case runs hundreds of threads through barriers (~3 s on 2 cores): by default the
+def emulated_gen(binary, tmp_path, tile, grid_cap, mma=MMA_NONE):
+    """A stand-in for ``torch.ops.fastgan.mlp_gen_step`` (the host stacks [real (paired); fake])."""
+    def op(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, allow_tf32):
+        widths = [fake.shape[1]] + [w.shape[0] for w in weights]
+        header = [fake.dtype == torch.float32, mma, 1, len(weights), *widths, real.shape[0] if paired else 0,
+                  fake.shape[0], 0, bool(biases), b_out is not None, negative_slope, paired,
+                  *_term(term if paired else None), *_term(None if paired else term), -1, 0, 0.0, 0.0,
+                  tile, grid_cap, False]
+        out = _run(binary, tmp_path, header, [real if paired else None, fake, *weights, *biases, w_out, b_out])
+        stats, grad = _take(out, [2, fake.numel()])
+        return [stats.to(fake.dtype), grad.view(fake.shape).to(fake.dtype)]
+    return op
+
+
+ARCHS = [Case(5, (7,), bias=True, slope=0.2), Case(13, (9, 11, 6), bias=False, slope=0.0),
+         Case(3, (40, 33), bias=True, slope=0.2)]
+PAIRS = [("non_saturating", "r1"), ("wasserstein", "gp"), ("relativistic", "r2"), ("hinge", "dragan"),
+         ("least_squares", "none"), ("minimax", "r2")]
+# Each case runs hundreds of threads through barriers (seconds on 2 cores): by default the
 # multi-tile, multi-block float64 cases run; the rest are marked slow.
 SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), pytest.param(torch.float32, 1e-5, marks=SLOW)])
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("loss_name,pen_name", [
-    ("non_saturating", "r1"), ("wasserstein", "gp"), ("relativistic", "r2"), ("hinge", "dragan"),
-    ("least_squares", None), ("minimax", "r2"),
-])
+@pytest.mark.parametrize("dtype", [torch.float64, pytest.param(torch.float32, marks=SLOW)])
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda c: c.id)
+@pytest.mark.parametrize("loss_name,pen_name", PAIRS)
 @pytest.mark.parametrize("rows,tile,grid_cap", [pytest.param((1, 1), 32, 4, marks=SLOW),
                                                 pytest.param((3, 3), 2, 2, marks=SLOW), ((21, 14), 8, 3)])
-def test_disc_kernels_emulated(emulator, tmp_path, arch, dtype, rtol, loss_name, pen_name, rows, tile, grid_cap):
-    D, real, fake = _make(arch, rows, dtype, loss_name, pen_name, device="cpu")
-    loss = get_loss(loss_name)
-    tr, tf = _terms(loss, real.shape[0], fake.shape[0])
-    pen, _, x_pen, pen_rows = _penalty_setup(pen_name, real, fake)
-    widths, params = _network(D)
-    header = [dtype == torch.float32, 0, len(widths) - 1, *widths, real.shape[0], fake.shape[0],
-              0 if x_pen is None else x_pen.shape[0], D.bias, D.bias, D.negative_slope, loss.paired,
-              *_term_header(tr), *_term_header(tf), SIDE[pen_name], int(pen.kind) if pen else 0,
-              pen.weight / pen_rows if pen else 0.0, pen.center if pen else 0.0, tile, grid_cap]
-    out = _run(emulator, tmp_path, header, [real, fake, x_pen] + params)
-    stats, grads = _reference_disc(D, real, fake, loss_name, pen_name)
-    for i, name in enumerate(["loss", "penalty", "mean real logit", "mean fake logit"]):
-        _assert_rel(out[i], stats[i], rtol, name)
-    if D.bias:
-        _assert_rel(out[4], grads[-1][0], rtol, "db_out")
-    offset = 5
-    for i, g in enumerate(grads[:-1] if D.bias else grads):
-        _assert_rel(out[offset:offset + g.numel()].view_as(g), g, rtol, f"gradient {i}")
-        offset += g.numel()
-    assert offset == out.numel()
+def test_disc_kernels_emulated(emulator, tmp_path, arch, dtype, loss_name, pen_name, rows, tile, grid_cap):
+    case = arch.with_(rows_real=rows[0], rows_fake=rows[1], loss=loss_name, penalty=pen_name)
+    harness.check_disc_op(case.build(dtype), emulated_disc(emulator, tmp_path, tile, grid_cap))
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda c: c.id)
 @pytest.mark.parametrize("loss_name", ["non_saturating", "relativistic", "least_squares", "hinge"])
 @pytest.mark.parametrize("rows,tile,grid_cap", [pytest.param((1, 1), 32, 4, marks=SLOW), ((19, 19), 4, 3)])
 def test_gen_kernels_emulated(emulator, tmp_path, arch, loss_name, rows, tile, grid_cap):
-    dtype, rtol = torch.float64, 1e-10
-    D, real, fake = _make(arch, rows, dtype, loss_name, device="cpu")
-    loss = get_loss(loss_name)
-    term = loss.generator_term().scaled(1.0 / fake.shape[0]).as_list()
-    widths, params = _network(D)
-    nr = real.shape[0] if loss.paired else 0
-    header = [0, 1, len(widths) - 1, *widths, nr, fake.shape[0], 0, D.bias, D.bias, D.negative_slope, loss.paired,
-              *_term_header(term if loss.paired else None), *_term_header(None if loss.paired else term),
-              -1, 0, 0.0, 0.0, tile, grid_cap]
-    out = _run(emulator, tmp_path, header, [real if loss.paired else None, fake] + params)
-    ref_stats, ref_grad = _reference_gen(D, fake, real, loss_name)
-    _assert_rel(out[0], ref_stats[0], rtol, "generator loss")
-    _assert_rel(out[3], ref_stats[1], rtol, "mean fake logit")
-    _assert_rel(out[5:].view_as(ref_grad), ref_grad, rtol, "d loss / d fake")
+    case = arch.with_(rows_real=rows[0], rows_fake=rows[1], loss=loss_name)
+    harness.check_gen_op(case.build(torch.float64), emulated_gen(emulator, tmp_path, tile, grid_cap))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("loss_name,pen_name", [("non_saturating", "r1"), ("relativistic", "gp")])
+def test_disc_bits_do_not_depend_on_block_order(emulator, tmp_path, dtype, loss_name, pen_name):
+    """Blocks run 0..G-1 or G-1..0: every output has the same bits (fixed-order reduction)."""
+    problem = ARCHS[2].with_(rows_real=21, rows_fake=14, loss=loss_name, penalty=pen_name).build(dtype)
+    args = harness.disc_op_args(problem)
+    runs = [emulated_disc(emulator, tmp_path, 4, 5, reverse)(**args) for reverse in (False, True)]
+    assert all(torch.isfinite(t).all() for t in runs[0])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+# Tensor cores: widths padded to 16 inside the kernel, tiles of 16 rows, several tiles and blocks.
+MMA_CASES = [(ARCHS[2], "non_saturating", "r1"), (ARCHS[1], "relativistic", "gp"), (ARCHS[0], "hinge", "dragan")]
+
+
+@pytest.mark.parametrize("arch,loss_name,pen_name", MMA_CASES, ids=lambda v: getattr(v, "id", v))
+def test_disc_tensor_cores_emulated(emulator, tmp_path, arch, loss_name, pen_name):
+    """3xTF32 meets the fp32 bound (error like fp32 eager); plain TF32 is visibly less accurate
+    but within a few TF32 units; both run the same kernel code with a different MmaMode."""
+    problem = arch.with_(rows_real=21, rows_fake=14, loss=loss_name, penalty=pen_name).build(torch.float32)
+    x3 = harness.check_disc_op(problem, emulated_disc(emulator, tmp_path, 16, 3, mma=MMA_TF32X3))
+    tf32 = emulated_disc(emulator, tmp_path, 16, 3, mma=MMA_TF32)(**harness.disc_op_args(problem, allow_tf32=True))
+    truth, _ = harness.expected(harness.reference_disc_op(problem.case), problem.inputs(), torch.float32)
+    err_x3 = harness.error(harness.op_outputs(x3), truth)
+    err_tf32 = harness.error(harness.op_outputs(tf32), truth)
+    assert err_tf32 <= 32 * TF32_UNIT, f"TF32 error {err_tf32:.3g}"
+    assert err_tf32 > 10 * err_x3, f"TF32 error {err_tf32:.3g} vs 3xTF32 {err_x3:.3g}: operands not rounded?"
+
+
+@pytest.mark.parametrize("loss_name", ["non_saturating", "relativistic"])
+def test_gen_tensor_cores_emulated(emulator, tmp_path, loss_name):
+    problem = ARCHS[2].with_(rows_real=19, rows_fake=19, loss=loss_name).build(torch.float32)
+    harness.check_gen_op(problem, emulated_gen(emulator, tmp_path, 16, 2, mma=MMA_TF32X3))

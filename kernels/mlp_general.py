@@ -25,7 +25,7 @@ import triton.language as tl
 
 from fastgan.kernels import mlp_rows
 from fastgan.kernels.mlp_rows import leaky_mask
-from fastgan.kernels.mlp_tuning import INTERPRET, REP_MS, WARMUP_MS, bucket, configs, device_limits, prune, runtime_on_gpu
+from fastgan.kernels.mlp_tuning import INTERPRET, autotune_tiles, bucket, runtime_on_gpu
 
 # Epilogues of the product kernel.
 EPI_FORWARD = 0  # y = leaky(acc + b); optionally v = mask(y) * w_out
@@ -41,19 +41,6 @@ def tune_key(*sizes) -> int:
     return key
 
 
-def _elem_bytes(args):
-    return 2 if args["LOWP"] else args["params_ptr"].element_size()
-
-
-def _prune_mm(cfgs, args, **kwargs):
-    sms, smem = device_limits(args["a_ptr"])
-    m, j = args["M"], args["J"]
-    return prune(cfgs, rows="BLOCK_M", cols="BLOCK_J", inner="BLOCK_R",
-                 programs=lambda c: triton.cdiv(m, c.kwargs["BLOCK_M"]) * triton.cdiv(j, c.kwargs["BLOCK_J"]),
-                 elem_bytes=_elem_bytes({**args, **kwargs}), wide_fp64=args["params_ptr"].element_size() == 8,
-                 sms=sms, smem=smem)
-
-
 _MM_BLOCKS = [
     ({"BLOCK_M": 128, "BLOCK_J": 128, "BLOCK_R": 32}, 8, 3),
     ({"BLOCK_M": 128, "BLOCK_J": 64, "BLOCK_R": 32}, 4, 4),
@@ -62,9 +49,8 @@ _MM_BLOCKS = [
 ]
 
 
-@triton.autotune(configs=configs(_MM_BLOCKS, {"BLOCK_M": 32, "BLOCK_J": 32, "BLOCK_R": 32}),
-                 key=["TUNE_KEY", "EPI"], prune_configs_by={"early_config_prune": _prune_mm}, cache_results=True,
-                 warmup=WARMUP_MS, rep=REP_MS)
+@autotune_tiles(_MM_BLOCKS, {"BLOCK_M": 32, "BLOCK_J": 32, "BLOCK_R": 32}, key=["TUNE_KEY", "EPI"],
+                rows="BLOCK_M", cols="BLOCK_J", tensor="a_ptr", extent=lambda a: (a["M"], a["J"], 1))
 @triton.jit(do_not_specialize=["M", "TUNE_KEY"])
 @runtime_on_gpu("R")
 def _mm_kernel(
@@ -129,17 +115,6 @@ def _mm_kernel(
     tl.store(y_ptr + rm[:, None] * stride_ym + rj[None, :], y.to(y_ptr.dtype.element_ty), mask=tile)
 
 
-def _prune_wgrad(cfgs, args, **kwargs):
-    sms, smem = device_limits(args["h_ptr"])
-    i, j, splits = args["I"], args["J"], triton.cdiv(args["N"], args["rows_per_split"])
-    if kwargs.get("V_ONES", args.get("V_ONES")):  # the output layer: I = 1, no product
-        cfgs = [min(cfgs, key=lambda c: c.kwargs["BLOCK_I"])]
-    return prune(cfgs, rows="BLOCK_I", cols="BLOCK_J", inner="BLOCK_R",
-                 programs=lambda c: triton.cdiv(i, c.kwargs["BLOCK_I"]) * triton.cdiv(j, c.kwargs["BLOCK_J"]) * splits,
-                 elem_bytes=_elem_bytes({**args, **kwargs}), wide_fp64=args["params_ptr"].element_size() == 8,
-                 sms=sms, smem=smem)
-
-
 _WG_BLOCKS = [
     ({"BLOCK_I": 128, "BLOCK_J": 128, "BLOCK_R": 32}, 8, 3),
     ({"BLOCK_I": 64, "BLOCK_J": 128, "BLOCK_R": 32}, 4, 3),
@@ -148,9 +123,9 @@ _WG_BLOCKS = [
 ]
 
 
-@triton.autotune(configs=configs(_WG_BLOCKS, {"BLOCK_I": 32, "BLOCK_J": 32, "BLOCK_R": 32}),
-                 key=["TUNE_KEY", "V_ONES"], prune_configs_by={"early_config_prune": _prune_wgrad},
-                 cache_results=True, warmup=WARMUP_MS, rep=REP_MS)
+@autotune_tiles(_WG_BLOCKS, {"BLOCK_I": 32, "BLOCK_J": 32, "BLOCK_R": 32}, key=["TUNE_KEY", "V_ONES"],
+                rows="BLOCK_I", cols="BLOCK_J", tensor="h_ptr",
+                extent=lambda a: (a["I"], a["J"], triton.cdiv(a["N"], a["rows_per_split"])))
 @triton.jit(do_not_specialize=["N", "P0", "NP", "TUNE_KEY"])
 @runtime_on_gpu("rows_per_split")
 def _wgrad_kernel(

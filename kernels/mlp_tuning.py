@@ -78,17 +78,40 @@ def configs(blocks, interpret_block):
     return [triton.Config(b, num_warps=w, num_stages=s) for b, w, s in blocks]
 
 
-def prune(configs, *, rows, cols, inner, programs, elem_bytes, wide_fp64, sms, smem):
+def prune(configs, *, rows, cols, extent, elem_bytes, fp64, sms, smem):
     """The configs worth timing for one tuning key, largest tile first.
 
-    ``rows``/``cols`` name the block sizes tiling the output, ``inner`` the reduction block;
-    ``programs(cfg)`` is the grid size. Drops tiles that overflow shared memory (the pipelined
-    operand tiles: (rows + cols) x inner x stages x element size), tiles wider than 64 x 64 in
-    fp64 (register-bound), then keeps the tiles that fill every SM (or else the one giving the
-    most programs), at most ``KEEP`` of them."""
+    ``rows``/``cols`` name the block sizes tiling the output, whose ``extent`` is (rows, columns,
+    grid z); every config reduces in blocks of BLOCK_R. Drops tiles that overflow shared memory
+    (the pipelined operand tiles: (rows + cols) x BLOCK_R x stages x element size), tiles wider
+    than 64 x 64 in fp64 (register-bound) and tiles larger than the output's power-of-two extent
+    (when a smaller one exists), then keeps the tiles that give every SM a program (or else the
+    one giving the most programs), at most ``KEEP`` of them."""
+    m, j, z = extent
+    smallest = {d: min(c.kwargs[d] for c in configs) for d in (rows, cols)}
     ok = [c for c in configs
-          if (c.kwargs[rows] + c.kwargs[cols]) * c.kwargs[inner] * c.num_stages * elem_bytes <= smem
-          and not (wide_fp64 and c.kwargs[rows] * c.kwargs[cols] > 64 * 64)]
+          if (c.kwargs[rows] + c.kwargs[cols]) * c.kwargs["BLOCK_R"] * c.num_stages * elem_bytes <= smem
+          and not (fp64 and c.kwargs[rows] * c.kwargs[cols] > 64 * 64)
+          and c.kwargs[rows] <= max(smallest[rows], triton.next_power_of_2(m))
+          and c.kwargs[cols] <= max(smallest[cols], triton.next_power_of_2(j))]
     ok = ok or configs[-1:]
+
+    def programs(c):
+        return triton.cdiv(m, c.kwargs[rows]) * triton.cdiv(j, c.kwargs[cols]) * z
     full = [c for c in ok if programs(c) >= sms]
     return (full or [max(ok, key=programs)])[:KEEP]
+
+
+def autotune_tiles(blocks, interpret_block, *, key, rows, cols, tensor, extent):
+    """``triton.autotune`` over ``blocks`` (see :func:`configs`) with :func:`prune` as the early
+    pruning, timings cached on disk. ``tensor`` names an argument on the kernel's device;
+    ``extent(args)`` gives the output's (rows, columns, grid z)."""
+    def early_prune(cfgs, args, **kwargs):
+        a = {**args, **kwargs}
+        sms, smem = device_limits(a[tensor])
+        return prune(cfgs, rows=rows, cols=cols, extent=extent(a),
+                     elem_bytes=2 if a["LOWP"] else a["params_ptr"].element_size(),
+                     fp64=a["params_ptr"].element_size() == 8, sms=sms, smem=smem)
+    return triton.autotune(configs=configs(blocks, interpret_block), key=key,
+                           prune_configs_by={"early_config_prune": early_prune}, cache_results=True,
+                           warmup=WARMUP_MS, rep=REP_MS)

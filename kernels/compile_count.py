@@ -14,6 +14,8 @@ how the first-call compile counts in benchmarks/NOTES.md (section "Triton") were
     python -m fastgan.kernels.compile_count --dtype bfloat16 --configs width-512,width-1024
 
 Run it without ``TRITON_INTERPRET=1`` (the interpreter has one config per kernel by design).
+Limits of the model: meta tensors have address 0, so a specialisation from a row slice that is
+not 16-byte aligned on a real device is not counted; compile time per kernel is not modelled.
 """
 from __future__ import annotations
 

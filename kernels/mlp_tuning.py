@@ -6,7 +6,8 @@ costs (configs kept) x (kernel variants) compilations plus the timing runs. This
 that small:
 
 - sizes that change with the network or the batch are runtime arguments on a GPU (one binary
-  serves every width; row counts are not even specialised on divisibility, see ``ROWS``);
+  serves every width, :func:`runtime_on_gpu`; row counts are not even specialised on
+  divisibility: the kernels list them in ``do_not_specialize``);
 - tuning keys hold power-of-two buckets of the sizes (:func:`bucket`), not the sizes;
 - a config that cannot fit shared memory, or would leave most SMs idle when a smaller one fills
   them, is pruned before anything compiles (:func:`prune`); at most ``KEEP`` survive;
@@ -32,7 +33,6 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read once, at impo
 # (NumPy), so the same constant serves both; only a GPU checks 3xTF32's accuracy
 # (test_gpu_precision in tests/test_mlp_step_triton.py).
 FP32_PRECISION = "tf32x3"
-
 
 
 def runtime_on_gpu(*names):

@@ -259,7 +259,7 @@ __device__ __forceinline__ void tile_nn(acc_t* out, const acc_t* a, const acc_t*
 //                per-block dW/db/dw_out accumulation, written to the block's partial row.
 //   MODE_GEN:    forward, V chain, grad_i = c_i V_1,i W_1.
 template <typename scalar_t, typename acc_t, int MODE, int MMA = MMA_NONE>
-__global__ void __launch_bounds__(kThreads) fused_mlp_kernel(FusedParams<scalar_t, acc_t> p) {
+__global__ void __launch_bounds__(kThreads, 1) fused_mlp_kernel(FusedParams<scalar_t, acc_t> p) {
   FASTGAN_DYNAMIC_SMEM(smem_raw);
   acc_t* sm = reinterpret_cast<acc_t*>(smem_raw);
   const int L = p.depth, T = p.tile, ld = p.ld;

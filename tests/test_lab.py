@@ -143,6 +143,9 @@ def test_objective_settings_belong_to_the_objective():
     assert (FULL.steps, FULL.batch, FULL.latent, FULL.g_hidden, FULL.d_hidden) == (25_000, 512, 256, (128, 128),
                                                                                    (128, 128))
     assert (FULL.lr_g, FULL.lr_d, FULL.betas[0]) == (1e-3, 1e-4, 0.5)
+    assert FULL.adam(wgan) == wgan.adam and FULL.adam(OBJECTIVES["ns"]) == (1e-3, 1e-4, (0.5, 0.999))
+    scaled = replace(FULL, objective_lr_scale=10.0)
+    assert scaled.adam(wgan) == (1e-3, 1e-3, (0.5, 0.9)) and scaled.adam(OBJECTIVES["ns"]) == FULL.adam(OBJECTIVES["ns"])
 
 
 def test_unrolled_objectives_by_name():

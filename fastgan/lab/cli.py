@@ -217,6 +217,9 @@ def scope(regime, seeds: int, data: list[str]) -> str:
     text = (f"Shortened: {regime.steps:,} steps of batch {regime.batch}, {seeds} seed(s), instead of the "
             f"published {FULL.steps:,} steps of batch {FULL.batch} (`fastgan lab --full`); compare these "
             f"numbers only with each other.")
+    if regime.objective_lr_scale != 1:
+        text += (f" Learning rates an objective sets itself (WGAN-GP's Adam 1e-4) are multiplied by "
+                 f"{regime.objective_lr_scale:g} to converge at this length.")
     if "grid" not in data:
         text += (" The grid is left out: it needs the published length (a 2,000-step trial of ns-r1 ended "
                  "with 2 of 25 modes and 0.9% high-quality samples); `--full` includes it, `--data grid` "

@@ -114,4 +114,10 @@ def autotune_tiles(blocks, interpret_block, *, key, rows, cols, tensor, extent):
                      fp64=a["params_ptr"].element_size() == 8, sms=sms, smem=smem)
     return triton.autotune(configs=configs(blocks, interpret_block), key=key,
                            prune_configs_by={"early_config_prune": early_prune}, cache_results=True,
-                           warmup=WARMUP_MS, rep=REP_MS)
+                           do_bench=_time_config)
+
+
+def _time_config(kernel_call, quantiles):
+    """Autotuning's timing of one config (``do_bench``; the warmup/rep arguments are deprecated)."""
+    import triton.testing
+    return triton.testing.do_bench(kernel_call, warmup=WARMUP_MS, rep=REP_MS, quantiles=quantiles)

@@ -225,5 +225,8 @@ def test_cli_rejects_bad_options():
         cli.main(["--objectives", "nope"])
     with pytest.raises(SystemExit):
         cli.main(["--objectives", "ns-unrolled-0"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            cli.main(["--device", "cuda"])
     with pytest.raises(SystemExit):
         cli.main(["--steps", "0"])

@@ -68,6 +68,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "the target machine; results do not depend on it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available here")
     for name in args.objectives:
         try:
             get_objective(name)

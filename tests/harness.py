@@ -32,8 +32,11 @@ terms of that size). A backend passes when::
 
     error(backend, fp64) <= K * error(baseline, fp64) + FLOOR[dtype]
 
-with ``K = 4`` and ``FLOOR`` a few units in the last place of the dtype (float64: ``1e-10``, for
-which the baseline is the reference itself and contributes 0). So the bound follows the machine:
+with ``K = 4`` and ``FLOOR`` 16 units of roundoff of the dtype (float32 ~1e-6; float64: ``1e-10``,
+for which the baseline is the reference itself and contributes 0). Measured over 210 random
+float32 cases (up to 200 rows): the ``cpu`` backend used at most half of this bound; the ``torch``
+closed form used at most a quarter of it on the suite's cases but 3.1 x it on one random case (a
+hidden bias gradient summed over 200 stacked rows), a precision loss of that backend, not of K. So the bound follows the machine:
 another BLAS, TF32 or bf16 widen the baseline and the bound with it, while a defect (a wrong term,
 a missing row, an unwritten element) gives an error of order 1 and fails on every machine.
 :func:`assert_close` applies it and names the worst tensor in its message.
@@ -41,6 +44,23 @@ a missing row, an unwritten element) gives an error of order 1 and fails on ever
 Op-level tests build the raw operators' keyword arguments with the library's own translation
 (:func:`disc_op_args` / :func:`gen_op_args` call ``fastgan.step_spec``) and never re-derive it;
 :func:`op_order` lists D's parameters in the operators' gradient order.
+
+Use::
+
+    import harness                                   # tests/ is on sys.path (conftest.py)
+    from harness import Case
+
+    @pytest.mark.parametrize("case", harness.case_params(harness.cases()))
+    def test_step(case):                             # fused step, any backend
+        harness.check_disc(case.build(torch.float32), "cpu")
+
+    problem = Case(17, (600, 601), rows_real=700, penalty="gp").build(torch.float32, "cuda")
+    harness.check_disc_op(problem, torch.ops.fastgan.mlp_disc_step, allow_tf32=True)  # raw op
+    harness.check_gen_op(problem, torch.ops.fastgan.mlp_gen_step)
+
+    # anything else: a reference function of the inputs, run in float64 and in the working dtype
+    truth, base = harness.expected(lambda x: reference_fn(x), (x,), x.dtype)
+    harness.assert_close(backend_fn(x), truth, base, x.dtype)
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-// The fused MLP step's argument contract (csrc/bindings.cpp holds the op schemas), parsed and
-// validated once for every native implementation: csrc/mlp_step_cpu.cpp and csrc/mlp_step.cu.
-// One set of messages; every check runs before any kernel.
+// The fused MLP step's argument contract (docs/DESIGN.md section 4a; csrc/bindings.cpp holds the
+// op schemas), parsed and validated once for every native implementation: csrc/mlp_step_cpu.cpp
+// and csrc/mlp_step.cu. One set of messages; every check runs before any kernel.
 //
 //   terms:        [] (no term) or [phi, sign, shift, scale], phi a Phi code (loss_terms.h)
 //   paired:       relativistic: term_real applies to r_i - f_i, term_fake must be [], nr == nf

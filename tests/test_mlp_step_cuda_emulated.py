@@ -129,25 +129,31 @@ PAIRS = [("non_saturating", "r1"), ("wasserstein", "gp"), ("relativistic", "r2")
 SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, pytest.param(torch.float32, marks=SLOW)])
-@pytest.mark.parametrize("arch", ARCHS, ids=lambda c: c.id)
+def _grid(rows, tile, grid_cap, slow=False):
+    return pytest.param(rows, tile, grid_cap, marks=SLOW if slow else (),
+                        id=f"rows{rows[0]}x{rows[1]}-tile{tile}-grid{grid_cap}")
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float64, id="float64"),
+                                   pytest.param(torch.float32, marks=SLOW, id="float32")])
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda c: f"in{c.in_features}-h{'x'.join(map(str, c.hidden))}")
 @pytest.mark.parametrize("loss_name,pen_name", PAIRS)
-@pytest.mark.parametrize("rows,tile,grid_cap", [pytest.param((1, 1), 32, 4, marks=SLOW),
-                                                pytest.param((3, 3), 2, 2, marks=SLOW), ((21, 14), 8, 3)])
+@pytest.mark.parametrize("rows,tile,grid_cap", [_grid((1, 1), 32, 4, True), _grid((3, 3), 2, 2, True),
+                                                _grid((21, 14), 8, 3)])
 def test_disc_kernels_emulated(emulator, tmp_path, arch, dtype, loss_name, pen_name, rows, tile, grid_cap):
     case = arch.with_(rows_real=rows[0], rows_fake=rows[1], loss=loss_name, penalty=pen_name)
     harness.check_disc_op(case.build(dtype), emulated_disc(emulator, tmp_path, tile, grid_cap))
 
 
-@pytest.mark.parametrize("arch", ARCHS, ids=lambda c: c.id)
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda c: f"in{c.in_features}-h{'x'.join(map(str, c.hidden))}")
 @pytest.mark.parametrize("loss_name", ["non_saturating", "relativistic", "least_squares", "hinge"])
-@pytest.mark.parametrize("rows,tile,grid_cap", [pytest.param((1, 1), 32, 4, marks=SLOW), ((19, 19), 4, 3)])
+@pytest.mark.parametrize("rows,tile,grid_cap", [_grid((1, 1), 32, 4, True), _grid((19, 19), 4, 3)])
 def test_gen_kernels_emulated(emulator, tmp_path, arch, loss_name, rows, tile, grid_cap):
     case = arch.with_(rows_real=rows[0], rows_fake=rows[1], loss=loss_name)
     harness.check_gen_op(case.build(torch.float64), emulated_gen(emulator, tmp_path, tile, grid_cap))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("loss_name,pen_name", [("non_saturating", "r1"), ("relativistic", "gp")])
 def test_disc_bits_do_not_depend_on_block_order(emulator, tmp_path, dtype, loss_name, pen_name):
     """Blocks run 0..G-1 or G-1..0: every output has the same bits (fixed-order reduction)."""
@@ -162,7 +168,8 @@ def test_disc_bits_do_not_depend_on_block_order(emulator, tmp_path, dtype, loss_
 MMA_CASES = [(ARCHS[2], "non_saturating", "r1"), (ARCHS[1], "relativistic", "gp"), (ARCHS[0], "hinge", "dragan")]
 
 
-@pytest.mark.parametrize("arch,loss_name,pen_name", MMA_CASES, ids=lambda v: getattr(v, "id", v))
+@pytest.mark.parametrize("arch,loss_name,pen_name", MMA_CASES,
+                         ids=[f"in{a.in_features}-h{'x'.join(map(str, a.hidden))}-{l}-{p}" for a, l, p in MMA_CASES])
 def test_disc_tensor_cores_emulated(emulator, tmp_path, arch, loss_name, pen_name):
     """3xTF32 meets the fp32 bound (error like fp32 eager); plain TF32 is visibly less accurate
     but within a few TF32 units; both run the same kernel code with a different MmaMode."""

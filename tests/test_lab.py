@@ -148,6 +148,18 @@ def test_objective_settings_belong_to_the_objective():
     assert scaled.adam(wgan) == (1e-3, 1e-3, (0.5, 0.9)) and scaled.adam(OBJECTIVES["ns"]) == FULL.adam(OBJECTIVES["ns"])
 
 
+def test_generator_and_discriminator_activations():
+    from fastgan.lab.train import Generator
+    torch.set_num_threads(1)
+    relu = replace(TINY, g_activation="relu", d_slope=0.0, steps=3)
+    a = train_run(ring(), OBJECTIVES["ns"], 0, relu)
+    b = train_run(ring(), OBJECTIVES["ns"], 0, replace(TINY, steps=3))
+    assert not torch.equal(a.samples, b.samples)
+    assert "(relu, " in relu.describe() and "(ReLU; " in relu.describe() and "LeakyReLU 0.2" in TINY.describe()
+    with pytest.raises(ValueError, match="activation must be one of"):
+        Generator(4, (8,), "gelu")
+
+
 def test_unrolled_objectives_by_name():
     u = get_objective("ns-unrolled-5")
     assert (u.loss, u.unrolled, u.unrolled_mode) == ("non_saturating", 5, "exact")

@@ -121,6 +121,8 @@ class Regime:
     betas: tuple[float, float] = (0.5, 0.999)
     eval_samples: int = 2500
     dtype: str = "float32"
+    g_activation: str = "tanh"  # the generator's hidden activation: "tanh" or "relu"
+    d_slope: float = 0.2  # the discriminator's LeakyReLU slope (0: ReLU)
     # multiplies the learning rates an objective sets itself (WGAN-GP's published 1e-4 is tuned for
     # its published length; the shortened CPU regime raises it)
     objective_lr_scale: float = 1.0
@@ -135,8 +137,8 @@ class Regime:
     def describe(self) -> str:
         g = "-".join(map(str, (self.latent,) + self.g_hidden + (2,)))
         d = "-".join(map(str, (2,) + self.d_hidden + (1,)))
-        return (f"{self.name}: G MLP {g} (tanh, N(0, I) noise), D MLPDiscriminator {d} (LeakyReLU 0.2; "
-                f"first layer 2*pack inputs), Adam lr G {self.lr_g:g} / D {self.lr_d:g}, betas {self.betas} "
+        return (f"{self.name}: G MLP {g} ({self.g_activation}, N(0, I) noise), D MLPDiscriminator {d} ("
+                f"{f'LeakyReLU {self.d_slope:g}' if self.d_slope else 'ReLU'}; first layer 2*pack inputs), Adam lr G {self.lr_g:g} / D {self.lr_d:g}, betas {self.betas} "
                 f"(unless the objective sets its own{self._scale_note()}), batch {self.batch} rows, "
                 f"{self.steps} steps, {self.dtype}")
 
@@ -155,14 +157,18 @@ DEFAULT = replace(FULL, name="unrolled-GAN MLP regime, shortened for CPU", steps
 
 
 class Generator(nn.Module):
-    """MLP from N(0, I_latent) noise to the plane: tanh hidden layers, linear output."""
+    """MLP from N(0, I_latent) noise to the plane: tanh (or ReLU) hidden layers, linear output."""
 
-    def __init__(self, latent: int, hidden: tuple[int, ...]):
+    ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+    def __init__(self, latent: int, hidden: tuple[int, ...], activation: str = "tanh"):
         super().__init__()
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(self.ACTIVATIONS)}, got {activation!r}")
         widths = (latent,) + tuple(hidden)
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(a, b), nn.Tanh()]
+            layers += [nn.Linear(a, b), self.ACTIVATIONS[activation]()]
         self.net = nn.Sequential(*layers, nn.Linear(widths[-1], 2))
         self.latent = latent
 
@@ -245,8 +251,9 @@ def train_run(mixture: Mixture, objective: Objective, seed: int, regime: Regime 
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        G = Generator(regime.latent, regime.g_hidden).to(device, dtype)
-        D = fastgan.MLPDiscriminator(2, regime.d_hidden, pack=objective.pack).to(device, dtype)
+        G = Generator(regime.latent, regime.g_hidden, regime.g_activation).to(device, dtype)
+        D = fastgan.MLPDiscriminator(2, regime.d_hidden, negative_slope=regime.d_slope,
+                                     pack=objective.pack).to(device, dtype)
     lr_g, lr_d, betas = regime.adam(objective)
     cuda = device.type == "cuda"
     opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas, capturable=cuda)

@@ -49,8 +49,12 @@ def backend(request) -> str:
 
 @pytest.fixture
 def fresh_fallback_warnings(monkeypatch):
-    """Forget which fallback warnings were already shown, so a test sees its own."""
+    """Forget which fallback warnings were already shown and the cached backend choices, so a test
+    sees its own (and the tests after it do not see the choices it made under its patches)."""
     monkeypatch.setattr(_dispatch, "_warned", set())
+    _dispatch._select.cache_clear()
+    yield
+    _dispatch._select.cache_clear()
 
 
 @pytest.fixture(params=backend_params("cuda"))

@@ -21,15 +21,21 @@ TORCH_LIBRARY(fastgan, m) {
   // 1/N folded into scale; an empty list means no term. paired: term_real applies to
   // r - f (relativistic) and term_fake is empty. penalty_side: -1 none, 0 real, 1 fake,
   // 2 penalty_input; penalty_weight already holds the 1/rows of the mean.
+  // Options (defaults are what the library uses): path "auto" | "fused" (the small-width kernel;
+  // raises where the network does not fit it) | "wide" (products + epilogues) for the cuda and
+  // triton backends (cpu and torch have one path and take "auto" only); tensor_cores: the cuda
+  // fused kernel runs its products on tensor cores (3xTF32 for fp32 unless allow_tf32, else TF32).
   // Returns [stats = (loss, penalty, mean real logit, mean fake logit),
   //          dW_1..dW_L, db_1..db_L (if biases), dw_out, db_out (if b_out)].
   m.def("mlp_disc_step(Tensor real, Tensor fake, Tensor? penalty_input, Tensor[] weights, Tensor[] biases, "
         "Tensor w_out, Tensor? b_out, float negative_slope, float[] term_real, float[] term_fake, bool paired, "
-        "int penalty_side, int penalty_kind, float penalty_weight, float penalty_center, bool allow_tf32) -> Tensor[]");
+        "int penalty_side, int penalty_kind, float penalty_weight, float penalty_center, bool allow_tf32, "
+        "str path=\"auto\", bool tensor_cores=False) -> Tensor[]");
   // Generator side: loss = sum of term over fake logits (or over r - f when paired, which needs
   // real). Returns [stats = (loss, mean fake logit), d loss / d fake (fake's shape)].
   m.def("mlp_gen_step(Tensor fake, Tensor? real, Tensor[] weights, Tensor[] biases, Tensor w_out, "
-        "Tensor? b_out, float negative_slope, float[] term, bool paired, bool allow_tf32) -> Tensor[]");
+        "Tensor? b_out, float negative_slope, float[] term, bool paired, bool allow_tf32, str path=\"auto\", "
+        "bool tensor_cores=False) -> Tensor[]");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -7,8 +7,8 @@
 //    Unpaired losses: 2 launches (the fused pass, the ordered reduction of per-block sums).
 //    Paired (relativistic) losses: 4 (a logits pass and the loss epilogue first).
 //  * wide (mlp_step_wide.cu): products through cuBLAS, custom epilogue kernels.
-// FASTGAN_CUDA_MLP_PATH=fused|wide|auto (default auto) forces a path, for tests and benchmarks.
-// FASTGAN_CUDA_MLP_MMA=1 runs the fused kernel's products on tensor cores (WMMA m16n16k8 TF32:
+// The op's option path="fused"|"wide" (default "auto") forces a path, for tests and benchmarks.
+// tensor_cores=True runs the fused kernel's products on tensor cores (WMMA m16n16k8 TF32:
 // 3xTF32 split precision for fp32 unless allow_tf32, plain TF32 for fp32 with allow_tf32 and for
 // fp16/bf16 inputs; fp64 stays FFMA). Off by default until measured on a GPU.
 //
@@ -38,22 +38,11 @@ std::vector<at::Tensor> wide_gen_step(const Problem& pr, const contract::GenArgs
 namespace {
 using cuda_mlp::Problem;
 
-enum class Path { AUTO, FUSED, WIDE };
-Path path_override() {
-  const char* v = std::getenv("FASTGAN_CUDA_MLP_PATH");
-  if (!v || !*v || !std::strcmp(v, "auto")) return Path::AUTO;
-  if (!std::strcmp(v, "fused")) return Path::FUSED;
-  TORCH_CHECK(!std::strcmp(v, "wide"), "FASTGAN_CUDA_MLP_PATH must be 'fused', 'wide' or 'auto', got '", v, "'");
-  return Path::WIDE;
-}
+using contract::Path;
 
 // The fused kernel's MmaMode for this call (see the file comment).
-int mma_mode(at::ScalarType dtype, bool allow_tf32) {
-  const char* v = std::getenv("FASTGAN_CUDA_MLP_MMA");
-  const bool on = v && *v && std::strcmp(v, "0") != 0;
-  TORCH_CHECK(!v || !*v || !std::strcmp(v, "0") || !std::strcmp(v, "1"), "FASTGAN_CUDA_MLP_MMA must be '0' or '1', "
-              "got '", v, "'");
-  if (!on || dtype == at::kDouble) return MMA_NONE;
+int mma_mode(at::ScalarType dtype, bool allow_tf32, bool tensor_cores) {
+  if (!tensor_cores || dtype == at::kDouble) return MMA_NONE;
   return dtype == at::kFloat && !allow_tf32 ? MMA_TF32X3 : MMA_TF32;
 }
 
@@ -254,10 +243,9 @@ std::vector<at::Tensor> with_mma(int mma, F f) {
 }
 
 // The path for this call: fused when it fits and every width <= 128 (or when forced).
-bool use_fused(const Problem& pr, bool disc, size_t acc_size, bool mma, int* tile, size_t* bytes) {
-  const Path forced = path_override();
+bool use_fused(const Problem& pr, Path forced, bool disc, size_t acc_size, bool mma, int* tile, size_t* bytes) {
   *tile = forced == Path::WIDE ? 0 : fused_tile(pr, acc_size, disc, mma, bytes);
-  TORCH_CHECK(forced != Path::FUSED || *tile > 0, "FASTGAN_CUDA_MLP_PATH=fused: this network does not fit the fused "
+  TORCH_CHECK(forced != Path::FUSED || *tile > 0, "fastgan: path='fused': this network does not fit the fused "
               "kernel's shared memory (at most ", kMaxDepth, " layers, widths <= 256, fewer for fp64)");
   return *tile > 0 && (forced == Path::FUSED || pr.net.max_width() <= 128);
 }
@@ -268,7 +256,9 @@ std::vector<at::Tensor> mlp_disc_step_cuda(const at::Tensor& real, const at::Ten
                                            const std::optional<at::Tensor>& b_out, double negative_slope,
                                            c10::ArrayRef<double> term_real, c10::ArrayRef<double> term_fake,
                                            bool paired, int64_t penalty_side, int64_t penalty_kind,
-                                           double penalty_weight, double penalty_center, bool allow_tf32) {
+                                           double penalty_weight, double penalty_center, bool allow_tf32,
+                                           c10::string_view path, bool tensor_cores) {
+  const Path forced = contract::parse_path(path, at::kCUDA);
   const contract::DiscArgs a =
       contract::parse_disc(real, fake, penalty_input, weights, biases, w_out, b_out, negative_slope, term_real,
                            term_fake, paired, penalty_side, penalty_kind, penalty_weight, penalty_center, at::kCUDA);
@@ -278,8 +268,8 @@ std::vector<at::Tensor> mlp_disc_step_cuda(const at::Tensor& real, const at::Ten
   const at::ScalarType dtype = real.scalar_type();
   int tile = 0;
   size_t bytes = 0;
-  const int mma = mma_mode(dtype, allow_tf32);
-  if (!use_fused(pr, true, dtype == at::kDouble ? sizeof(double) : sizeof(float), mma != MMA_NONE, &tile, &bytes))
+  const int mma = mma_mode(dtype, allow_tf32, tensor_cores);
+  if (!use_fused(pr, forced, true, dtype == at::kDouble ? sizeof(double) : sizeof(float), mma != MMA_NONE, &tile, &bytes))
     return cuda_mlp::wide_disc_step(pr, a, allow_tf32);
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "mlp_disc_step_cuda", [&] {
@@ -293,7 +283,9 @@ std::vector<at::Tensor> mlp_disc_step_cuda(const at::Tensor& real, const at::Ten
 std::vector<at::Tensor> mlp_gen_step_cuda(const at::Tensor& fake, const std::optional<at::Tensor>& real,
                                           at::TensorList weights, at::TensorList biases, const at::Tensor& w_out,
                                           const std::optional<at::Tensor>& b_out, double negative_slope,
-                                          c10::ArrayRef<double> term, bool paired, bool allow_tf32) {
+                                          c10::ArrayRef<double> term, bool paired, bool allow_tf32,
+                                          c10::string_view path, bool tensor_cores) {
+  const Path forced = contract::parse_path(path, at::kCUDA);
   const contract::GenArgs a =
       contract::parse_gen(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, at::kCUDA);
   const c10::cuda::CUDAGuard guard(fake.device());
@@ -302,8 +294,8 @@ std::vector<at::Tensor> mlp_gen_step_cuda(const at::Tensor& fake, const std::opt
   const at::ScalarType dtype = fake.scalar_type();
   int tile = 0;
   size_t bytes = 0;
-  const int mma = mma_mode(dtype, allow_tf32);
-  if (!use_fused(pr, false, dtype == at::kDouble ? sizeof(double) : sizeof(float), mma != MMA_NONE, &tile, &bytes))
+  const int mma = mma_mode(dtype, allow_tf32, tensor_cores);
+  if (!use_fused(pr, forced, false, dtype == at::kDouble ? sizeof(double) : sizeof(float), mma != MMA_NONE, &tile, &bytes))
     return cuda_mlp::wide_gen_step(pr, a, allow_tf32);
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "mlp_gen_step_cuda", [&] {

@@ -61,6 +61,20 @@ inline std::string prefix(at::DeviceType dev) {
 }
 inline const char* device_word(at::DeviceType dev) { return dev == at::kCUDA ? "CUDA" : "CPU"; }
 
+// The op's path option: "auto" (the backend decides), "fused" or "wide" (cuda; see bindings.cpp).
+enum class Path { AUTO, FUSED, WIDE };
+inline Path parse_path(c10::string_view path, at::DeviceType dev) {
+  if (path == "auto") return Path::AUTO;
+  if (path == "fused") return Path::FUSED;
+  TORCH_CHECK(path == "wide", prefix(dev), "path must be 'auto', 'fused' or 'wide', got '", std::string(path), "'");
+  return Path::WIDE;
+}
+// Backends with one path (cpu) take "auto" only.
+inline void check_single_path(c10::string_view path, at::DeviceType dev) {
+  TORCH_CHECK(path == "auto", prefix(dev), "path must be 'auto' (this backend has one path), got '",
+              std::string(path), "'");
+}
+
 // [] -> false; [phi, sign, shift, scale] -> true and *t.
 inline bool parse_term(c10::ArrayRef<double> v, const char* name, Term* t, at::DeviceType dev) {
   if (v.empty()) return false;

@@ -610,8 +610,10 @@ std::vector<at::Tensor> mlp_disc_step_cpu(const at::Tensor& real_in, const at::T
                                           const c10::optional<at::Tensor>& b_out, double negative_slope,
                                           c10::ArrayRef<double> term_real, c10::ArrayRef<double> term_fake,
                                           bool paired, int64_t penalty_side, int64_t penalty_kind,
-                                          double penalty_weight, double penalty_center, bool allow_tf32) {
-  (void)allow_tf32;  // CPU products are always full precision
+                                          double penalty_weight, double penalty_center, bool allow_tf32,
+                                          c10::string_view path, bool tensor_cores) {
+  (void)allow_tf32, (void)tensor_cores;  // CPU products are always full precision
+  contract::check_single_path(path, at::kCPU);
   const contract::DiscArgs args = contract::parse_disc(real_in, fake_in, penalty_input, weights, biases, w_out, b_out,
                                                        negative_slope, term_real, term_fake, paired, penalty_side,
                                                        penalty_kind, penalty_weight, penalty_center, at::kCPU);
@@ -723,8 +725,10 @@ void gen_block_base(const GenJob<T>& job, Workspace<T>& ws, int64_t bi, double* 
 std::vector<at::Tensor> mlp_gen_step_cpu(const at::Tensor& fake_in, const c10::optional<at::Tensor>& real_in,
                                          at::TensorList weights, at::TensorList biases, const at::Tensor& w_out,
                                          const c10::optional<at::Tensor>& b_out, double negative_slope,
-                                         c10::ArrayRef<double> term, bool paired, bool allow_tf32) {
-  (void)allow_tf32;
+                                         c10::ArrayRef<double> term, bool paired, bool allow_tf32,
+                                         c10::string_view path, bool tensor_cores) {
+  (void)allow_tf32, (void)tensor_cores;
+  contract::check_single_path(path, at::kCPU);
   const contract::GenArgs args =
       contract::parse_gen(fake_in, real_in, weights, biases, w_out, b_out, negative_slope, term, paired, at::kCPU);
   const Term t = args.term;

@@ -16,8 +16,9 @@ derivative ``c_i = d loss / d o_i``:
   ``db_l = sum_i c_i v_l,i``, ``dw = sum_i c_i h_L,i + sum ubar_L``, ``dc = sum_i c_i``.
 
 Real, fake and penalty-input rows are stacked into one matrix so each layer costs one
-product per pass. ``allow_tf32`` is accepted for the common signature; plain torch products
-follow ``torch.backends.cuda.matmul.allow_tf32`` (which the caller derived it from).
+product per pass. ``allow_tf32`` and ``tensor_cores`` are accepted for the common signature; plain
+torch products follow ``torch.backends.cuda.matmul.allow_tf32`` (which the caller derived
+``allow_tf32`` from). One path: ``path`` must be "auto".
 """
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ def _masked(x: torch.Tensor, h: torch.Tensor, alpha: float) -> torch.Tensor:
     """``x * m`` with ``m = 1 if h > 0 else alpha``: one pass, F.leaky_relu's own backward
     (``h = leaky_relu(z)`` is positive exactly where ``z`` is, as alpha >= 0)."""
     return torch.ops.aten.leaky_relu_backward(x, h, alpha, True)
+
+
+def _check_path(path: str) -> None:
+    if path != "auto":
+        raise ValueError(f"path must be 'auto' (the torch backend has one path), got {path!r}")
 
 
 def _forward(x, weights, biases, w_out, b_out, alpha):
@@ -77,7 +83,7 @@ def _loss_and_slopes(o_real, o_fake, t_real, t_fake, paired):
 
 def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, negative_slope,
                   term_real, term_fake, paired, penalty_side, penalty_kind, penalty_weight,
-                  penalty_center, allow_tf32):
+                  penalty_center, allow_tf32, path="auto", tensor_cores=False):
     """The fused discriminator step (contract in ``csrc/bindings.cpp``).
 
     Returns ``[stats, dW_1..dW_L, db_1..db_L (if biases), dw_out, db_out (if b_out)]`` with
@@ -88,6 +94,7 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
     input gradients ``g`` of the rows picked by ``penalty_side`` (-1 none, 0 real, 1 fake,
     2 ``penalty_input``).
     """
+    _check_path(path)
     alpha = float(negative_slope)
     nr, nf = real.shape[0], fake.shape[0]
     side = int(penalty_side)
@@ -134,10 +141,12 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
     return [stats] + grads
 
 
-def mlp_gen_step(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, allow_tf32):
+def mlp_gen_step(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, allow_tf32, path="auto",
+                 tensor_cores=False):
     """The generator's side: ``loss = sum_j term(f_j)`` (or ``sum_j term(r_j - f_j)`` when
     ``paired``). Returns ``[stats = (loss, mean fake logit), d loss / d fake]``, the latter
     ``c * g`` row by row."""
+    _check_path(path)
     alpha = float(negative_slope)
     nf = fake.shape[0]
     x = torch.cat([fake, real]) if paired else fake

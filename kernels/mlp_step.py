@@ -12,9 +12,11 @@ one launch, and dispatches:
 - ``fastgan.kernels.mlp_rows``: the logits / loss derivative and penalty row kernels both use;
 - ``fastgan.kernels.mlp_tuning``: run mode, fp32 precision, compile budget and autotuning.
 
-Options (keyword-only, beyond the schema): ``path`` = "auto" (the fused step where it applies),
-"fused" (raises where it does not) or "general"; ``poison`` = True fills every scratch buffer
-with NaN first, so an element no kernel writes shows in the results (tests).
+Options: ``path`` = "auto" (the fused step where it applies), "fused" (raises where it does not)
+or "wide" (the products with fused epilogues, ``mlp_general``); ``tensor_cores`` is the schema's
+CUDA-only option (Triton's products always use ``tl.dot``: accepted and ignored); keyword-only,
+beyond the schema, ``poison`` = True fills every scratch buffer with NaN first, so an element no
+kernel writes shows in the results (tests).
 
 Precision: fp32 and fp64 accumulate in their own type; bf16/fp16 inputs are cast inside the
 kernels, the products take operands in the parameters' dtype and accumulate in fp32, and every
@@ -31,7 +33,7 @@ import torch
 from fastgan.kernels import mlp_fused, mlp_general, mlp_rows
 from fastgan.kernels.mlp_tuning import FP32_PRECISION
 
-PATHS = ("auto", "fused", "general")
+PATHS = ("auto", "fused", "wide")
 
 
 class Operands:
@@ -121,8 +123,8 @@ def _check_network(x, weights, biases, w_out, b_out, negative_slope):
 
 
 def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, negative_slope, term_real, term_fake,
-                  paired, penalty_side, penalty_kind, penalty_weight, penalty_center, allow_tf32, *,
-                  path="auto", poison=False):
+                  paired, penalty_side, penalty_kind, penalty_weight, penalty_center, allow_tf32,
+                  path="auto", tensor_cores=False, *, poison=False):
     """The discriminator step; see the ``mlp_disc_step`` schema in csrc/bindings.cpp.
 
     Returns [stats = (loss, penalty, mean real logit, mean fake logit), dW_1..dW_L,
@@ -149,7 +151,7 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
         _check("penalty_input", penalty_input, real.dtype, real.device, (penalty_input.shape[0], widths[0]))
         if penalty_input.shape[0] == 0:
             raise ValueError("penalty_input must not be empty")
-    hb = mlp_fused.padded_width(widths) if path != "general" else None
+    hb = mlp_fused.padded_width(widths) if path != "wide" else None
     if path == "fused" and hb is None:
         raise ValueError(f"path='fused' needs every width <= {mlp_fused.FUSED_MAX_WIDTH} and at most "
                          f"{mlp_fused.FUSED_MAX_DEPTH} layers, got widths {widths}")
@@ -171,13 +173,13 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
     return out
 
 
-def mlp_gen_step(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, allow_tf32, *,
-                 path="auto", poison=False):
+def mlp_gen_step(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, allow_tf32,
+                 path="auto", tensor_cores=False, *, poison=False):
     """The generator step; see the ``mlp_gen_step`` schema in csrc/bindings.cpp.
 
     loss = sum_j term(f_j) (paired: sum_j term(r_j - f_j)); returns
     [stats = (loss, mean fake logit), d loss / d fake = c * g (fake's shape and dtype)].
-    It always takes the general path: ``path`` may be "auto" or "general"."""
+    It always takes the general path: ``path`` may be "auto" or "wide"."""
     _check_options(path, poison)
     if path == "fused":
         raise ValueError("path='fused': the generator step has only the general path")

@@ -500,9 +500,10 @@ def check_disc_op(problem: Problem, op: Callable, allow_tf32: bool = False, **ch
     return out
 
 
-def check_gen_op(problem: Problem, op: Callable, allow_tf32: bool = False) -> list[torch.Tensor]:
-    """``op(**gen_op_args(problem))`` within the bound of the reference; returns the op's outputs."""
-    out = op(**gen_op_args(problem, allow_tf32))
+def check_gen_op(problem: Problem, op: Callable, allow_tf32: bool = False, **changes) -> list[torch.Tensor]:
+    """``op(**gen_op_args(problem))`` (``changes`` replace arguments) within the bound of the
+    reference; returns the op's outputs."""
+    out = op(**{**gen_op_args(problem, allow_tf32), **changes})
     assert len(out) == 2 and all(o.dtype == problem.dtype for o in out)
     truth, base = expected(reference_gen(problem.case), problem.inputs(), problem.dtype, allow_tf32)
     assert_close(gen_op_outputs(out, problem.fake), truth, base, problem.dtype, problem.case.id)

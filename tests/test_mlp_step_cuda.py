@@ -6,7 +6,7 @@ Ground truth, in float64 with autograd::
 
 and for the generator ``loss.generator_loss(D(fake), D(real))`` differentiated w.r.t. ``fake``.
 ``torch.ops.fastgan.mlp_disc_step`` / ``mlp_gen_step`` must give the same stats and gradients on
-both CUDA paths (``FASTGAN_CUDA_MLP_PATH=fused``: the small-width shared-memory kernel;
+both CUDA paths (the op's ``path="fused"``: the small-width shared-memory kernel;
 ``wide``: ATen products + custom epilogues), for every loss and penalty, odd shapes, 1, 2 and 3
 rows. Arguments from ``fastgan.step_spec``; cases, the float64 reference and the one error bound
 from tests/harness.py: float32 (TF32 allowed or not), bf16 and fp16 are bounded by K x the error of
@@ -47,9 +47,10 @@ ARCHS = [
 ROWS = [(1, 1), (2, 2), (3, 3), (50, 37), (300, 211)]  # (real rows, fake rows); paired: (n, n)
 
 
-@pytest.fixture(params=["fused", "wide", "auto"])
-def path(request, monkeypatch):
-    monkeypatch.setenv("FASTGAN_CUDA_MLP_PATH", request.param)
+@pytest.fixture(params=[{"path": "fused"}, {"path": "wide"}, {"path": "auto"},
+                        {"path": "fused", "tensor_cores": True}], ids=["fused", "wide", "auto", "fused-tc"])
+def path(request):
+    """The op's options: each path forced, and the fused kernel on tensor cores."""
     return request.param
 
 
@@ -70,10 +71,10 @@ def _poisoned(op, dtype):
 
 
 def _check_disc(path, arch, rows, dtype, loss_name, pen_name, allow_tf32=False):
-    if path == "fused" and arch is WIDE:
+    if path["path"] == "fused" and arch is WIDE:
         pytest.skip("the wide architecture does not fit the fused kernel (see test_forced_fused_path_refuses...)")
     case = arch.with_(rows_real=rows[0], rows_fake=rows[1], loss=loss_name, penalty=pen_name)
-    out = harness.check_disc_op(case.build(dtype, DEVICE), _poisoned(DISC, dtype), allow_tf32=allow_tf32)
+    out = harness.check_disc_op(case.build(dtype, DEVICE), _poisoned(DISC, dtype), allow_tf32=allow_tf32, **path)
     assert all(t.device.type == "cuda" for t in out)
 
 
@@ -120,11 +121,11 @@ def test_disc_low_precision(path, dtype, arch, loss_name, pen_name):
 @pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a.id)
 @pytest.mark.parametrize("dtype", harness.DTYPES, ids=["f64", "f32"])
 def test_gen(path, arch, loss_name, dtype):
-    if path == "fused" and arch is WIDE:
+    if path["path"] == "fused" and arch is WIDE:
         pytest.skip("the wide architecture does not fit the fused kernel")
     for rows in [(1, 1), (3, 3), (120, 77)]:
         case = arch.with_(rows_real=rows[0], rows_fake=rows[1], loss=loss_name)
-        out = harness.check_gen_op(case.build(dtype, DEVICE), _poisoned(GEN, dtype))
+        out = harness.check_gen_op(case.build(dtype, DEVICE), _poisoned(GEN, dtype), **path)
         assert out[1].device.type == "cuda"
 
 
@@ -155,8 +156,20 @@ def test_disc_bad_input_raises(change, message):
         DISC(**args)
 
 
-def test_forced_fused_path_refuses_networks_that_do_not_fit(monkeypatch):
-    monkeypatch.setenv("FASTGAN_CUDA_MLP_PATH", "fused")
+def test_forced_fused_path_refuses_networks_that_do_not_fit():
     args = harness.disc_op_args(Case(8, (1024, 1024), rows_real=4, rows_fake=4).build(torch.float32, DEVICE))
     with pytest.raises(RuntimeError, match="does not fit"):
-        DISC(**args)
+        DISC(**args, path="fused")
+
+
+def test_unknown_path_raises():
+    with pytest.raises(RuntimeError, match="path must be"):
+        DISC(**_args(), path="fast")
+
+
+def test_two_calls_give_identical_bits():
+    """The fused kernel reduces weight gradients in a fixed order (no float atomics)."""
+    for options in ({"path": "fused"}, {"path": "fused", "tensor_cores": True}):
+        args = {**_args(), **options}
+        first, second = DISC(**args), DISC(**args)
+        assert all(torch.equal(a, b) for a, b in zip(first, second))

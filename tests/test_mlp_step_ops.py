@@ -190,3 +190,18 @@ def test_bad_inputs_raise_clear_errors():
         GEN(**dict(gargs, fake=gargs["fake"][:4]))
     with pytest.raises(RuntimeError, match="needs real rows"):
         GEN(**dict(gargs, real=None))
+
+
+@pytest.mark.parametrize("step", ["disc", "gen"])
+def test_single_path_backends_take_auto_only(step):
+    """``path`` is an op option (cuda/triton: "fused" | "wide" | "auto"); the cpu kernels and the
+    torch closed form have one path and refuse a forced one, naming the argument."""
+    from fastgan import closed_form
+    problem = Case(5, (7, 6), rows_real=3, rows_fake=2).build(torch.float64)
+    args = harness.disc_op_args(problem) if step == "disc" else harness.gen_op_args(problem)
+    ops = [closed_form.mlp_disc_step if step == "disc" else closed_form.mlp_gen_step]
+    ops += [DISC if step == "disc" else GEN] if _EXT is not None else []
+    for op in ops:
+        op(**args, path="auto")
+        with pytest.raises((ValueError, RuntimeError), match="path must be 'auto'"):
+            op(**args, path="fused")

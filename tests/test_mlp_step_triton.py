@@ -34,7 +34,7 @@ if not (torch.cuda.is_available() or mlp_tuning.INTERPRET):
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-PATHS = ["general", "auto"]  # auto: the fully fused kernels wherever the widths allow them
+PATHS = ["wide", "auto"]  # auto: the fully fused kernels wherever the widths allow them
 
 
 def disc(path="auto"):
@@ -131,7 +131,7 @@ def test_bad_arguments_raise():
         with pytest.raises(error, match=message):
             mlp_step.mlp_disc_step(**{**args, **change})
     with pytest.raises(ValueError, match="path must be one of"):
-        mlp_step.mlp_disc_step(**args, path="wide")
+        mlp_step.mlp_disc_step(**args, path="general")
     with pytest.raises(TypeError, match="poison must be a bool"):
         mlp_step.mlp_disc_step(**args, poison=1)
     gargs = harness.gen_op_args(problem.case.with_(loss="relativistic").build(torch.float32, DEVICE))

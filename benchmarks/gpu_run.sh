@@ -31,8 +31,9 @@ cat "$RUN/backends.txt" >> "$OUT/summary.txt"
 unset TRITON_INTERPRET
 
 # GPU tests, to the end (no -x): real Triton, the CUDA backend, capture and compile recipes.
-step gpu-tests 150 python -m pytest -q -p no:cacheprovider tests/test_losses_gpu.py tests/test_mlp_step_cuda.py \
-  tests/test_mlp_step_capture.py tests/test_mlp_step_triton.py
+step gpu-tests-cuda 120 python -m pytest -q -p no:cacheprovider tests/test_losses_gpu.py tests/test_mlp_step_cuda.py \
+  tests/test_mlp_step_capture.py
+step gpu-tests-triton 90 python -m pytest -q -p no:cacheprovider tests/test_mlp_step_triton.py
 # Host cost per call (tiny problem: the Python path and launches), then the benchmarks:
 # targets fp32 'highest' (with every graphed provider), TF32, bf16 wide networks, PacGAN.
 step triton-first-call 90 python -m fastgan.kernels.first_call --configs targets,width-512
@@ -43,7 +44,7 @@ step bench-tf32 100 python -m fastgan.bench --quick --no-progress --precision hi
 step bench-bf16 90 python -m fastgan.bench --configs width-512,width-1024 --batch 8192 --dtype bfloat16 --no-progress --providers cuda,triton,reference,func+compile --output "$RUN/gpu-wide-bf16"
 step bench-pacgan 60 python -m fastgan.bench --configs ctgan-in256-p10 --batch 1638 --objectives w+gp --no-progress --output "$RUN/gpu-pacgan"
 
-tail -3 "$RUN/gpu-tests.log" >> "$OUT/summary.txt"
+for f in "$RUN"/gpu-tests-*.log; do tail -3 "$f" >> "$OUT/summary.txt"; done
 for f in "$RUN"/host-*.log; do cat "$f" >> "$OUT/summary.txt"; done
 
 tar -czf "$OUT/gpu-run.tar.gz" -C "$RUN" .

@@ -34,7 +34,6 @@ from fastgan import _dispatch, _native, _validate, closed_form, step_spec
 from fastgan.losses import GANLoss, get_loss
 from fastgan.mlp import MLPDiscriminator
 from fastgan.penalties import GradientPenaltyBase
-from fastgan.step_spec import PenaltySide
 
 
 class StepParts(NamedTuple):
@@ -160,10 +159,7 @@ def generator_step(D: nn.Module, fake: torch.Tensor, *, loss: GANLoss | str, rea
     if name == "reference":
         return _reference_generator_step(inner, fake, real, loss)
     _check_params(inner, fake)
-    fake_p = step_spec.packed(fake, inner.pack)
-    real_p = step_spec.packed(real, inner.pack) if loss.paired else None
-    spec = _spec(step_spec.gen_step_spec, inner.negative_slope, loss.generator_term(), loss.paired,
-                 loss.reduction == "mean", fake_p.shape[0], _allow_tf32())
+    spec, fake_p, real_p = step_spec.gen_step_operands(inner, fake, loss=loss, real=real, allow_tf32=_allow_tf32())
     # D's parameters are constants here: they travel inside a non-tensor argument, which autograd
     # does not track (no detach per parameter, no graph edges to D).
     return _GenStepFn.apply(fake_p, real_p, name, spec, step_spec.mlp_params(inner))
@@ -231,31 +227,16 @@ def _check_params(inner: MLPDiscriminator, x: torch.Tensor) -> None:
                          f"{p.device}; the fused step needs one dtype and device (D.to(x))")
 
 
-def _spec(fn, *args):
-    """A cached spec; under torch.compile the uncached function, traced to constants."""
-    return fn.__wrapped__(*args) if torch.compiler.is_compiling() else fn(*args)
-
-
 def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalty, backend, eps, generator, backward):
-    """The fused step on an unwrapped MLPDiscriminator (called from its forward)."""
-    pack = inner.pack
-    pen, pen_p, rows_pen = None, None, 1
+    """The fused step on an unwrapped MLPDiscriminator (called from its forward). ``real`` and
+    ``fake`` are data: the op returns no gradient for them."""
+    scale = 0
     if penalty is not None:
-        penalty.check_inputs(real, fake, pack)
+        penalty.check_inputs(real, fake, inner.pack)
         scale = penalty.next_scale()
-        if scale:
-            side = int(penalty.side)
-            pen = (side, int(penalty.kind), penalty.weight * scale, penalty.center)
-            if side == PenaltySide.INPUT:
-                pen_x = penalty.penalty_input(real, fake, pack, eps=eps, generator=generator).detach()
-                pen_p = step_spec.packed(pen_x, pack)
-                rows_pen = pen_p.shape[0]
-            else:
-                rows_pen = (real if side == PenaltySide.REAL else fake).shape[0] // pack
-    real_p = step_spec.packed(real, pack)  # data: the op returns no gradient for the inputs
-    fake_p = step_spec.packed(fake, pack)
-    spec = _spec(step_spec.disc_step_spec, inner.negative_slope, loss.discriminator_terms(), loss.paired,
-                 loss.reduction == "mean", real_p.shape[0], fake_p.shape[0], pen, rows_pen, _allow_tf32())
+    spec, real_p, fake_p, pen_p = step_spec.disc_step_operands(inner, real, fake, loss=loss, penalty=penalty,
+                                                               penalty_scale=scale, eps=eps, generator=generator,
+                                                               allow_tf32=_allow_tf32())
     params = step_spec.mlp_params(inner)
     if backward:
         with torch.no_grad():
@@ -290,12 +271,15 @@ def _accumulate_grads(params: list, grads) -> None:
     """``p.grad += g`` for D's parameters (in op order), as ``.backward()`` would leave them: a
     parameter without ``.grad`` takes the op's fresh buffer (no copy), the others one
     multi-tensor add."""
-    fresh = [(p, g) for p, g in zip(params, grads) if p.grad is None]
-    for p, g in fresh:  # laid out like the parameter, as autograd's accumulation guarantees
-        p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
-    if len(fresh) < len(params):
-        old = [(p.grad, g) for p, g in zip(params, grads) if p.grad is not g]
-        torch._foreach_add_([a for a, _ in old], [b for _, b in old])
+    held, added = [], []
+    for p, g in zip(params, grads):
+        if p.grad is None:  # laid out like the parameter, as autograd's accumulation guarantees
+            p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
+        else:
+            held.append(p.grad)
+            added.append(g)
+    if held:
+        torch._foreach_add_(held, added)
 
 
 class _DiscStepFn(torch.autograd.Function):

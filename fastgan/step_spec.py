@@ -120,35 +120,54 @@ def packed(x: torch.Tensor, pack: int) -> torch.Tensor:
     return x if pack == 1 else x.reshape(x.shape[0] // pack, pack * x.shape[1])
 
 
-def penalty_rows_input(D, real, fake, penalty, eps=None, generator=None) -> torch.Tensor | None:
-    """The rows (unpacked) a penalty of side INPUT differentiates at; None for the other sides."""
-    if penalty is None or penalty.side != PenaltySide.INPUT:
-        return None
-    return penalty.penalty_input(real, fake, D.pack, eps=eps, generator=generator).detach()
+def _cached(fn, *args):
+    """``fn(*args)`` through its cache; under torch.compile the uncached function, which the
+    compiler traces to constants."""
+    return fn.__wrapped__(*args) if torch.compiler.is_compiling() else fn(*args)
+
+
+def disc_step_operands(D, real, fake, *, loss, penalty=None, penalty_scale: int = 1, eps=None, generator=None,
+                       allow_tf32: bool = False):
+    """``(spec, real rows, fake rows, penalty rows or None)`` of ``discriminator_step(D, real, fake,
+    loss, penalty)`` on an MLPDiscriminator: rows packed, the penalty's rows built (side INPUT),
+    its weight times ``penalty_scale`` (the lazy factor of this call; 0: no penalty)."""
+    pack = D.pack
+    pen, pen_p, rows_pen = None, None, 1
+    if penalty is not None and penalty_scale:
+        side = int(penalty.side)
+        pen = (side, int(penalty.kind), penalty.weight * penalty_scale, penalty.center)
+        if side == PenaltySide.INPUT:
+            pen_p = packed(penalty.penalty_input(real, fake, pack, eps=eps, generator=generator).detach(), pack)
+            rows_pen = pen_p.shape[0]
+        else:
+            rows_pen = (real if side == PenaltySide.REAL else fake).shape[0] // pack
+    real_p, fake_p = packed(real, pack), packed(fake, pack)
+    spec = _cached(disc_step_spec, D.negative_slope, loss.discriminator_terms(), loss.paired,
+                   loss.reduction == "mean", real_p.shape[0], fake_p.shape[0], pen, rows_pen, allow_tf32)
+    return spec, real_p, fake_p, pen_p
+
+
+def gen_step_operands(D, fake, *, loss, real=None, allow_tf32: bool = False):
+    """``(spec, fake rows, real rows or None)`` of ``generator_step(D, fake, loss=loss, real=real)``."""
+    fake_p = packed(fake, D.pack)
+    real_p = packed(real, D.pack) if loss.paired else None
+    spec = _cached(gen_step_spec, D.negative_slope, loss.generator_term(), loss.paired, loss.reduction == "mean",
+                   fake_p.shape[0], allow_tf32)
+    return spec, fake_p, real_p
 
 
 def disc_step_op_args(D, real, fake, *, loss, penalty=None, eps=None, generator=None,
                       allow_tf32: bool = False, penalty_scale: int = 1) -> dict:
     """``mlp_disc_step``'s keyword arguments for ``discriminator_step(D, real, fake, loss, penalty)``
     (``penalty_scale``: the lazy factor of this call; ``every`` on a penalised call)."""
-    pen_x = penalty_rows_input(D, real, fake, penalty, eps, generator)
-    real_p, fake_p = packed(real.detach(), D.pack), packed(fake.detach(), D.pack)
-    pen_p = packed(pen_x, D.pack) if pen_x is not None else None
-    pen = None
-    if penalty is not None and penalty_scale:
-        rows = {PenaltySide.REAL: real_p, PenaltySide.FAKE: fake_p, PenaltySide.INPUT: pen_p}[penalty.side].shape[0]
-        pen = (penalty.side, penalty.kind, penalty.weight * penalty_scale, penalty.center)
-    else:
-        rows, pen_p = 1, None
-    spec = disc_step_spec(D.negative_slope, loss.discriminator_terms(), loss.paired, loss.reduction == "mean",
-                          real_p.shape[0], fake_p.shape[0], pen, rows, allow_tf32)
+    spec, real_p, fake_p, pen_p = disc_step_operands(D, real.detach(), fake.detach(), loss=loss, penalty=penalty,
+                                                     penalty_scale=penalty_scale, eps=eps, generator=generator,
+                                                     allow_tf32=allow_tf32)
     return spec.op_args(real_p, fake_p, pen_p, *mlp_params(D))
 
 
 def gen_step_op_args(D, fake, *, loss, real=None, allow_tf32: bool = False) -> dict:
     """``mlp_gen_step``'s keyword arguments for ``generator_step(D, fake, loss=loss, real=real)``."""
-    fake_p = packed(fake, D.pack)
-    real_p = packed(real.detach(), D.pack) if loss.paired else None
-    spec = gen_step_spec(D.negative_slope, loss.generator_term(), loss.paired, loss.reduction == "mean",
-                         fake_p.shape[0], allow_tf32)
+    spec, fake_p, real_p = gen_step_operands(D, fake, loss=loss, real=real.detach() if loss.paired else None,
+                                             allow_tf32=allow_tf32)
     return spec.op_args(fake_p, real_p, *mlp_params(D))

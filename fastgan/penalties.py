@@ -100,7 +100,8 @@ class GradientPenaltyBase(nn.Module):
         return self.every if due else 0
 
     def penalty_input(self, real, fake, pack: int, eps=None, generator=None) -> torch.Tensor:
-        """The points whose input gradient is penalised (overridden)."""
+        """The points whose input gradient is penalised (overridden), as a function of ``real``
+        and ``fake`` (not detached: callers that want data detach them)."""
         raise NotImplementedError
 
     def check_inputs(self, real, fake, pack: int) -> None:
@@ -138,7 +139,7 @@ class R1Penalty(GradientPenaltyBase):
         return self.weight
 
     def penalty_input(self, real, fake, pack, eps=None, generator=None):
-        return real.detach()
+        return real
 
     def extra_repr(self) -> str:
         return f"gamma={self.weight}, every={self.every}"
@@ -155,7 +156,7 @@ class R2Penalty(R1Penalty):
         super().check_inputs(real, fake, pack)
 
     def penalty_input(self, real, fake, pack, eps=None, generator=None):
-        return fake.detach()
+        return fake
 
 
 class GradientPenalty(GradientPenaltyBase):
@@ -182,7 +183,7 @@ class GradientPenalty(GradientPenaltyBase):
             raise ValueError(f"eps must have shape ({rows},) (one value per row), got {tuple(eps.shape)}")
         elif eps.device != real.device:
             raise ValueError(f"eps is on {eps.device} but real is on {real.device}")
-        return reference.interpolate(real.detach(), fake.detach(), eps, pack)
+        return reference.interpolate(real, fake, eps, pack)
 
 
 class DRAGANPenalty(GradientPenaltyBase):
@@ -204,7 +205,7 @@ class DRAGANPenalty(GradientPenaltyBase):
             raise ValueError(f"eps must have real's shape {tuple(real.shape)}, got {tuple(eps.shape)}")
         elif eps.device != real.device:
             raise ValueError(f"eps is on {eps.device} but real is on {real.device}")
-        return reference.perturb(real.detach(), eps, self.scale)
+        return reference.perturb(real, eps, self.scale)
 
 
 PENALTIES: dict[str, type[GradientPenaltyBase]] = {

@@ -37,9 +37,7 @@ from torch import nn
 
 from fastgan import _dispatch, _validate, fused
 from fastgan.losses import GANLoss, get_loss
-from fastgan.penalties import (GradientPenalty, GradientPenaltyBase, R2Penalty, discriminator_pack,
-                               penalty_from_gradient)
-from fastgan.reference import penalties as reference_penalties
+from fastgan.penalties import GradientPenaltyBase, discriminator_pack, penalty_from_gradient
 
 MODES = ("exact", "first_order")
 
@@ -153,9 +151,6 @@ def _first_order(inner, real, fake, loss, optimizer, penalty, steps, backend, ge
         shadow_opt.zero_grad(set_to_none=True)
         fused.discriminator_step(shadow, real, fake_data, loss=loss, penalty=penalty, backend=backend,
                                  generator=generator, backward=True)
-        for q in shadow.parameters():  # fused Adam reads .grad in its parameter's layout (torch's contract)
-            if q.grad is not None and q.grad.stride() != q.stride():
-                q.grad = torch.empty_like(q).copy_(q.grad)
         shadow_opt.step()
     return fused.generator_step(shadow, fake, loss=loss, real=real, backend=backend)
 
@@ -217,7 +212,7 @@ def _discriminator_objective(inner, theta, buffers, real, fake, loss, penalty, g
         total = loss.discriminator_loss(call(real), call(fake))
     if penalty is not None and (scale := penalty.next_scale()):
         pack = discriminator_pack(inner)
-        x = _penalty_points(penalty, real, fake, pack, generator)
+        x = penalty.penalty_input(real, fake, pack, generator=generator)  # dependence on fake kept
         # A node of its own: the input gradient is d D_theta(x) / dx at fixed theta, while
         # theta itself depends on fake after the first update.
         x = x.view_as(x) if x.requires_grad else x.detach().requires_grad_(True)
@@ -226,17 +221,6 @@ def _discriminator_objective(inner, theta, buffers, real, fake, loss, penalty, g
         total = total + scale * penalty_from_gradient(g, penalty.kind, penalty.weight, penalty.center,
                                                       backend="reference")
     return total
-
-
-def _penalty_points(penalty, real, fake, pack, generator):
-    """The penalty's points with their dependence on ``fake`` kept (``penalty_input`` detaches);
-    the random draws are the same as ``penalty_input``'s."""
-    if isinstance(penalty, R2Penalty):
-        return fake
-    if isinstance(penalty, GradientPenalty):
-        eps = torch.rand(real.shape[0] // pack, device=real.device, dtype=real.dtype, generator=generator)
-        return reference_penalties.interpolate(real.detach(), fake, eps, pack)
-    return penalty.penalty_input(real, fake, pack, generator=generator)
 
 
 def _update_rules(optimizer, params):

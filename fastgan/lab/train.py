@@ -218,7 +218,7 @@ def make_step(G: nn.Module, D: fastgan.MLPDiscriminator, opt_g, opt_d, mixture: 
                 fake = G(noise())
             opt_d.zero_grad(set_to_none=True)
             fastgan.discriminator_step(D, real, fake, loss=loss, penalty=penalty, backend=backend,
-                                       generator=rng).backward()
+                                       generator=rng, backward=True)
             opt_d.step()
         opt_g.zero_grad(set_to_none=True)
         if objective.unrolled:

@@ -4,6 +4,7 @@ Nothing here touches a GPU or loads the compiled extension at import; backends a
 call (see :mod:`fastgan._dispatch`).
 """
 from fastgan._dispatch import BACKENDS, BackendStatus, available_backends, use_backend
+from fastgan.cuda_graph import GraphedStep
 from fastgan.fused import StepParts, discriminator_step, generator_step
 from fastgan.losses import (
     LOSSES,
@@ -48,6 +49,6 @@ __all__ = [
     "RelativisticLoss", "WassersteinLoss", "discriminator_loss", "generator_loss", "get_loss",
     "MLPDiscriminator", "StepParts", "discriminator_step", "generator_step",
     "PENALTIES", "DRAGANPenalty", "GradientPenalty", "GradientPenaltyBase", "R1Penalty", "R2Penalty",
-    "UnrolledDiscriminator", "unrolled_generator_step",
+    "UnrolledDiscriminator", "unrolled_generator_step", "GraphedStep",
     "divergences", "reference", "step_spec",
 ]

@@ -79,7 +79,7 @@ def available_backends() -> list[BackendStatus]:
     return [BackendStatus(n, not (r := _why_unavailable(n)), r) for n in BACKENDS]
 
 
-def _serves_device(name: str, device: torch.device) -> bool:
+def serves_device(name: str, device: torch.device) -> bool:
     if name in ("torch", "reference"):
         return True
     if name == "cpu":
@@ -89,7 +89,7 @@ def _serves_device(name: str, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and _triton_interpret())  # triton
 
 
-def _check_name(name: str, origin: str) -> str:
+def check_name(name: str, origin: str) -> str:
     if name not in BACKENDS and name != "auto":
         raise ValueError(f"{origin} must be one of {('auto',) + BACKENDS}, got {name!r}")
     return name
@@ -98,7 +98,7 @@ def _check_name(name: str, origin: str) -> str:
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Within the block, calls without an explicit ``backend=`` use ``name``."""
-    token = _context.set(_check_name(name, "use_backend(name)"))
+    token = _context.set(check_name(name, "use_backend(name)"))
     try:
         yield
     finally:
@@ -108,10 +108,10 @@ def use_backend(name: str) -> Iterator[None]:
 def requested(backend: str | None) -> str:
     """The backend name in force for a call: argument, context, environment, or 'auto'."""
     if backend is not None:
-        return _check_name(backend, "backend")
+        return check_name(backend, "backend")
     if (ctx := _context.get()) is not None:
         return ctx
-    return _check_name(os.environ.get("FASTGAN_BACKEND", "auto") or "auto", "FASTGAN_BACKEND")
+    return check_name(os.environ.get("FASTGAN_BACKEND", "auto") or "auto", "FASTGAN_BACKEND")
 
 
 def select(backend: str | None, device: torch.device, supported: tuple[str, ...] = BACKENDS) -> str:
@@ -132,7 +132,7 @@ def _select(name: str, device_type: str, interpret: bool, supported: tuple[str, 
     if name != "auto":
         if name not in supported:
             raise ValueError(f"backend {name!r} does not implement this operation; it has {supported}")
-        if not _serves_device(name, device):
+        if not serves_device(name, device):
             raise ValueError(f"backend {name!r} cannot run on {device.type} tensors")
         if why := _why_unavailable(name):
             raise RuntimeError(f"backend {name!r} is not available: {why}")

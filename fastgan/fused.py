@@ -45,11 +45,13 @@ class StepParts(NamedTuple):
     fake_logit_mean: torch.Tensor
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (else ``module``)."""
     return getattr(module, "module", module)  # DistributedDataParallel / DataParallel
 
 
-def _check_step_args(D, real, fake, loss, penalty):
+def check_step_args(D, real, fake, loss, penalty):
+    """Type and shape checks of a discriminator step's arguments (before any kernel runs)."""
     if not isinstance(D, nn.Module):
         raise TypeError(f"D must be an nn.Module, got {type(D).__name__}")
     if not isinstance(loss, GANLoss):
@@ -57,7 +59,7 @@ def _check_step_args(D, real, fake, loss, penalty):
     if penalty is not None and not isinstance(penalty, GradientPenaltyBase):
         raise TypeError(f"penalty must be a fastgan penalty (e.g. R1Penalty()) or None, got {type(penalty).__name__}")
     _validate.tensors(real=real, fake=fake)
-    inner = _unwrap(D)
+    inner = unwrap(D)
     if isinstance(inner, MLPDiscriminator):
         inner.check_input(real, "real")
         inner.check_input(fake, "fake")
@@ -89,16 +91,16 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
         The scalar total, or ``(total, parts)`` with ``return_parts=True``.
     """
     loss = get_loss(loss)
-    _check_step_args(D, real, fake, loss, penalty)
+    check_step_args(D, real, fake, loss, penalty)
     if loss.reduction == "none":
         raise ValueError("discriminator_step needs a scalar loss: use reduction 'mean' or 'sum'")
     if loss.paired:
         _validate.same_shape("real", real, "fake", fake, f"{type(loss).__name__} pairs real and fake")
-    inner = _unwrap(D)
+    inner = unwrap(D)
     if backward and inner is not D:
         raise ValueError(f"backward=True bypasses autograd, so {type(D).__name__} cannot all-reduce the "
                          "gradients; call .backward() on the returned total instead")
-    name = _step_backend(inner, backend, real.device)
+    name = step_backend(inner, backend, real.device)
     if name == "reference":
         total, parts = _reference_step(D, real, fake, loss, penalty, eps, generator)
         if backward:
@@ -114,11 +116,11 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
     return (total, parts) if return_parts else total
 
 
-def _step_backend(inner: nn.Module, backend: str | None, device: torch.device) -> str:
+def step_backend(inner: nn.Module, backend: str | None, device: torch.device) -> str:
     """The fused path's backend for an MLPDiscriminator; 'reference' for any other module, for
     which an explicit fused backend is an error."""
     if isinstance(inner, MLPDiscriminator):
-        return _resolve(backend, str(device))
+        return resolve_backend(backend, str(device))
     if backend is not None and backend != "reference":
         raise ValueError(f"backend={backend!r} needs an MLPDiscriminator (the fused step is closed-form "
                          f"for it only); {type(inner).__name__} runs with backend='reference' or None")
@@ -149,13 +151,13 @@ def generator_step(D: nn.Module, fake: torch.Tensor, *, loss: GANLoss | str, rea
     if loss.reduction == "none":
         raise ValueError("generator_step needs a scalar loss: use reduction 'mean' or 'sum'")
     _validate.tensors(fake=fake, real=real if loss.paired else None)
-    inner = _unwrap(D)
+    inner = unwrap(D)
     if isinstance(inner, MLPDiscriminator):
         inner.check_input(fake, "fake")
         if loss.paired:
             inner.check_input(real, "real")
             _validate.same_shape("real", real, "fake", fake, f"{type(loss).__name__} pairs real and fake")
-    name = _step_backend(inner, backend, fake.device)
+    name = step_backend(inner, backend, fake.device)
     if name == "reference":
         return _reference_generator_step(inner, fake, real, loss)
     _check_params(inner, fake)
@@ -178,7 +180,7 @@ def _reference_generator_step(inner, fake, real, loss):
 # ---- the fused path ---------------------------------------------------------------------------
 
 @functools.cache
-def _step_backends() -> tuple[str, ...]:
+def step_backends() -> tuple[str, ...]:
     """The backends whose fused-step implementation exists in this installation."""
     found = ["torch", "reference"]
     if importlib.util.find_spec("fastgan.kernels") is not None and \
@@ -199,10 +201,10 @@ def _assume_constant_result(fn):
 
 
 @_assume_constant_result
-def _resolve(backend: str | None, device: str) -> str:
+def resolve_backend(backend: str | None, device: str) -> str:
     """The backend for a fused step on ``device``. Resolved once per compiled graph under
     torch.compile (a constant: no guard on the environment or the context)."""
-    return _dispatch.select(backend, torch.device(device), supported=_step_backends())
+    return _dispatch.select(backend, torch.device(device), supported=step_backends())
 
 
 @_assume_constant_result
@@ -210,7 +212,7 @@ def _allow_tf32() -> bool:
     return torch.get_float32_matmul_precision() != "highest"
 
 
-def _impl(name: str):
+def step_ops(name: str):
     """(mlp_disc_step, mlp_gen_step) of a backend; all share one contract (csrc/bindings.cpp)."""
     if name == "torch":
         return closed_form.mlp_disc_step, closed_form.mlp_gen_step
@@ -240,7 +242,7 @@ def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalty, backend, 
     params = step_spec.mlp_params(inner)
     if backward:
         with torch.no_grad():
-            out = _impl(backend)[0](**spec.op_args(real_p, fake_p, pen_p, *params))
+            out = step_ops(backend)[0](**spec.op_args(real_p, fake_p, pen_p, *params))
         _accumulate_grads(_flat(params), out[1:])
         stats = out[0]
         total = stats[0] + stats[1]
@@ -291,7 +293,7 @@ class _DiscStepFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, real, fake, pen, backend, spec, layout, *params):
-        out = _impl(backend)[0](**spec.op_args(real, fake, pen, *_split(params, layout)))
+        out = step_ops(backend)[0](**spec.op_args(real, fake, pen, *_split(params, layout)))
         stats = out[0]
         ctx.save_for_backward(*out[1:])
         ctx.mark_non_differentiable(stats)
@@ -308,7 +310,7 @@ class _GenStepFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, fake, real, backend, spec, params):
-        stats, d_fake = _impl(backend)[1](**spec.op_args(fake, real, *params))
+        stats, d_fake = step_ops(backend)[1](**spec.op_args(fake, real, *params))
         ctx.save_for_backward(d_fake)
         return stats[0]
 

@@ -73,7 +73,7 @@ class GANLoss(nn.Module):
     def __init__(self, reduction: str = "mean", backend: str | None = None):
         super().__init__()
         self.reduction = _validate.reduction(reduction)
-        self.backend = _dispatch._check_name(backend, "backend") if backend is not None else None
+        self.backend = _dispatch.check_name(backend, "backend") if backend is not None else None
 
     # ---- term specifications (overridden) -------------------------------------------------
     def discriminator_terms(self) -> tuple[Term, Term | None]:

@@ -87,7 +87,7 @@ class GradientPenaltyBase(nn.Module):
         if weight < 0:
             raise ValueError(f"weight must be non-negative, got {weight}")
         self.weight, self.center, self.every = float(weight), float(center), every
-        self.backend = _dispatch._check_name(backend, "backend") if backend is not None else None
+        self.backend = _dispatch.check_name(backend, "backend") if backend is not None else None
         self.calls = 0
 
     def next_scale(self) -> int:

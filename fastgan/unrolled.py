@@ -81,7 +81,7 @@ def unrolled_generator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor
     phase = penalty.calls if penalty is not None else None
     try:
         look_ahead = _exact if mode == "exact" else _first_order
-        return look_ahead(fused._unwrap(D), real, fake, loss, optimizer, penalty, steps, backend, generator)
+        return look_ahead(fused.unwrap(D), real, fake, loss, optimizer, penalty, steps, backend, generator)
     finally:
         if penalty is not None:
             penalty.calls = phase
@@ -109,7 +109,7 @@ class UnrolledDiscriminator:
                                        backend=self.backend, generator=generator)
 
     def __repr__(self) -> str:
-        return (f"UnrolledDiscriminator({type(fused._unwrap(self.D)).__name__}, steps={self.steps}, "
+        return (f"UnrolledDiscriminator({type(fused.unwrap(self.D)).__name__}, steps={self.steps}, "
                 f"mode={self.mode!r}, loss={type(self.loss).__name__})")
 
 
@@ -124,21 +124,21 @@ def _check_settings(D, optimizer, steps, mode) -> None:
     if not isinstance(D, nn.Module):
         raise TypeError(f"D must be an nn.Module, got {type(D).__name__}")
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    for name, p in fused._unwrap(D).named_parameters():
+    for name, p in fused.unwrap(D).named_parameters():
         if p.requires_grad and id(p) not in held:
             raise ValueError(f"optimizer does not hold D's parameter {name!r}: pass D's own optimiser")
 
 
 def _check_args(D, real, fake, loss, optimizer, penalty, steps, mode, backend) -> None:
     _check_settings(D, optimizer, steps, mode)
-    fused._check_step_args(D, real, fake, loss, penalty)
+    fused.check_step_args(D, real, fake, loss, penalty)
     if loss.reduction == "none":
         raise ValueError("unrolled_generator_step needs a scalar loss: use reduction 'mean' or 'sum'")
     if loss.paired:
         _validate.same_shape("real", real, "fake", fake, f"{type(loss).__name__} pairs real and fake")
     if penalty is not None:
         penalty.check_inputs(real, fake, discriminator_pack(D))
-    fused._step_backend(fused._unwrap(D), backend, real.device)
+    fused.step_backend(fused.unwrap(D), backend, real.device)
 
 
 # ---- first order: fused steps on a copy ----------------------------------------------------------

@@ -34,7 +34,7 @@ def backend_params(device: str = "cpu", include_reference: bool = False) -> list
         if status.name in ("cpu", "cuda") and status.name != device:
             continue
         why = status.reason
-        if not why and not _dispatch._serves_device(status.name, torch.device(device)):
+        if not why and not _dispatch.serves_device(status.name, torch.device(device)):
             why = f"does not run on {device} tensors here" + (" (set TRITON_INTERPRET=1)" if device == "cpu" else "")
         marks = [pytest.mark.skip(reason=f"{status.name}: {why}")] if why else []
         params.append(pytest.param(status.name, id=status.name, marks=marks))

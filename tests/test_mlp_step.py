@@ -31,7 +31,7 @@ CASES += [c.with_(every=2) for c in CASES if c.penalty in ("r1", "gp")][:4]
 def require(backend: str) -> None:
     """Skip unless ``backend`` implements the fused step for CPU tensors here."""
     try:
-        fused._resolve(backend, "cpu")
+        fused.resolve_backend(backend, "cpu")
     except (ValueError, RuntimeError) as err:
         pytest.skip(f"fused step backend {backend!r} unavailable: {err}")
 
@@ -134,7 +134,7 @@ def test_bitwise_deterministic(backend):
 
 def test_auto_picks_an_available_fused_backend():
     p = CASES[0].with_(loss="hinge", penalty="r1").build()
-    assert fused._resolve(None, "cpu") in fused._step_backends()
+    assert fused.resolve_backend(None, "cpu") in fused.step_backends()
     want = reference_grads(p.D, p.real, p.fake, p.loss(), p.penalty())
     discriminator_step(p.D, p.real, p.fake, loss=p.loss(), penalty=p.penalty()).backward()
     assert_grads_close(p.D, want)
@@ -219,7 +219,7 @@ def test_missing_backend_raises():
     D, real, fake = _small()
     for name in ("cpu", "triton", "cuda"):
         try:
-            fused._resolve(name, "cpu")
+            fused.resolve_backend(name, "cpu")
         except (ValueError, RuntimeError) as err:
             with pytest.raises(type(err)):
                 discriminator_step(D, real, fake, loss="hinge", backend=name)

@@ -1,9 +1,9 @@
 """A whole GAN training step captured in one CUDA graph, and under
 ``torch.compile(mode="reduce-overhead")``, with the fused step (GPU only).
 
-The recipe the README gives: static input buffers, ``Adam(capturable=True)``, warm-up on a side
-stream, then capture ``zero_grad`` + ``discriminator_step(..., backward=True)`` + ``opt.step()``
-(and the generator's step) once and replay it. Replays must give what the same steps give
+The recipe the README gives: static input buffers, ``Adam(capturable=True)``, a step of
+``zero_grad`` + ``discriminator_step(..., backward=True)`` + ``opt.step()`` (and the generator's
+step) handed to :class:`fastgan.GraphedStep` (warm-up on a side stream, capture, replay). Replays must give what the same steps give
 eagerly. Lazy penalties (``every=k``) take one graph per phase; WGAN-GP draws its eps inside the
 graph from the default CUDA generator, whose Philox offset advances on every replay.
 """
@@ -64,22 +64,6 @@ def _batches(n):
             for _ in range(n)]
 
 
-def _capture(trainer, phases: int):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(phases):  # warm-up: one step per phase (kernels compiled, state allocated)
-            trainer.step()
-    torch.cuda.current_stream().wait_stream(side)
-    graphs = []
-    for _ in range(phases):
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            trainer.step()
-        graphs.append(g)
-    return graphs
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("every", [1, 4])
 def test_captured_training_step_matches_eager(backend, every):
@@ -95,13 +79,14 @@ def test_captured_training_step_matches_eager(backend, every):
         t.z.copy_(batches[0][1])
     for _ in range(every):  # the graphed trainer's warm-up: `every` steps on batch 0
         eager.step()
-    graphs = _capture(graphed, every)  # capturing runs nothing and leaves the phase where it was
-    for i, (real, z) in enumerate(batches[1:]):
+    replay = fastgan.GraphedStep(graphed.step, phases=every, warmup=every)
+    replay.capture()  # capturing runs nothing and leaves the phase where it was
+    for real, z in batches[1:]:
         for t in (eager, graphed):
             t.real.copy_(real)
             t.z.copy_(z)
         eager.step()
-        graphs[i % every].replay()
+        replay()
     torch.cuda.synchronize()
     for a, b in zip(list(eager.D.parameters()) + list(eager.G.parameters()),
                     list(graphed.D.parameters()) + list(graphed.G.parameters())):
@@ -124,17 +109,11 @@ def test_wgan_gp_draws_fresh_eps_on_every_replay(backend):
         out["total"], out["parts"] = fastgan.discriminator_step(D, real, fake, loss=loss, penalty=gp, backend=backend,
                                                                 backward=True, return_parts=True)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        step()
-    g.replay()
+    replay = fastgan.GraphedStep(step, warmup=1)
+    replay.capture()
+    replay()
     first = out["parts"].penalty.clone()
-    g.replay()
+    replay()
     second = out["parts"].penalty.clone()
     torch.cuda.synchronize()
     assert torch.isfinite(first) and torch.isfinite(second)

@@ -21,7 +21,7 @@ from fastgan.fused import discriminator_step, generator_step
 
 def require(backend: str) -> None:
     try:
-        fused._resolve(backend, "cpu")
+        fused.resolve_backend(backend, "cpu")
     except (ValueError, RuntimeError) as err:
         pytest.skip(f"fused step backend {backend!r} unavailable: {err}")
 

@@ -150,7 +150,7 @@ def test_ddp_averages_fused_gradients(backend, tmp_path, monkeypatch):
     if backend != "torch":
         from fastgan import fused
         try:
-            fused._resolve(backend, "cpu")
+            fused.resolve_backend(backend, "cpu")
         except (ValueError, RuntimeError) as err:
             pytest.skip(f"fused step backend {backend!r} unavailable: {err}")
     if not dist.is_available():

@@ -19,7 +19,7 @@ PENALTIES = {"none": lambda: None, "r1": lambda: fastgan.R1Penalty(gamma=2.0),
 
 def _require(backend: str) -> None:
     try:
-        fused._resolve(backend, "cpu")
+        fused.resolve_backend(backend, "cpu")
     except (ValueError, RuntimeError) as err:
         pytest.skip(f"fused step backend {backend!r} unavailable: {err}")
 

@@ -56,7 +56,7 @@ def forms(backend: str, rows: int, device: torch.device) -> dict:
     loss, r1 = fastgan.NonSaturatingLoss(), fastgan.R1Penalty(gamma=1.0)
     real, fake = torch.randn(rows, 2, device=device), torch.randn(rows, 2, device=device)
     fake_g = fake.clone().requires_grad_(True)
-    disc_op, gen_op = fused._impl(backend)
+    disc_op, gen_op = fused.step_ops(backend)
     d_args = step_spec.disc_step_op_args(D, real, fake, loss=loss, penalty=r1)
     g_args = step_spec.gen_step_op_args(D, fake, loss=loss)
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    backend = fused._resolve(args.backend, str(device))
+    backend = fused.resolve_backend(args.backend, str(device))
     print(f"host cost per call: backend {backend}, {args.device}, lab network (in 2, 3x64), NS + R1, "
           f"{args.rows} row(s) per side, torch {torch.__version__}, {args.threads} thread(s)\n")
     print(f"| form | us per call | {launches.kind(device)} per call |\n|---|---:|---:|")

@@ -39,12 +39,6 @@ DEFAULTS = {"cpu": ("cpu", "torch", "reference"),
 PROVIDERS = BACKENDS + GRAPHED + ("reference", "reference+graph", "func+compile")
 
 
-def _fused_step_backends() -> tuple[str, ...]:
-    """Backends whose fused step exists in this installation (all but reference need one)."""
-    lister = getattr(fused, "_step_backends", None)
-    return tuple(lister()) if lister is not None else ("reference",)
-
-
 def why_missing(name: str, device: str) -> str:
     """'' when ``name`` can run on ``device`` ('cpu' or 'cuda'), else why not. A fastgan backend's
     reason is the one :func:`fastgan.available_backends` gives."""
@@ -65,7 +59,7 @@ def why_missing(name: str, device: str) -> str:
         return "the cuda backend runs on CUDA tensors only"
     if name == "cpu" and device != "cpu":
         return "the cpu backend runs on CPU tensors only"
-    if name not in _fused_step_backends():
+    if name not in fused.step_backends():
         return "no fused-step implementation of this backend in this installation"
     return ""
 
@@ -126,8 +120,9 @@ class EagerRunner(Runner):
 
 
 class GraphRunner(Runner):
-    """A step captured in a CUDA graph (warm-up on a side stream, then capture with the
-    gradients unset so that the captured step allocates them in the graph's pool):
+    """A step replayed from a CUDA graph (:class:`fastgan.GraphedStep`: warm-up on a side
+    stream, then capture with the gradients unset so that the captured step allocates them in
+    the graph's pool):
     ``reference+graph`` captures the reference step, ``cuda+graph``/``triton+graph`` the fused
     step in its one-op form."""
 
@@ -136,24 +131,18 @@ class GraphRunner(Runner):
         base = name.removesuffix("+graph")
         self.eager = EagerRunner(base, config, D, data, one_op=base != "reference")
         start = time.perf_counter()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                self.eager.step()
-        torch.cuda.current_stream().wait_stream(side)
+        self.graphed = fastgan.GraphedStep(self.eager.step)
+        self.graphed.warm_up()
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.eager.step()  # set_to_none inside: backward allocates static gradients
+        self.graphed.capture()  # set_to_none inside the step: backward allocates static gradients
         torch.cuda.synchronize()
         self.setup_peak = torch.cuda.max_memory_allocated() - before
         self.setup_s = time.perf_counter() - start
 
     def step(self) -> None:
-        self.graph.replay()
+        self.graphed()
 
     def result(self) -> list[torch.Tensor]:
         return self.eager.result()

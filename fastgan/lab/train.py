@@ -5,7 +5,7 @@ through :func:`fastgan.discriminator_step` (the generator's through
 :func:`fastgan.generator_step`), so ``backend`` picks the fused kernels (or the autograd
 reference) exactly as in user code. On a CUDA device the whole training step (the
 discriminator steps, the generator step and both Adam updates) is captured once in a CUDA
-graph and replayed (:mod:`fastgan.lab.graph`); on the CPU it runs eagerly.
+graph and replayed (:class:`fastgan.GraphedStep`); on the CPU it runs eagerly.
 
 One training step, for an objective with ``d_steps = n``:
 
@@ -267,8 +267,7 @@ def train_run(mixture: Mixture, objective: Objective, seed: int, regime: Regime 
         rng = torch.Generator().manual_seed(seed)
     step = make_step(G, D, opt_g, opt_d, mixture, objective, regime, backend, rng)
     if cuda and not objective.unrolled:  # the look-ahead copies D on the host: not capturable
-        from fastgan.lab.graph import graphed
-        step = graphed(step)
+        step = fastgan.GraphedStep(step)
 
     watch = torch.Generator().manual_seed(seed + 1_000_003)
     z_watch = torch.randn(regime.eval_samples, regime.latent, generator=watch, dtype=dtype).to(device)

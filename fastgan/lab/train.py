@@ -100,17 +100,9 @@ def get_objective(name: str) -> Objective:
 class Regime:
     """Network sizes, optimiser and length of a run (compare objectives only within one).
 
-    The generator is tanh (the smooth variant of the published MLP; the discriminator must be
-    :class:`fastgan.MLPDiscriminator`, LeakyReLU, for the fused step). What was tried on the ring
-    (seed 0, batch 128, 3,000 steps unless said): with this regime ``ns`` keeps all 8 modes
-    (2,000 steps: 64% and 43% high-quality on seeds 0 and 1; 6,000 steps: 82%; batch 512,
-    2,000 steps: 33%; D lr 1e-3: 83%; G lr 5e-3: 2-3 modes early, then 8 modes and 13%; G lr
-    1e-2: 8 modes, 4%; G 2e-3 / D 2e-5: 6 modes, 2.5%; a ring of radius 2 and std 0.02: 8 modes);
-    a ReLU generator with a ReLU discriminator (slope 0) gives a single clump that moves between
-    0 and 1 high-quality modes for ``ns`` but also for ``ns-r1`` (1 mode, 2.4%): no objective
-    trains at this length with it. At the published length (``FULL``, seed 0) ``ns`` keeps 8
-    modes (96%) with tanh; with ReLU networks it hops between single modes for 12,500 steps and
-    ends with 7 modes (49%), while ``ns-r1`` stays one clump (docs/lab/full-length-ns*/)."""
+    The generator is tanh (the smooth variant of the published MLP); the discriminator is
+    :class:`fastgan.MLPDiscriminator` (LeakyReLU), the network the fused step runs. The settings
+    tried in search of a regime where plain ``ns`` collapses are in docs/lab/collapse-search.md."""
 
     name: str
     steps: int

@@ -32,7 +32,7 @@ unset TRITON_INTERPRET
 
 # GPU tests, to the end (no -x): real Triton, the CUDA backend, capture and compile recipes.
 step gpu-tests-cuda 120 python -m pytest -q -p no:cacheprovider tests/test_losses_gpu.py tests/test_mlp_step_cuda.py \
-  tests/test_mlp_step_capture.py
+  tests/test_mlp_step_capture.py tests/test_cuda_graph.py
 step gpu-tests-triton 90 python -m pytest -q -p no:cacheprovider tests/test_mlp_step_triton.py
 # Host cost per call (tiny problem: the Python path and launches), then the benchmarks:
 # targets fp32 'highest' (with every graphed provider), TF32, bf16 wide networks, PacGAN.

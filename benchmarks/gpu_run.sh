@@ -32,7 +32,7 @@ unset TRITON_INTERPRET
 
 # GPU tests, to the end (no -x): real Triton, the CUDA backend, capture and compile recipes.
 step gpu-tests-cuda 120 python -m pytest -q -p no:cacheprovider tests/test_losses_gpu.py tests/test_mlp_step_cuda.py \
-  tests/test_mlp_step_capture.py tests/test_cuda_graph.py
+  tests/test_mlp_step_capture.py tests/test_cuda_graph.py tests/test_lab.py::test_cuda_graph_run_is_reproducible
 step gpu-tests-triton 90 python -m pytest -q -p no:cacheprovider tests/test_mlp_step_triton.py
 # Host cost per call (tiny problem: the Python path and launches), then the benchmarks:
 # targets fp32 'highest' (with every graphed provider), TF32, bf16 wide networks, PacGAN.
@@ -40,6 +40,8 @@ step triton-first-call 90 python -m fastgan.kernels.first_call --configs targets
 step host-cuda 60 python -m fastgan.bench.host --device cuda --backend cuda --calls 500
 step host-triton 90 python -m fastgan.bench.host --device cuda --backend triton --calls 500
 step bench-fp32 150 python -m fastgan.bench --quick --no-progress --output "$RUN/gpu-targets-fp32"
+# The lab at the published length, every training step one CUDA-graph replay (ring and grid).
+step lab-full-cuda 120 fastgan lab --full --device cuda --quiet --out "$RUN/lab-full-cuda"
 step bench-tf32 100 python -m fastgan.bench --quick --no-progress --precision high --providers cuda,cuda+graph,reference+graph,func+compile --output "$RUN/gpu-targets-tf32"
 step bench-bf16 90 python -m fastgan.bench --configs width-512,width-1024 --batch 8192 --dtype bfloat16 --no-progress --providers cuda,triton,reference,func+compile --output "$RUN/gpu-wide-bf16"
 step bench-pacgan 60 python -m fastgan.bench --configs ctgan-in256-p10 --batch 1638 --objectives w+gp --no-progress --output "$RUN/gpu-pacgan"

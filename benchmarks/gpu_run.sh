@@ -41,7 +41,7 @@ step host-cuda 60 python -m fastgan.bench.host --device cuda --backend cuda --ca
 step host-triton 90 python -m fastgan.bench.host --device cuda --backend triton --calls 500
 step bench-fp32 150 python -m fastgan.bench --quick --no-progress --output "$RUN/gpu-targets-fp32"
 # The lab at the published length, every training step one CUDA-graph replay (ring and grid).
-step lab-full-cuda 120 fastgan lab --full --device cuda --quiet --out "$RUN/lab-full-cuda"
+step lab-full-cuda 120 python -m fastgan lab --full --device cuda --quiet --out "$RUN/lab-full-cuda"
 step bench-tf32 100 python -m fastgan.bench --quick --no-progress --precision high --providers cuda,cuda+graph,reference+graph,func+compile --output "$RUN/gpu-targets-tf32"
 step bench-bf16 90 python -m fastgan.bench --configs width-512,width-1024 --batch 8192 --dtype bfloat16 --no-progress --providers cuda,triton,reference,func+compile --output "$RUN/gpu-wide-bf16"
 step bench-pacgan 60 python -m fastgan.bench --configs ctgan-in256-p10 --batch 1638 --objectives w+gp --no-progress --output "$RUN/gpu-pacgan"

@@ -130,6 +130,9 @@ def test_entry_points_list_the_configurations():
     assert done.stdout.split()[:3] == ["lab", "B=4096", "ns+r1"]
     from fastgan.cli import main as fastgan_main
     assert fastgan_main(["bench", "--device", "cpu", "--list", "--configs", "targets"]) == 0
+    done = subprocess.run([sys.executable, "-m", "fastgan", "bench", "--device", "cpu", "--list", "--configs", "lab"],
+                          capture_output=True, text=True, check=True)  # python -m fastgan: the same command
+    assert done.stdout.split()[:3] == ["lab", "B=4096", "ns+r1"]
 
 
 def test_bad_options_exit_with_a_message(capsys):

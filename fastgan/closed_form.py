@@ -111,7 +111,7 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
         penalty = o.new_zeros(())
         dws = [xl.t() @ h for xl, h in zip(xs, hs[:-1])]
         dbs = [xl.sum(0) for xl in xs] if len(biases) else []
-        dw_out = c @ hs[-1]
+        dw_out = (c[:, None] * hs[-1]).sum(0)  # cascade sums, as autograd's reductions
     else:
         start = (0, nr, nr + nf)[side]
         pen = slice(start, x.shape[0] if side == 2 else start + (nr, nf)[side])
@@ -131,8 +131,8 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
             dws.append(xs[layer].t() @ b)
             ubar = _masked(ubar @ w.t(), hs[layer + 1][pen], alpha)
         t = torch.where(on_pen > 0, c, on_pen.new_ones(()))  # delta_l = t * X_l
-        dbs = [t @ xl for xl in xs] if len(biases) else []
-        dw_out = c @ hs[-1] + ubar.sum(0)
+        dbs = [(t[:, None] * xl).sum(0) for xl in xs] if len(biases) else []  # a cascade sum, as autograd's
+        dw_out = (c[:, None] * hs[-1]).sum(0) + ubar.sum(0)
 
     grads = dws + dbs + [dw_out.reshape(w_out.shape)]
     if b_out is not None:

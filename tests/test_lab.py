@@ -148,6 +148,21 @@ def test_objective_settings_belong_to_the_objective():
     assert scaled.adam(wgan) == (1e-3, 1e-3, (0.5, 0.9)) and scaled.adam(OBJECTIVES["ns"]) == FULL.adam(OBJECTIVES["ns"])
 
 
+def test_discriminator_choice_changes_only_the_discriminator(tmp_path):
+    from fastgan.lab.train import with_discriminator
+    one = with_discriminator(DEFAULT, "1x128")
+    assert one.d_hidden == (128,) and replace(one, d_hidden=DEFAULT.d_hidden, name=DEFAULT.name) == DEFAULT
+    assert "D MLPDiscriminator 2-128-1 " in one.describe() and "discriminator 1x128" in one.name
+    assert with_discriminator(FULL, "2x128") is FULL
+    with pytest.raises(ValueError, match="discriminator must be one of"):
+        with_discriminator(DEFAULT, "3x7")
+    args = ["--objectives", "ns", "--steps", "5", "--seeds", "1", "--quiet", "--jobs", "1", "--backend", "reference",
+            "--discriminator", "1x128", "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["regime"]["d_hidden"] == [128] and "2-128-1 " in (tmp_path / "results.md").read_text()
+
+
 def test_generator_and_discriminator_activations():
     from fastgan.lab.train import Generator
     torch.set_num_threads(1)

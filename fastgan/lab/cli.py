@@ -29,7 +29,8 @@ import fastgan
 from fastgan.lab import plots
 from fastgan.lab.data import DATASETS, get_dataset
 from fastgan.lab.metrics import mean_se
-from fastgan.lab.train import DEFAULT, DEFAULT_OBJECTIVES, FULL, OBJECTIVES, get_objective, train_run
+from fastgan.lab.train import (DEFAULT, DEFAULT_OBJECTIVES, DISCRIMINATORS, FULL, OBJECTIVES, get_objective,
+                               train_run, with_discriminator)
 
 METRICS = ("modes_captured", "high_quality_pct", "reverse_kl")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jensen_shannon")
@@ -58,6 +59,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where to train (default auto: cuda when available; runs there one at a time)")
     p.add_argument("--out", type=Path, default=Path("lab_results"), help="output folder (default lab_results/)")
+    p.add_argument("--discriminator", choices=sorted(DISCRIMINATORS), default="2x128",
+                   help="the discriminator's hidden layers: 2x128 (the published regime, default) or 1x128 "
+                        "(the unrolled-GAN paper's depth, where plain ns drops modes)")
     p.add_argument("--full", action="store_true",
                    help="the published length (25,000 steps of batch 512), 5 seeds by default")
     p.add_argument("--threads", type=int, default=1,
@@ -158,7 +162,7 @@ def run_all(jobs, regime, backend, threads: int, processes: int, progress, devic
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    regime = FULL if args.full else DEFAULT
+    regime = with_discriminator(FULL if args.full else DEFAULT, args.discriminator)
     if args.steps is not None:
         regime = replace(regime, steps=args.steps)
     n_seeds = args.seeds or (5 if args.full else 3)

@@ -149,6 +149,23 @@ FULL = Regime("unrolled-GAN MLP regime", steps=25_000)
 DEFAULT = replace(FULL, name="unrolled-GAN MLP regime, shortened for CPU", steps=3000, batch=128,
                   objective_lr_scale=10.0)
 
+# Discriminators a regime can take (``fastgan lab --discriminator``): the published two hidden
+# layers of 128, or one hidden layer of 128, the depth of the unrolled-GAN paper's discriminator
+# (Metz et al. 2017, appendix A; LeakyReLU 0.2 here, without the paper's input scaling). With one
+# layer plain ``ns`` drops modes (docs/lab/one-layer-d/), the regime the unrolled GAN was made for.
+DISCRIMINATORS: dict[str, tuple[int, ...]] = {"2x128": (128, 128), "1x128": (128,)}
+
+
+def with_discriminator(regime: Regime, name: str) -> Regime:
+    """``regime`` with the discriminator ``DISCRIMINATORS[name]`` (named in the regime's name
+    unless it is the regime's own)."""
+    if name not in DISCRIMINATORS:
+        raise ValueError(f"discriminator must be one of {sorted(DISCRIMINATORS)}, got {name!r}")
+    hidden = DISCRIMINATORS[name]
+    if hidden == regime.d_hidden:
+        return regime
+    return replace(regime, name=f"{regime.name}, discriminator {name}", d_hidden=hidden)
+
 
 class Generator(nn.Module):
     """MLP from N(0, I_latent) noise to the plane: tanh (or ReLU) hidden layers, linear output."""

@@ -6,8 +6,10 @@ table and write ``results.md``, ``results.json``, ``lab.png`` (samples and metri
 (``fastgan.lab.train.FULL``: 25,000 steps of batch 512) with 5 seeds on the ring and the grid.
 The default is the same networks and optimiser shortened to fit two CPU cores in under five
 minutes (``fastgan.lab.train.DEFAULT``: 3,000 steps of batch 128, objectives' own learning
-rates 10x, 3 seeds, the ring only: the committed run took 418 s of CPU), and says so in its
-output. On a CUDA device each training step is one CUDA-graph replay.
+rates 10x, 3 seeds, the ring only), and says so in its
+output. ``--discriminator 1x128`` swaps in a one-hidden-layer discriminator (the depth of the
+unrolled-GAN paper's; ``fastgan.lab.train.DISCRIMINATORS``). On a CUDA device each training
+step is one CUDA-graph replay.
 """
 from __future__ import annotations
 

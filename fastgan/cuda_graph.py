@@ -10,10 +10,10 @@ What ``train_step`` must do to be capturable:
 
 - read its inputs from static buffers (``real.copy_(batch)`` before each call, not new tensors);
 - use optimisers built with ``capturable=True`` (their step counters live on the device);
-- set gradients to None at its start (``zero_grad(set_to_none=True)``), so that the recorded
-  backward allocates them in the graph's memory pool and the recorded optimiser step reads them
-  there (after which :func:`fastgan.discriminator_step` with ``backward=True`` hands D the
-  op's own gradient buffers, allocated in the pool too);
+- set gradients to None at its start (``zero_grad(set_to_none=True)``): the recorded backward
+  (or :func:`fastgan.discriminator_step` with ``backward=True``, which hands D the op's own
+  gradient buffers) then allocates them in the graph's memory pool, where the recorded
+  optimiser step reads them;
 - draw random numbers from the device's default generator (each replay advances its offset, so
   every replay draws fresh numbers: WGAN-GP's and DRAGAN's penalty noise, ``z.normal_()``);
 - not synchronise with the host (no ``.item()``, no printing of device values).

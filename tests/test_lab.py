@@ -179,6 +179,8 @@ def test_unrolled_objectives_by_name():
     u = get_objective("ns-unrolled-5")
     assert (u.loss, u.unrolled, u.unrolled_mode) == ("non_saturating", 5, "exact")
     assert get_objective("ns-unrolled-3-fo").unrolled_mode == "first_order"
+    assert get_objective("ns-unrolled") == u and get_objective("ns-unrolled-fo").name == "ns-unrolled-5-fo"
+    assert cli.parse_args(["--objectives", "ns", "ns-unrolled-fo"]).objectives == ["ns", "ns-unrolled-5-fo"]
     for bad in ("ns-unrolled-0", "ns-unrolled-x", "nope"):
         with pytest.raises(ValueError, match="objective must be one of"):
             get_objective(bad)

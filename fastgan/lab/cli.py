@@ -52,8 +52,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--data", nargs="+", choices=sorted(DATASETS), default=None,
                    help="data sets (default: ring; ring grid with --full)")
     p.add_argument("--objectives", nargs="+", default=list(DEFAULT_OBJECTIVES),
-                   help=f"objectives: {', '.join(OBJECTIVES)} or ns-unrolled-<k>[-fo] (unrolled GAN, k look-ahead "
-                        f"steps, -fo: first-order) (default: {' '.join(DEFAULT_OBJECTIVES)})")
+                   help=f"objectives: {', '.join(OBJECTIVES)} or ns-unrolled[-<k>][-fo] (unrolled GAN, k look-ahead "
+                        f"steps, 5 if omitted, -fo: first-order) (default: {' '.join(DEFAULT_OBJECTIVES)})")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default 3; 5 with --full)")
     p.add_argument("--steps", type=int, default=None, help="training steps per run (overrides the regime)")
     p.add_argument("--backend", default="auto", choices=("auto",) + fastgan.BACKENDS,
@@ -76,11 +76,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available here")
-    for name in args.objectives:
-        try:
-            get_objective(name)
-        except ValueError as e:
-            p.error(f"--objectives: {e}")
+    try:  # canonical names (ns-unrolled -> ns-unrolled-5), as the results show them
+        args.objectives = [get_objective(name).name for name in args.objectives]
+    except ValueError as e:
+        p.error(f"--objectives: {e}")
     for name in ("seeds", "steps", "threads", "jobs"):
         value = getattr(args, name)
         if value is not None and value < 1:

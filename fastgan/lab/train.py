@@ -79,20 +79,23 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("ns-pack2", "non_saturating", pack=2),
 )}
 DEFAULT_OBJECTIVES = ("ns", "ns-r1", "wgan-gp", "ns-pack2")
-UNROLLED = re.compile(r"ns-unrolled-(\d+)(-fo)?")
+UNROLLED = re.compile(r"ns-unrolled(?:-(\d+))?(-fo)?")
+UNROLLED_STEPS = 5  # k when the name gives none (the unrolled-GAN paper's 2-D experiments)
 
 
 def get_objective(name: str) -> Objective:
-    """An objective of ``OBJECTIVES`` or ``ns-unrolled-<k>[-fo]``: the non-saturating generator
+    """An objective of ``OBJECTIVES`` or ``ns-unrolled[-<k>][-fo]``: the non-saturating generator
     differentiating through k look-ahead Adam updates of D (:mod:`fastgan.unrolled`; Metz et al.
-    2017), exactly, or first-order with the ``-fo`` suffix."""
+    2017; k = 5 when the name gives none), exactly, or first-order with the ``-fo`` suffix. The
+    objective's name always carries k (``ns-unrolled`` is ``ns-unrolled-5``)."""
     if name in OBJECTIVES:
         return OBJECTIVES[name]
     match = UNROLLED.fullmatch(name)
-    if match is None or int(match[1]) < 1:
-        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)} or ns-unrolled-<k>[-fo] (k >= 1), "
+    k = (int(match[1]) if match[1] else UNROLLED_STEPS) if match else 0
+    if k < 1:
+        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)} or ns-unrolled[-<k>][-fo] (k >= 1), "
                          f"got {name!r}")
-    return Objective(name, "non_saturating", unrolled=int(match[1]),
+    return Objective(f"ns-unrolled-{k}{match[2] or ''}", "non_saturating", unrolled=k,
                      unrolled_mode="first_order" if match[2] else "exact")
 
 

@@ -137,33 +137,6 @@ __host__ __device__ inline FusedLayout fused_layout(int depth, const int* width,
   return s;
 }
 
-// out[r, j] = epi(r, j, sum_k a[r, k] w[j, k]) for r < T, j < n_out, k < n_in (a W^T).
-template <typename acc_t, typename Epi>
-__device__ __forceinline__ void tile_mm_nt(acc_t* out, const acc_t* a, const acc_t* w, int ldw, int T, int n_out,
-                                           int n_in, int ld, Epi epi) {
-  for (int e = threadIdx.x; e < T * n_out; e += blockDim.x) {
-    const int r = e / n_out, j = e - r * n_out;
-    const acc_t* ar = a + r * ld;
-    const acc_t* wj = w + j * ldw;
-    acc_t s = 0;
-    for (int k = 0; k < n_in; ++k) s += ar[k] * wj[k];
-    out[r * ld + j] = epi(r, j, s);
-  }
-}
-
-// out[r, k] = epi(r, k, sum_j a[r, j] w[j, k]) for r < T, k < n_out, j < n_in (a W).
-template <typename acc_t, typename Epi>
-__device__ __forceinline__ void tile_mm_nn(acc_t* out, const acc_t* a, const acc_t* w, int ldw, int T, int n_out,
-                                           int n_in, int ld, Epi epi) {
-  for (int e = threadIdx.x; e < T * n_out; e += blockDim.x) {
-    const int r = e / n_out, k = e - r * n_out;
-    const acc_t* ar = a + r * ld;
-    acc_t s = 0;
-    for (int j = 0; j < n_in; ++j) s += ar[j] * w[j * ldw + k];
-    out[r * ld + k] = epi(r, k, s);
-  }
-}
-
 // ---- tensor-core products (MMA_TF32, MMA_TF32X3) ------------------------------------------
 namespace wmma = nvcuda::wmma;
 template <bool ROW> struct WmmaLayout { using type = wmma::row_major; };
@@ -221,34 +194,28 @@ __device__ __forceinline__ void block_mm(float* out, int ldo, const float* a, in
   }
 }
 
-// The tile products with their elementwise epilogue, FFMA or tensor cores. With MMA the product
-// covers the padded widths and the epilogue runs in place afterwards (entries past n_out keep
-// the product, which is 0 because padded weights are 0). Block-uniform: every thread calls.
-template <int MMA, typename acc_t, typename Epi>
-__device__ __forceinline__ void tile_nt(acc_t* out, const acc_t* a, const acc_t* w, int ldw, int T, int n_out,
-                                        int n_in, int ld, Epi epi) {
+// out[r, j] = epi(r, j, sum_k a[r, k] B[k, j]) for r < T, j < n_out, k < n_in, with B = W^T
+// (NT: w is (n_out, n_in), row stride ldw) or B = W (NN: w is (n_in, n_out)); FFMA or tensor
+// cores. With MMA the product covers the padded widths and the epilogue runs in place afterwards
+// (entries past n_out keep the product, which is 0 because padded weights are 0). Block-uniform:
+// every thread calls.
+template <int MMA, bool NT, typename acc_t, typename Epi>
+__device__ __forceinline__ void tile_product(acc_t* out, const acc_t* a, const acc_t* w, int ldw, int T, int n_out,
+                                             int n_in, int ld, Epi epi) {
   if constexpr (MMA == MMA_NONE) {
-    tile_mm_nt(out, a, w, ldw, T, n_out, n_in, ld, epi);
+    for (int e = threadIdx.x; e < T * n_out; e += blockDim.x) {
+      const int r = e / n_out, j = e - r * n_out;
+      const acc_t* ar = a + r * ld;
+      acc_t s = 0;
+      for (int k = 0; k < n_in; ++k) s += ar[k] * (NT ? w[j * ldw + k] : w[k * ldw + j]);
+      out[r * ld + j] = epi(r, j, s);
+    }
   } else {
-    block_mm<MMA, true, false>(out, ld, a, ld, w, ldw, T, pad16(n_out), pad16(n_in), false);
+    block_mm<MMA, true, !NT>(out, ld, a, ld, w, ldw, T, pad16(n_out), pad16(n_in), false);
     __syncthreads();
     for (int e = threadIdx.x; e < T * n_out; e += blockDim.x) {
       const int r = e / n_out, j = e - r * n_out;
       out[r * ld + j] = epi(r, j, out[r * ld + j]);
-    }
-  }
-}
-template <int MMA, typename acc_t, typename Epi>
-__device__ __forceinline__ void tile_nn(acc_t* out, const acc_t* a, const acc_t* w, int ldw, int T, int n_out,
-                                        int n_in, int ld, Epi epi) {
-  if constexpr (MMA == MMA_NONE) {
-    tile_mm_nn(out, a, w, ldw, T, n_out, n_in, ld, epi);
-  } else {
-    block_mm<MMA, true, true>(out, ld, a, ld, w, ldw, T, pad16(n_out), pad16(n_in), false);
-    __syncthreads();
-    for (int e = threadIdx.x; e < T * n_out; e += blockDim.x) {
-      const int r = e / n_out, k = e - r * n_out;
-      out[r * ld + k] = epi(r, k, out[r * ld + k]);
     }
   }
 }
@@ -332,7 +299,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_mlp_kernel(FusedParams<scal
     // Forward: h_l = leaky(h_{l-1} W_l^T + b_l).
     for (int l = 1; l <= L; ++l) {
       const acc_t* bias = sm + s.b[l - 1];
-      tile_nt<MMA>(sH + l * T * ld, sH + (l - 1) * T * ld, sm + s.w[l - 1], s.ldw[l - 1], T, width[l],
+      tile_product<MMA, true>(sH + l * T * ld, sH + (l - 1) * T * ld, sm + s.w[l - 1], s.ldw[l - 1], T, width[l],
                  width[l - 1], ld, [&](int, int j, acc_t z) { return leaky(z + bias[j], alpha); });
       __syncthreads();
     }
@@ -368,14 +335,14 @@ __global__ void __launch_bounds__(kThreads, 1) fused_mlp_kernel(FusedParams<scal
     }
     for (int l = L; l >= 2; --l) {
       const acc_t* h = sH + (l - 1) * T * ld;
-      tile_nn<MMA>(sV + (l - 2) * T * ld, sV + (l - 1) * T * ld, sm + s.w[l - 1], s.ldw[l - 1], T,
+      tile_product<MMA, false>(sV + (l - 2) * T * ld, sV + (l - 1) * T * ld, sm + s.w[l - 1], s.ldw[l - 1], T,
                  width[l - 1], width[l], ld, [&](int r, int k, acc_t u) { return u * mask_of(h[r * ld + k], alpha); });
       __syncthreads();
     }
 
     if (MODE == MODE_GEN) {
       // grad_i = c_i g_i with g = V_1 W_1 (ubar buffer 0 holds g), written to global memory.
-      tile_nn<MMA>(sU, sV, sm + s.w[0], s.ldw[0], T, K, width[1], ld, [](int, int, acc_t g) { return g; });
+      tile_product<MMA, false>(sU, sV, sm + s.w[0], s.ldw[0], T, K, width[1], ld, [](int, int, acc_t g) { return g; });
       __syncthreads();
       for (int e = threadIdx.x; e < n * K; e += blockDim.x) {
         const int r = e / K, k = e - r * K;
@@ -392,7 +359,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_mlp_kernel(FusedParams<scal
     if (pa < pb) {
       // g = V_1 W_1 into ubar buffer 0; then gbar = k_r g_r on penalty rows, 0 elsewhere.
       acc_t* u0 = sU;
-      tile_nn<MMA>(u0, sV, sm + s.w[0], s.ldw[0], T, K, width[1], ld, [](int, int, acc_t g) { return g; });
+      tile_product<MMA, false>(u0, sV, sm + s.w[0], s.ldw[0], T, K, width[1], ld, [](int, int, acc_t g) { return g; });
       __syncthreads();
       const int lane = threadIdx.x & 31;
       for (int r = threadIdx.x >> 5; r < T; r += kWarps) {
@@ -409,7 +376,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_mlp_kernel(FusedParams<scal
       for (int l = 1; l <= L; ++l) {
         const acc_t* h = sH + l * T * ld;
         const acc_t* prev = sU + ((l - 1) & 1) * T * ld;
-        tile_nt<MMA>(sU + (l & 1) * T * ld, prev, sm + s.w[l - 1], s.ldw[l - 1], T, width[l],
+        tile_product<MMA, true>(sU + (l & 1) * T * ld, prev, sm + s.w[l - 1], s.ldw[l - 1], T, width[l],
                    width[l - 1], ld, [&](int r, int j, acc_t z) { return z * mask_of(h[r * ld + j], alpha); });
         acc_t* hp = sH + (l - 1) * T * ld;
         const int W = width[l - 1];

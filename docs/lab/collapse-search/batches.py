@@ -1,0 +1,174 @@
+"""Every batch of the collapse search (docs/lab/collapse-search.md): lists of settings for
+``search.py``. Keys of a setting: ``name``, ``objective`` (default ns), ``seed`` (default 0), ``obj``
+(fields of the Objective to replace), fields of the lab's ``DEFAULT`` regime, and the changes
+``search.py`` makes by wrapping the lab's constructors (see its docstring)."""
+BATCHES = {}
+
+# ---- batch 1
+_c = [
+ dict(name="dsteps2", obj=dict(d_steps=2)),
+ dict(name="dsteps5", obj=dict(d_steps=5)),
+ dict(name="dsteps5-dlr1e-3", obj=dict(d_steps=5), lr_d=1e-3),
+ dict(name="xavierG", init="xavier"),
+ dict(name="Dnarrow32x2", d_hidden=(32, 32)),
+ dict(name="D1x128", d_hidden=(128,)),
+ dict(name="Drelu", d_slope=0.0),
+ dict(name="Drelu-dlr1e-3", d_slope=0.0, lr_d=1e-3),
+ dict(name="Drelu-dsteps5", d_slope=0.0, obj=dict(d_steps=5)),
+ dict(name="betas0-0.9", betas=(0.0, 0.9)),
+ dict(name="G3x128", g_hidden=(128, 128, 128)),
+ dict(name="dlr1e-5", lr_d=1e-5),
+ dict(name="xavierG-Drelu", init="xavier", d_slope=0.0),
+ dict(name="r2", radius=2.0, std=0.02, d_slope=0.0),
+]
+BATCHES[1] = _c
+
+# ---- batch 2
+_c = []
+for s in (0, 1, 2):
+    for o in ("ns", "ns-r1", "ns-pack2", "wgan-gp"):
+        if o == "ns" and s == 0: continue
+        _c.append(dict(name="D1x128", objective=o, seed=s, d_hidden=(128,)))
+for s in (0, 1):
+    _c.append(dict(name="D1x128-relu", objective="ns", seed=s, d_hidden=(128,), d_slope=0.0))
+    _c.append(dict(name="D1x64", objective="ns", seed=s, d_hidden=(64,)))
+    _c.append(dict(name="D1x256", objective="ns", seed=s, d_hidden=(256,)))
+BATCHES[2] = _c
+
+# ---- batch 3
+_c = []
+for s in (0, 1):
+    _c.append(dict(name="gout0.1", seed=s, init="gout:0.1"))
+    _c.append(dict(name="gout0.01", seed=s, init="gout:0.01"))
+    _c.append(dict(name="ortho0.8", seed=s, init="ortho:0.8"))
+_c.append(dict(name="gout0.01-dlr1e-3", seed=0, init="gout:0.01", lr_d=1e-3))
+_c.append(dict(name="gout0.01-z16", seed=0, init="gout:0.01", latent=16))
+_c.append(dict(name="gout0.01-glr3e-3", seed=0, init="gout:0.01", lr_g=3e-3))
+_c.append(dict(name="gout0.01-relu", seed=0, init="gout:0.01", g_activation="relu"))
+BATCHES[3] = _c
+
+# ---- batch 4 (its first-layer-scaling settings failed to start and were run in batch 5)
+_c = [
+ dict(name="slope0.01", d_slope=0.01),
+ dict(name="D16x2", d_hidden=(16, 16)),
+ dict(name="D32x2-dlr3e-4", d_hidden=(32, 32), lr_d=3e-4),
+ dict(name="batch64", batch=64),
+ dict(name="batch512-1000", batch=512, steps=1000),
+ dict(name="D128x3", d_hidden=(128, 128, 128)),
+ dict(name="D64x2", d_hidden=(64, 64)),
+ dict(name="G64x2", g_hidden=(64, 64)),
+ dict(name="G32x2", g_hidden=(32, 32)),
+ dict(name="lr1e-4both", lr_g=1e-4, lr_d=1e-4),
+ dict(name="lr3e-4both", lr_g=3e-4, lr_d=3e-4),
+]
+BATCHES[4] = _c
+
+# ---- batch 5
+_c = [
+ dict(name="gout0.01-ds5-dlr1e-3", init="gout:0.01", obj=dict(d_steps=5), lr_d=1e-3),
+ dict(name="gout0.01-z2-dlr1e-3", init="gout:0.01", latent=2, lr_d=1e-3),
+ dict(name="gout0.01-glr1e-4-dlr1e-3", init="gout:0.01", lr_g=1e-4, lr_d=1e-3),
+ dict(name="dw1-0.25", dw1=0.25),
+ dict(name="dw1-0.25-relu", dw1=0.25, d_slope=0.0),
+ dict(name="metz", dw1=0.25, d_slope=0.0, d_hidden=(128,), g_activation="relu", init="ortho:0.8", lr_g=1e-4, lr_d=1e-4),
+ dict(name="metz-tanhG", dw1=0.25, d_slope=0.0, d_hidden=(128,), init="ortho:0.8", lr_g=1e-4, lr_d=1e-4),
+ dict(name="D1x128-glr1e-4-dlr1e-3", d_hidden=(128,), lr_g=1e-4, lr_d=1e-3),
+ dict(name="D1x128-ds5", d_hidden=(128,), obj=dict(d_steps=5)),
+ dict(name="D1x512", d_hidden=(512,)),
+ dict(name="gout0.01-D1x128-ds5-dlr1e-3", init="gout:0.01", d_hidden=(128,), obj=dict(d_steps=5), lr_d=1e-3),
+ dict(name="glr1e-2", lr_g=1e-2),
+]
+BATCHES[5] = _c
+
+# ---- batch 6
+_c = []
+for s in (0, 1):
+    _c.append(dict(name="tanhD", seed=s, tanhD=True))
+    _c.append(dict(name="tanhD-xavier", seed=s, tanhD=True, init="xavier"))
+for o in ("ns-r1", "ns-pack2"):  # (wgan-gp on the reference path: stopped, too slow)
+    _c.append(dict(name="tanhD", objective=o, seed=0, tanhD=True))
+BATCHES[6] = _c
+
+# ---- batch 7
+_c = [dict(name="tanhD-full", seed=s, tanhD=True, steps=25000, batch=512) for s in (0, 1)]
+BATCHES[7] = _c
+
+# ---- batch 8
+P = dict(gbn=(400, 4), latent=2, d_hidden=(200, 200, 200), dstd=0.02, batch=100)
+_c = [
+ dict(name="pacgan-lr1e-4", lr_g=1e-4, lr_d=1e-4, betas=(0.8, 0.999), **P),
+ dict(name="pacgan-lr1e-3", lr_g=1e-3, lr_d=1e-3, betas=(0.8, 0.999), **P),
+ dict(name="pacgan-lr1e-4-pack2", objective="ns-pack2", lr_g=1e-4, lr_d=1e-4, betas=(0.8, 0.999), **P),
+ dict(name="pacgan-lr1e-3-pack2", objective="ns-pack2", lr_g=1e-3, lr_d=1e-3, betas=(0.8, 0.999), **P),
+]
+BATCHES[8] = _c
+
+# ---- batch 9
+_c = [dict(name="simul", simul=True, seed=s) for s in (0, 1)] + [
+ dict(name="simul-b512-1500", simul=True, batch=512, steps=1500),
+ dict(name="simul-relu-D", simul=True, d_slope=0.0),
+ dict(name="simul-dlr1e-3", simul=True, lr_d=1e-3),
+ dict(name="simul-glr3e-3", simul=True, lr_g=3e-3),
+]
+BATCHES[9] = _c
+
+# ---- batch 10
+_c = []
+for z in (1, 2):
+    _c += [
+     dict(name=f"z{z}-G3x256-dlr1e-3", latent=z, g_hidden=(256, 256, 256), lr_d=1e-3),
+     dict(name=f"z{z}-G3x256relu-dlr1e-3", latent=z, g_hidden=(256, 256, 256), g_activation="relu", lr_d=1e-3),
+     dict(name=f"z{z}-dlr1e-3-r1g0.1", objective="ns-r1", obj=dict(penalty_weight=0.1), latent=z, lr_d=1e-3),
+    ]
+_c += [dict(name="z1-dlr1e-3", latent=1, lr_d=1e-3, seed=s) for s in (3, 4)]
+_c += [dict(name="z1-dlr1e-3-wgan-lr1e-3", objective="wgan-gp", latent=1, lr_d=1e-3)]
+BATCHES[10] = _c
+
+# ---- batch 11
+_c = [dict(name="poole-full", seed=s, tanhD=True, dxavier=True, init="xavier", simul=True, radius=2.0, std=0.02, steps=25000, batch=512) for s in (0, 1)]
+BATCHES[11] = _c
+
+# ---- batch 12
+_c = []
+for sh in (1.5, 3.0):
+    for o in ("ns", "ns-r1", "ns-pack2", "wgan-gp"):
+        _c.append(dict(name=f"shift{sh}", objective=o, shift=sh))
+BATCHES[12] = _c
+
+# ---- batch 13
+_c = [dict(name="minimax", objective="minimax", seed=s) for s in (0, 1, 2)] + \
+          [dict(name="minimax-simul", objective="minimax", simul=True, seed=s) for s in (0, 1)] + \
+          [dict(name="minimax-r2", objective="minimax", radius=2.0, std=0.02, seed=0),
+           dict(name="minimax-xavier", objective="minimax", init="xavier", seed=0)]
+BATCHES[13] = _c
+
+# ---- batch 14
+_c = [dict(name="poole-full-minimax", objective="minimax", seed=s, tanhD=True, dxavier=True, init="xavier", simul=True, radius=2.0, std=0.02, steps=25000, batch=512) for s in (0, 1)]
+BATCHES[14] = _c
+
+# ---- batch 15
+_c = [dict(name="D1x128", objective=o, seed=s, d_hidden=(128,)) for o in ("ns-unrolled-5", "ns-unrolled-5-fo") for s in (0, 1, 2)]
+BATCHES[15] = _c
+
+# ---- batch 16
+_c = [dict(name="D1x128-6000", seed=s, d_hidden=(128,), steps=6000) for s in (0, 1, 2)] + \
+          [dict(name="D1x128-dlr3e-4", seed=s, d_hidden=(128,), lr_d=3e-4) for s in (0, 1)] + \
+          [dict(name="D1x128-slope0.5", seed=s, d_hidden=(128,), d_slope=0.5) for s in (0, 1)]
+BATCHES[16] = _c
+
+# ---- batch 17
+_c = []
+for g in (0.1, 0.01):
+    for s in (0, 1, 2):
+        _c.append(dict(name=f"1x128-r1g{g}", objective="ns-r1", obj=dict(penalty_weight=g), seed=s, d_hidden=(128,)))
+        _c.append(dict(name=f"2x128-r1g{g}", objective="ns-r1", obj=dict(penalty_weight=g), seed=s))
+BATCHES[17] = _c
+
+# ---- batch 18
+_c = []
+for g in (3.0, 10.0):
+    for s in (0, 1, 2):
+        _c.append(dict(name=f"1x128-r1g{g}", objective="ns-r1", obj=dict(penalty_weight=g), seed=s, d_hidden=(128,)))
+for s in (0, 1, 2):
+    _c.append(dict(name="1x128-pack4", objective="ns-pack2", obj=dict(pack=4, name="ns-pack4"), seed=s, d_hidden=(128,)))
+BATCHES[18] = _c

@@ -175,6 +175,52 @@ def test_generator_and_discriminator_activations():
         Generator(4, (8,), "gelu")
 
 
+def test_pacgan_regime_is_the_published_setup():
+    from fastgan.lab.train import PACGAN, PACGAN_FULL, REGIMES
+    full = PACGAN_FULL
+    assert (full.steps, full.batch, full.latent, full.g_hidden, full.d_hidden) == (400_000, 100, 2, (400,) * 4,
+                                                                                   (200,) * 3)
+    assert (full.lr_g, full.lr_d, full.betas[0], full.init_std) == (1e-4, 1e-4, 0.8, 0.02)
+    assert (full.g_activation, full.g_batchnorm, full.objective_lr_scale) == ("relu", True, 1.0)
+    # the shortened regime changes only its length and learning rates
+    assert replace(PACGAN, name=full.name, steps=full.steps, lr_g=full.lr_g, lr_d=full.lr_d,
+                   objective_lr_scale=1.0) == full
+    assert REGIMES["pacgan"] == (PACGAN, PACGAN_FULL) and REGIMES["unrolled-gan"] == (DEFAULT, FULL)
+    text = PACGAN.describe()
+    assert "G MLP 2-400-400-400-400-2 (relu with batch norm" in text and "weights N(0, 0.02)" in text
+    assert "weights N(0" not in DEFAULT.describe()
+
+
+def test_batchnorm_generator_and_gaussian_init():
+    from fastgan.lab.train import Generator, gaussian_init
+    torch.manual_seed(0)
+    g = Generator(3, (64, 64), "relu", batchnorm=True)
+    linears = [m for m in g.modules() if isinstance(m, torch.nn.Linear)]
+    norms = [m for m in g.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(norms) == 2 and [m.bias is None for m in linears] == [True, True, False]
+    # each hidden layer is normalised over the batch before its activation
+    h = g.net[:2](torch.randn(500, 3))
+    assert h.mean(0).abs().max() < 1e-5 and (h.var(0, unbiased=False) - 1).abs().max() < 1e-2  # eps 1e-5 in the variance
+    gaussian_init(g, 0.02)
+    big = torch.cat([m.weight.reshape(-1) for m in linears])
+    assert abs(float(big.std()) - 0.02) < 0.001 and float(big.mean()).__abs__() < 0.001
+    assert all(bool((m.bias == 0).all()) for m in linears if m.bias is not None)
+    assert all(bool((n.weight == 1).all()) and bool((n.bias == 0).all()) for n in norms)
+    plain = Generator(3, (8,))
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules()) and plain.net[0].bias is not None
+
+
+def test_pacgan_shaped_run_is_reproducible():
+    from fastgan.lab.train import PACGAN
+    torch.set_num_threads(1)
+    tiny = replace(PACGAN, steps=8, batch=16, g_hidden=(16, 16), d_hidden=(16, 16), eval_samples=300)
+    a, b, c = (train_run(ring(), OBJECTIVES["ns-pack2"], seed, tiny) for seed in (4, 4, 5))
+    assert torch.equal(a.samples, b.samples) and not torch.equal(a.samples, c.samples)
+    assert torch.isfinite(a.samples).all()
+    # the Gaussian initialisation is what the run starts from: a run without it differs
+    assert not torch.equal(a.samples, train_run(ring(), OBJECTIVES["ns-pack2"], 4, replace(tiny, init_std=None)).samples)
+
+
 def test_unrolled_objectives_by_name():
     u = get_objective("ns-unrolled-5")
     assert (u.loss, u.unrolled, u.unrolled_mode) == ("non_saturating", 5, "exact")
@@ -247,6 +293,21 @@ def test_cli_end_to_end(tmp_path, capsys):
     serial = json.loads((tmp_path / "serial" / "results.json").read_text())
     strip = lambda runs: [{k: v for k, v in r.items() if "seconds" not in k} for r in runs]  # noqa: E731
     assert strip(serial["runs"]) == strip(report["runs"])
+
+
+def test_cli_regime_choice(tmp_path):
+    args = ["--regime", "pacgan", "--objectives", "ns", "--steps", "4", "--seeds", "1", "--quiet", "--jobs", "1",
+            "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    md = (tmp_path / "results.md").read_text()
+    assert "Regime: PacGAN toy regime, shortened:" in md and "published 400,000 steps of batch 100" in md
+    assert "D MLPDiscriminator 2-200-200-200-1 " in md  # the regime's own discriminator
+    assert "learning rates are G 0.001 / D 0.001 instead of the published 0.0001 / 0.0001" in md
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["regime"]["g_batchnorm"] is True and report["regime"]["latent"] == 2
+    assert cli.parse_args([]).regime == "unrolled-gan"
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--regime", "nope"])
 
 
 def test_cli_rejects_bad_options():

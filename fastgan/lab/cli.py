@@ -2,12 +2,20 @@
 table and write ``results.md``, ``results.json``, ``lab.png`` (samples and metrics) and
 ``hopping.png`` (the non-saturating generator on the ring over training) to the output folder.
 
-``--full`` runs the published small-MLP regime of the unrolled-GAN / VEEGAN / GDPP experiments
-(``fastgan.lab.train.FULL``: 25,000 steps of batch 512) with 5 seeds on the ring and the grid.
-The default is the same networks and optimiser shortened to fit two CPU cores in under five
-minutes (``fastgan.lab.train.DEFAULT``: 3,000 steps of batch 128, objectives' own learning
-rates 10x, 3 seeds, the ring only), and says so in its
-output. ``--discriminator 1x128`` swaps in a one-hidden-layer discriminator (the depth of the
+Two published regimes (``--regime``; ``fastgan.lab.train.REGIMES``):
+
+- ``unrolled-gan`` (the default): the small-MLP regime of the unrolled-GAN / VEEGAN / GDPP
+  experiments. ``--full`` runs it at the published length (``fastgan.lab.train.FULL``: 25,000
+  steps of batch 512) with 5 seeds on the ring and the grid. Without it, the same networks and
+  optimiser are shortened to fit two CPU cores in under five minutes
+  (``fastgan.lab.train.DEFAULT``: 3,000 steps of batch 128, objectives' own learning rates 10x,
+  3 seeds, the ring only), and the output says so.
+- ``pacgan``: PacGAN's ring experiment (``fastgan.lab.train.PACGAN``: batch-norm ReLU generator
+  from 2-D noise, 3 x 200 discriminator, 15,000 steps of batch 100 at 10x the published
+  learning rates; minutes per run on a CPU core). ``--full`` is the published 400,000 steps
+  (``PACGAN_FULL``), a GPU job.
+
+``--discriminator 1x128`` swaps in a one-hidden-layer discriminator (the depth of the
 unrolled-GAN paper's; ``fastgan.lab.train.DISCRIMINATORS``). On a CUDA device each training
 step is one CUDA-graph replay.
 """
@@ -31,8 +39,8 @@ import fastgan
 from fastgan.lab import plots
 from fastgan.lab.data import DATASETS, get_dataset
 from fastgan.lab.metrics import mean_se
-from fastgan.lab.train import (DEFAULT, DEFAULT_OBJECTIVES, DISCRIMINATORS, FULL, OBJECTIVES, get_objective,
-                               train_run, with_discriminator)
+from fastgan.lab.train import (DEFAULT_OBJECTIVES, DISCRIMINATORS, OBJECTIVES, REGIMES, get_objective, train_run,
+                               with_discriminator)
 
 METRICS = ("modes_captured", "high_quality_pct", "reverse_kl")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jensen_shannon")
@@ -61,11 +69,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where to train (default auto: cuda when available; runs there one at a time)")
     p.add_argument("--out", type=Path, default=Path("lab_results"), help="output folder (default lab_results/)")
-    p.add_argument("--discriminator", choices=sorted(DISCRIMINATORS), default="2x128",
-                   help="the discriminator's hidden layers: 2x128 (the published regime, default) or 1x128 "
-                        "(the unrolled-GAN paper's depth, where plain ns drops modes)")
+    p.add_argument("--regime", choices=list(REGIMES), default="unrolled-gan",
+                   help="the published set-up to train in: unrolled-gan (default; the unrolled-GAN / VEEGAN "
+                        "small MLPs) or pacgan (PacGAN's ring experiment, minutes per run on a CPU core)")
+    p.add_argument("--discriminator", choices=sorted(DISCRIMINATORS), default=None,
+                   help="the discriminator's hidden layers instead of the regime's: 2x128 (the unrolled-gan "
+                        "regime's) or 1x128 (the unrolled-GAN paper's depth, where plain ns drops modes) "
+                        "(default: the regime's own)")
     p.add_argument("--full", action="store_true",
-                   help="the published length (25,000 steps of batch 512), 5 seeds by default")
+                   help="the regime's published length (unrolled-gan: 25,000 steps of batch 512; pacgan: "
+                        "400,000 steps of batch 100) and learning rates, 5 seeds by default")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: the models are small; results are bitwise "
                         "reproducible for a fixed thread count)")
@@ -163,7 +176,10 @@ def run_all(jobs, regime, backend, threads: int, processes: int, progress, devic
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    regime = with_discriminator(FULL if args.full else DEFAULT, args.discriminator)
+    shortened, published = REGIMES[args.regime]
+    regime = published if args.full else shortened
+    if args.discriminator is not None:
+        regime = with_discriminator(regime, args.discriminator)
     if args.steps is not None:
         regime = replace(regime, steps=args.steps)
     n_seeds = args.seeds or (5 if args.full else 3)
@@ -173,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = None if args.backend == "auto" else args.backend
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     mixtures = {name: get_dataset(name) for name in args.data}
-    length = scope(regime, n_seeds, args.data)
+    length = scope(regime, published, n_seeds, args.data)
     print(length)
     jobs = [(ds, obj, s) for ds in args.data for obj in args.objectives for s in range(n_seeds)]
 
@@ -218,20 +234,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def scope(regime, seeds: int, data: list[str]) -> str:
-    """Plain sentences: how this run's length compares with the published regime."""
-    if (regime.steps, regime.batch) == (FULL.steps, FULL.batch):
+def scope(regime, published, seeds: int, data: list[str]) -> str:
+    """Plain sentences: how this run's length compares with the ``published`` regime."""
+    if (regime.steps, regime.batch) == (published.steps, published.batch):
         return f"Published length: {regime.steps:,} steps of batch {regime.batch}, {seeds} seed(s)."
     text = (f"Shortened: {regime.steps:,} steps of batch {regime.batch}, {seeds} seed(s), instead of the "
-            f"published {FULL.steps:,} steps of batch {FULL.batch} (`fastgan lab --full`); compare these "
-            f"numbers only with each other.")
+            f"published {published.steps:,} steps of batch {published.batch} (`fastgan lab --full`); compare "
+            f"these numbers only with each other.")
+    if (regime.lr_g, regime.lr_d) != (published.lr_g, published.lr_d):
+        text += (f" The regime's learning rates are G {regime.lr_g:g} / D {regime.lr_d:g} instead of the "
+                 f"published {published.lr_g:g} / {published.lr_d:g}.")
     if regime.objective_lr_scale != 1:
         text += (f" Learning rates an objective sets itself (WGAN-GP's Adam 1e-4) are multiplied by "
                  f"{regime.objective_lr_scale:g} to converge at this length.")
     if "grid" not in data:
-        text += (" The grid is left out: it needs the published length (a 2,000-step trial of ns-r1 ended "
-                 "with 2 of 25 modes and 0.9% high-quality samples); `--full` includes it, `--data grid` "
-                 "runs it anyway.")
+        text += (" The grid is left out: `--full` includes it, `--data grid` runs it anyway (in the "
+                 "unrolled-gan regime it needs the published length: a 2,000-step trial of ns-r1 ended with "
+                 "2 of 25 modes and 0.9% high-quality samples).")
     return text
 
 

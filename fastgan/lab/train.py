@@ -101,9 +101,10 @@ def get_objective(name: str) -> Objective:
 
 @dataclass(frozen=True)
 class Regime:
-    """Network sizes, optimiser and length of a run (compare objectives only within one).
+    """Network sizes, initialisation, optimiser and length of a run (compare objectives only
+    within one).
 
-    The generator is tanh (the smooth variant of the published MLP); the discriminator is
+    The generator is an MLP (:class:`Generator`); the discriminator is
     :class:`fastgan.MLPDiscriminator` (LeakyReLU), the network the fused step runs. The settings
     tried in search of a regime where plain ``ns`` collapses are in docs/lab/collapse-search.md."""
 
@@ -119,6 +120,8 @@ class Regime:
     eval_samples: int = 2500
     dtype: str = "float32"
     g_activation: str = "tanh"  # the generator's hidden activation: "tanh" or "relu"
+    g_batchnorm: bool = False  # batch normalisation before each of the generator's hidden activations
+    init_std: float | None = None  # N(0, init_std) weights and zero biases for G and D (None: PyTorch's init)
     d_slope: float = 0.2  # the discriminator's LeakyReLU slope (0: ReLU)
     # multiplies the learning rates an objective sets itself (WGAN-GP's published 1e-4 is tuned for
     # its published length; the shortened CPU regime raises it)
@@ -134,8 +137,11 @@ class Regime:
     def describe(self) -> str:
         g = "-".join(map(str, (self.latent,) + self.g_hidden + (2,)))
         d = "-".join(map(str, (2,) + self.d_hidden + (1,)))
-        return (f"{self.name}: G MLP {g} ({self.g_activation}, N(0, I) noise), D MLPDiscriminator {d} ("
-                f"{f'LeakyReLU {self.d_slope:g}' if self.d_slope else 'ReLU'}; first layer 2*pack inputs), Adam lr G {self.lr_g:g} / D {self.lr_d:g}, betas {self.betas} "
+        g_act = self.g_activation + (" with batch norm" if self.g_batchnorm else "")
+        init = "" if self.init_std is None else f", weights N(0, {self.init_std:g}) and zero biases"
+        return (f"{self.name}: G MLP {g} ({g_act}, N(0, I) noise), D MLPDiscriminator {d} ("
+                f"{f'LeakyReLU {self.d_slope:g}' if self.d_slope else 'ReLU'}; first layer 2*pack inputs){init}, "
+                f"Adam lr G {self.lr_g:g} / D {self.lr_d:g}, betas {self.betas} "
                 f"(unless the objective sets its own{self._scale_note()}), batch {self.batch} rows, "
                 f"{self.steps} steps, {self.dtype}")
 
@@ -151,6 +157,22 @@ FULL = Regime("unrolled-GAN MLP regime", steps=25_000)
 # rates are 10x here.
 DEFAULT = replace(FULL, name="unrolled-GAN MLP regime, shortened for CPU", steps=3000, batch=128,
                   objective_lr_scale=10.0)
+
+# PacGAN's 2-D ring experiment (Lin et al. 2018; its published code): G 2-400-400-400-400-2, ReLU
+# with batch norm, z ~ N(0, I_2); D 2-200-200-200-1 (maxout with 5 pieces there, the fused
+# LeakyReLU network here); weights N(0, 0.02), zero biases; Adam 1e-4, beta1 0.8; batch 100;
+# 400 epochs of 100,000 samples = 400,000 steps (simultaneous updates there, alternating here).
+# The regime in which the paper's plain GAN captures 6.3 of 8 ring modes with 98% high-quality
+# samples and PacGAN2 7.9.
+PACGAN_FULL = Regime("PacGAN toy regime", steps=400_000, batch=100, latent=2, g_hidden=(400,) * 4,
+                     d_hidden=(200,) * 3, lr_g=1e-4, lr_d=1e-4, betas=(0.8, 0.999), g_activation="relu",
+                     g_batchnorm=True, init_std=0.02)
+# The same networks shortened to 15,000 steps with every learning rate 10x (the objectives' own
+# too). Minutes per run on one CPU core (docs/lab/pacgan/).
+PACGAN = replace(PACGAN_FULL, name="PacGAN toy regime, shortened", steps=15_000, lr_g=1e-3, lr_d=1e-3,
+                 objective_lr_scale=10.0)
+# name -> (the default length, the published length) (``fastgan lab --regime``)
+REGIMES: dict[str, tuple[Regime, Regime]] = {"unrolled-gan": (DEFAULT, FULL), "pacgan": (PACGAN, PACGAN_FULL)}
 
 # Discriminators a regime can take (``fastgan lab --discriminator``): the published two hidden
 # layers of 128, or one hidden layer of 128, the depth of the unrolled-GAN paper's discriminator
@@ -171,23 +193,40 @@ def with_discriminator(regime: Regime, name: str) -> Regime:
 
 
 class Generator(nn.Module):
-    """MLP from N(0, I_latent) noise to the plane: tanh (or ReLU) hidden layers, linear output."""
+    """MLP from N(0, I_latent) noise to the plane: tanh (or ReLU) hidden layers, linear output.
+    ``batchnorm``: each hidden layer is Linear (no bias) -> BatchNorm1d -> activation; the
+    generator then normalises with the statistics of the batch it is given (training mode), also
+    when the lab draws samples to measure it."""
 
     ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
-    def __init__(self, latent: int, hidden: tuple[int, ...], activation: str = "tanh"):
+    def __init__(self, latent: int, hidden: tuple[int, ...], activation: str = "tanh", batchnorm: bool = False):
         super().__init__()
         if activation not in self.ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(self.ACTIVATIONS)}, got {activation!r}")
         widths = (latent,) + tuple(hidden)
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(a, b), self.ACTIVATIONS[activation]()]
+            layers.append(nn.Linear(a, b, bias=not batchnorm))
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(b))
+            layers.append(self.ACTIVATIONS[activation]())
         self.net = nn.Sequential(*layers, nn.Linear(widths[-1], 2))
         self.latent = latent
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
+
+
+@torch.no_grad()
+def gaussian_init(net: nn.Module, std: float) -> None:
+    """N(0, std) weights and zero biases for every ``nn.Linear`` of ``net``, in module order
+    (batch norm keeps its unit scale and zero shift)."""
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            m.weight.normal_(0.0, std)
+            if m.bias is not None:
+                m.bias.zero_()
 
 
 @dataclass
@@ -265,9 +304,12 @@ def train_run(mixture: Mixture, objective: Objective, seed: int, regime: Regime 
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        G = Generator(regime.latent, regime.g_hidden, regime.g_activation).to(device, dtype)
-        D = fastgan.MLPDiscriminator(2, regime.d_hidden, negative_slope=regime.d_slope,
-                                     pack=objective.pack).to(device, dtype)
+        G = Generator(regime.latent, regime.g_hidden, regime.g_activation, regime.g_batchnorm)
+        D = fastgan.MLPDiscriminator(2, regime.d_hidden, negative_slope=regime.d_slope, pack=objective.pack)
+        if regime.init_std is not None:
+            for net in (G, D):
+                gaussian_init(net, regime.init_std)
+        G, D = G.to(device, dtype), D.to(device, dtype)
     lr_g, lr_d, betas = regime.adam(objective)
     cuda = device.type == "cuda"
     opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas, capturable=cuda)

@@ -172,3 +172,42 @@ for g in (3.0, 10.0):
 for s in (0, 1, 2):
     _c.append(dict(name="1x128-pack4", objective="ns-pack2", obj=dict(pack=4, name="ns-pack4"), seed=s, d_hidden=(128,)))
 BATCHES[18] = _c
+
+# ---- batch 19: several generator steps per discriminator step (G closer to its best response
+# to the current D: the textbook account of collapse onto D's argmax)
+_c = [dict(name=f"gsteps{k}", gsteps=k) for k in (2, 5, 10)] + \
+     [dict(name=f"gsteps{k}-dlr1e-3", gsteps=k, lr_d=1e-3) for k in (5, 10)] + \
+     [dict(name=f"gsteps{k}-glr1e-4", gsteps=k, lr_g=1e-4) for k in (5, 10)]
+BATCHES[19] = _c
+
+# ---- batch 20: 10 generator steps per discriminator step, D lr 1e-3 (batch 19's collapse): seeds and remedies
+_c = [dict(name="gsteps10-dlr1e-3", gsteps=10, lr_d=1e-3, seed=s) for s in (1, 2)] + \
+     [dict(name="gsteps10-dlr1e-3", objective=o, gsteps=10, lr_d=1e-3) for o in ("ns-r1", "wgan-gp", "ns-pack2", "minimax")]
+BATCHES[20] = _c
+
+# ---- batch 21: the same regime: R1 weights, more seeds of the remedies that worked
+_c = [dict(name=f"gsteps10-dlr1e-3-r1g{g}", objective="ns-r1", obj=dict(penalty_weight=g), gsteps=10, lr_d=1e-3)
+      for g in (0.1, 10.0)] + \
+     [dict(name="gsteps10-dlr1e-3", objective=o, gsteps=10, lr_d=1e-3, seed=1) for o in ("ns-pack2", "wgan-gp")]
+BATCHES[21] = _c
+
+# ---- batch 22: PacGAN's toy networks (batch 8) at lr 1e-3 for 15,000 steps
+_c = [dict(name="pacgan-lr1e-3-15k", objective=o, lr_g=1e-3, lr_d=1e-3, betas=(0.8, 0.999), steps=15000, **P)
+      for o in ("ns", "ns-pack2")]
+BATCHES[22] = _c
+
+# ---- batch 23: the generator-heavy regime (batch 19): how fast G must be for a sharp clump
+_c = [dict(name="gsteps10-dlr1e-3-glr3e-3", gsteps=10, lr_d=1e-3, lr_g=3e-3),
+      dict(name="gsteps20-dlr1e-3", gsteps=20, lr_d=1e-3)]
+BATCHES[23] = _c
+
+# ---- batch 24: PacGAN's toy regime (batch 22) narrowed for the CPU: G 4 x 128, D 3 x 128; all four objectives
+Q = dict(gbn=(128, 4), latent=2, d_hidden=(128, 128, 128), dstd=0.02, batch=100, lr_g=1e-3, lr_d=1e-3,
+         betas=(0.8, 0.999), steps=10000)
+_c = [dict(name="pacgan-narrow-10k", objective=o, **Q) for o in ("ns", "ns-pack2", "ns-r1", "wgan-gp")]
+BATCHES[24] = _c
+
+# ---- batch 25: PacGAN's toy networks at lr 1e-3, 15,000 steps (batch 22): more seeds, and R1
+_c = [dict(name="pacgan-lr1e-3-15k", seed=s, lr_g=1e-3, lr_d=1e-3, betas=(0.8, 0.999), steps=15000, **P) for s in (1, 2)] + \
+     [dict(name="pacgan-lr1e-3-15k", objective="ns-r1", lr_g=1e-3, lr_d=1e-3, betas=(0.8, 0.999), steps=15000, **P)]
+BATCHES[25] = _c  # the R1 run was stopped unfinished: the lab's pacgan regime runs it (docs/lab/pacgan/)

@@ -11,7 +11,7 @@ Setting keys beyond the regime's fields and ``obj`` (Objective fields): ``init``
 (G's output layer scaled by f); ``dw1`` (D's first-layer weights scaled), ``dstd`` (D weights
 N(0, dstd), zero biases), ``dxavier`` (Xavier D); ``tanhD`` (a tanh MLPDiscriminator subclass on
 the reference backend); ``simul`` (simultaneous updates: G's gradient against the D of the same
-step); ``gbn`` = (width, depth) (PacGAN's batch-norm ReLU generator); ``radius`` / ``std`` /
+step); ``gsteps`` (generator steps per discriminator step, each on fresh noise); ``gbn`` = (width, depth) (PacGAN's batch-norm ReLU generator); ``radius`` / ``std`` /
 ``shift`` (the ring scaled, its std, its centre moved along x).
 """
 import argparse
@@ -41,6 +41,7 @@ def run(batch, cfg):
     dw1 = cfg.pop("dw1", None)
     tanhD = cfg.pop("tanhD", False)
     simul = cfg.pop("simul", False)
+    gsteps = cfg.pop("gsteps", 1)
     dxavier = cfg.pop("dxavier", False)
     gbn = cfg.pop("gbn", None)
     dstd = cfg.pop("dstd", None)
@@ -99,10 +100,34 @@ def run(batch, cfg):
                 opt_d.step(); opt_g.step()
             return step
         T.make_step = make_step
+    if gsteps > 1:
+        import fastgan
+        def make_step(G, D, opt_g, opt_d, mixture, objective, regime, backend, rng):
+            dtype = next(G.parameters()).dtype
+            loss = fastgan.get_loss(objective.loss)
+            penalty = objective.make_penalty()
+            n = regime.batch * objective.pack
+            def noise():
+                return torch.randn(n, regime.latent, generator=rng, dtype=dtype)
+            def step():
+                for _ in range(objective.d_steps):
+                    real = mixture.sample(n, rng, dtype)
+                    with torch.no_grad():
+                        fake = G(noise())
+                    opt_d.zero_grad(set_to_none=True)
+                    fastgan.discriminator_step(D, real, fake, loss=loss, penalty=penalty, backend=backend,
+                                               generator=rng, backward=True)
+                    opt_d.step()
+                for _ in range(gsteps):
+                    opt_g.zero_grad(set_to_none=True)
+                    fastgan.generator_step(D, G(noise()), loss=loss, backend=backend).backward()
+                    opt_g.step()
+            return step
+        T.make_step = make_step
     if gbn:
         width, depth = gbn
         class BNGen(nn.Module):
-            def __init__(self, latent, hidden, activation="tanh"):
+            def __init__(self, latent, hidden, activation="tanh", batchnorm=False):
                 super().__init__()
                 layers, a = [], latent
                 for _ in range(depth):

@@ -162,8 +162,8 @@ DEFAULT = replace(FULL, name="unrolled-GAN MLP regime, shortened for CPU", steps
 # with batch norm, z ~ N(0, I_2); D 2-200-200-200-1 (maxout with 5 pieces there, the fused
 # LeakyReLU network here); weights N(0, 0.02), zero biases; Adam 1e-4, beta1 0.8; batch 100;
 # 400 epochs of 100,000 samples = 400,000 steps (simultaneous updates there, alternating here).
-# The regime in which the paper's plain GAN captures 6.3 of 8 ring modes with 98% high-quality
-# samples and PacGAN2 7.9.
+# The regime in which the paper's plain GAN captures 6.3 of 8 ring modes and PacGAN2 7.9 (means
+# over 10 runs).
 PACGAN_FULL = Regime("PacGAN toy regime", steps=400_000, batch=100, latent=2, g_hidden=(400,) * 4,
                      d_hidden=(200,) * 3, lr_g=1e-4, lr_d=1e-4, betas=(0.8, 0.999), g_activation="relu",
                      g_batchnorm=True, init_std=0.02)

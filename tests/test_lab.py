@@ -266,8 +266,10 @@ def test_unrolled_run_is_reproducible_and_differs_from_ns(name):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_graph_run_is_reproducible():
-    runs = [train_run(ring(), OBJECTIVES[o], 3, TINY, device="cuda") for o in ("wgan-gp", "wgan-gp", "ns-r1")]
+@pytest.mark.parametrize("batchnorm", [False, True])  # True: a PacGAN-shaped regime (batch norm in the graph)
+def test_cuda_graph_run_is_reproducible(batchnorm):
+    regime = replace(TINY, g_activation="relu", g_batchnorm=True, init_std=0.02) if batchnorm else TINY
+    runs = [train_run(ring(), OBJECTIVES[o], 3, regime, device="cuda") for o in ("wgan-gp", "wgan-gp", "ns-r1")]
     a, b, c = runs
     assert torch.isfinite(a.samples).all() and torch.equal(a.samples, b.samples)
     assert not torch.equal(a.samples, c.samples)

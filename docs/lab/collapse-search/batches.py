@@ -211,3 +211,7 @@ BATCHES[24] = _c
 _c = [dict(name="pacgan-lr1e-3-15k", seed=s, lr_g=1e-3, lr_d=1e-3, betas=(0.8, 0.999), steps=15000, **P) for s in (1, 2)] + \
      [dict(name="pacgan-lr1e-3-15k", objective="ns-r1", lr_g=1e-3, lr_d=1e-3, betas=(0.8, 0.999), steps=15000, **P)]
 BATCHES[25] = _c  # the R1 run was stopped unfinished: the lab's pacgan regime runs it (docs/lab/pacgan/)
+
+# ---- batch 26: the lab's pacgan regime (docs/lab/pacgan/): R1's weight
+_c = [dict(name=f"pacgan-r1g{g}", base="pacgan", objective="ns-r1", obj=dict(penalty_weight=g)) for g in (0.1, 10.0)]
+BATCHES[26] = _c

@@ -12,7 +12,8 @@ Setting keys beyond the regime's fields and ``obj`` (Objective fields): ``init``
 N(0, dstd), zero biases), ``dxavier`` (Xavier D); ``tanhD`` (a tanh MLPDiscriminator subclass on
 the reference backend); ``simul`` (simultaneous updates: G's gradient against the D of the same
 step); ``gsteps`` (generator steps per discriminator step, each on fresh noise); ``gbn`` = (width, depth) (PacGAN's batch-norm ReLU generator); ``radius`` / ``std`` /
-``shift`` (the ring scaled, its std, its centre moved along x).
+``shift`` (the ring scaled, its std, its centre moved along x); ``base`` = ``pacgan`` (start from
+the lab's ``PACGAN`` regime instead of ``DEFAULT``).
 """
 import argparse
 import json
@@ -53,7 +54,7 @@ def run(batch, cfg):
         mix = Mixture(mix.name, mix.means + torch.tensor([shift, 0.0], dtype=torch.float64), mix.std)
     if radius or std:
         mix = Mixture(mix.name, mix.means * (radius or 1.0), std or mix.std)
-    regime = replace(T.DEFAULT, **cfg)
+    regime = replace(T.PACGAN if cfg.pop("base", "default") == "pacgan" else T.DEFAULT, **cfg)
     if init and init.startswith("gout:"):
         f = float(init[5:])
         orig = T.Generator.__init__

@@ -215,3 +215,7 @@ BATCHES[25] = _c  # the R1 run was stopped unfinished: the lab's pacgan regime r
 # ---- batch 26: the lab's pacgan regime (docs/lab/pacgan/): R1's weight
 _c = [dict(name=f"pacgan-r1g{g}", base="pacgan", objective="ns-r1", obj=dict(penalty_weight=g)) for g in (0.1, 10.0)]
 BATCHES[26] = _c
+
+# ---- batch 27: the pacgan regime, R1 (gamma 1) trained twice as long (30,000 steps), seeds 0 and 2
+_c = [dict(name="pacgan-r1-30k", base="pacgan", objective="ns-r1", steps=30000, seed=s) for s in (0, 2)]
+BATCHES[27] = _c

@@ -55,39 +55,41 @@ def run(batch, cfg):
     if radius or std:
         mix = Mixture(mix.name, mix.means * (radius or 1.0), std or mix.std)
     regime = replace(T.PACGAN if cfg.pop("base", "default") == "pacgan" else T.DEFAULT, **cfg)
+    import fastgan
+
+    def after_init(cls, fn):
+        """Run fn(module) after cls.__init__: a setting's re-initialisation (patched for this process only)."""
+        orig = cls.__init__
+
+        def patched(self, *a, **k):
+            orig(self, *a, **k)
+            with torch.no_grad():
+                fn(self)
+        cls.__init__ = patched
+
+    def linears(net):
+        return [m for m in net.modules() if isinstance(m, nn.Linear)]
+
+    def xavier(net):
+        for m in linears(net):
+            nn.init.xavier_uniform_(m.weight); nn.init.zeros_(m.bias)
+
+    def ortho(net, gain):
+        for m in linears(net):
+            nn.init.orthogonal_(m.weight, gain); nn.init.zeros_(m.bias)
+
     if init and init.startswith("gout:"):
         f = float(init[5:])
-        orig = T.Generator.__init__
-        def patched(self, *a, **k):
-            orig(self, *a, **k)
-            last = self.net[-1]
-            with torch.no_grad():
-                last.weight.mul_(f); last.bias.mul_(f)
-        T.Generator.__init__ = patched
+        after_init(T.Generator, lambda g: (g.net[-1].weight.mul_(f), g.net[-1].bias.mul_(f)))
     if init and init.startswith("ortho:"):
-        f = float(init[6:])
-        orig = T.Generator.__init__
-        def patched(self, *a, **k):
-            orig(self, *a, **k)
-            for m in self.modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.orthogonal_(m.weight, f); nn.init.zeros_(m.bias)
-        T.Generator.__init__ = patched
+        after_init(T.Generator, lambda g: ortho(g, float(init[6:])))
     if dw1 is not None:
-        import fastgan
-        origd = fastgan.MLPDiscriminator.__init__
-        def pd(self, *a, **k):
-            origd(self, *a, **k)
-            with torch.no_grad():
-                first = [m for m in self.modules() if isinstance(m, nn.Linear)][0]
-                first.weight.mul_(dw1)
-        fastgan.MLPDiscriminator.__init__ = pd
+        after_init(fastgan.MLPDiscriminator, lambda d: linears(d)[0].weight.mul_(dw1))
     backend = "cpu"
+    lab_step = T.make_step
     if simul:
-        import fastgan
         def make_step(G, D, opt_g, opt_d, mixture, objective, regime, backend, rng):
-            param = next(G.parameters())
-            dtype, device = param.dtype, param.device
+            dtype = next(G.parameters()).dtype
             loss = fastgan.get_loss(objective.loss)
             penalty = objective.make_penalty()
             n = regime.batch * objective.pack
@@ -102,70 +104,31 @@ def run(batch, cfg):
             return step
         T.make_step = make_step
     if gsteps > 1:
-        import fastgan
         def make_step(G, D, opt_g, opt_d, mixture, objective, regime, backend, rng):
-            dtype = next(G.parameters()).dtype
-            loss = fastgan.get_loss(objective.loss)
-            penalty = objective.make_penalty()
-            n = regime.batch * objective.pack
-            def noise():
-                return torch.randn(n, regime.latent, generator=rng, dtype=dtype)
+            # the lab's step (D steps, one G step), then gsteps - 1 more G steps: the lab's step
+            # with no D step
+            full = lab_step(G, D, opt_g, opt_d, mixture, objective, regime, backend, rng)
+            g_only = lab_step(G, D, opt_g, opt_d, mixture, replace(objective, d_steps=0), regime, backend, rng)
             def step():
-                for _ in range(objective.d_steps):
-                    real = mixture.sample(n, rng, dtype)
-                    with torch.no_grad():
-                        fake = G(noise())
-                    opt_d.zero_grad(set_to_none=True)
-                    fastgan.discriminator_step(D, real, fake, loss=loss, penalty=penalty, backend=backend,
-                                               generator=rng, backward=True)
-                    opt_d.step()
-                for _ in range(gsteps):
-                    opt_g.zero_grad(set_to_none=True)
-                    fastgan.generator_step(D, G(noise()), loss=loss, backend=backend).backward()
-                    opt_g.step()
+                full()
+                for _ in range(gsteps - 1):
+                    g_only()
             return step
         T.make_step = make_step
-    if gbn:
+    if gbn:  # PacGAN's generator: ReLU with batch norm, N(0, 0.02) weights (the lab's PACGAN regime has it too)
+        assert not init, "gbn replaces the generator: no init setting with it"
         width, depth = gbn
-        class BNGen(nn.Module):
+        class BNGen(T.Generator):
             def __init__(self, latent, hidden, activation="tanh", batchnorm=False):
-                super().__init__()
-                layers, a = [], latent
-                for _ in range(depth):
-                    layers += [nn.Linear(a, width, bias=False), nn.BatchNorm1d(width), nn.ReLU()]
-                    a = width
-                self.net = nn.Sequential(*layers, nn.Linear(a, 2))
-                self.latent = latent
-                for m in self.modules():
-                    if isinstance(m, nn.Linear):
-                        nn.init.normal_(m.weight, std=0.02)
-                        if m.bias is not None: nn.init.zeros_(m.bias)
-            def forward(self, z):
-                return self.net(z)
+                super().__init__(latent, (width,) * depth, "relu", batchnorm=True)
+                T.gaussian_init(self, 0.02)
         T.Generator = BNGen
     if dxavier:
-        import fastgan
-        origd3 = fastgan.MLPDiscriminator.__init__
-        def pd3(self, *a, **k):
-            origd3(self, *a, **k)
-            for m in self.modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.xavier_uniform_(m.weight); nn.init.zeros_(m.bias)
-        fastgan.MLPDiscriminator.__init__ = pd3
+        after_init(fastgan.MLPDiscriminator, xavier)
     if dstd is not None:
-        import fastgan
-        origd2 = fastgan.MLPDiscriminator.__init__
-        def pd2(self, *a, **k):
-            origd2(self, *a, **k)
-            with torch.no_grad():
-                for m in self.modules():
-                    if isinstance(m, nn.Linear):
-                        m.weight.normal_(0, dstd); m.bias.zero_()
-        fastgan.MLPDiscriminator.__init__ = pd2
+        after_init(fastgan.MLPDiscriminator, lambda d: T.gaussian_init(d, dstd))
     if tanhD:
-        import fastgan, torch.nn.functional as F
-        base = fastgan.MLPDiscriminator
-        class TanhD(base):
+        class TanhD(fastgan.MLPDiscriminator):
             def forward(self, x, *, fused=None):
                 h = x.reshape(x.shape[0] // self.pack, self.pack * self.in_features)
                 for layer in self.layers:
@@ -174,13 +137,7 @@ def run(batch, cfg):
         fastgan.MLPDiscriminator = TanhD
         backend = "reference"
     if init == "xavier":
-        orig = T.Generator.__init__
-        def patched(self, *a, **k):
-            orig(self, *a, **k)
-            for m in self.modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.xavier_uniform_(m.weight); nn.init.zeros_(m.bias)
-        T.Generator.__init__ = patched
+        after_init(T.Generator, xavier)
     t = time.time()
     r = T.train_run(mix, obj, seed, regime, backend=backend, snapshots=6)
     hist = []

@@ -203,7 +203,7 @@ def test_batchnorm_generator_and_gaussian_init():
     assert h.mean(0).abs().max() < 1e-5 and (h.var(0, unbiased=False) - 1).abs().max() < 1e-2  # eps 1e-5 in the variance
     gaussian_init(g, 0.02)
     big = torch.cat([m.weight.reshape(-1) for m in linears])
-    assert abs(float(big.std()) - 0.02) < 0.001 and float(big.mean()).__abs__() < 0.001
+    assert abs(float(big.std()) - 0.02) < 0.001 and abs(float(big.mean())) < 0.001
     assert all(bool((m.bias == 0).all()) for m in linears if m.bias is not None)
     assert all(bool((n.weight == 1).all()) and bool((n.bias == 0).all()) for n in norms)
     plain = Generator(3, (8,))

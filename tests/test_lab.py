@@ -182,13 +182,43 @@ def test_pacgan_regime_is_the_published_setup():
                                                                                    (200,) * 3)
     assert (full.lr_g, full.lr_d, full.betas[0], full.init_std) == (1e-4, 1e-4, 0.8, 0.02)
     assert (full.g_activation, full.g_batchnorm, full.objective_lr_scale) == ("relu", True, 1.0)
-    # the shortened regime changes only its length and learning rates
-    assert replace(PACGAN, name=full.name, steps=full.steps, lr_g=full.lr_g, lr_d=full.lr_d,
-                   objective_lr_scale=1.0) == full
+    # the CPU regime changes only its length, widths and learning rates (and their schedule)
+    assert replace(PACGAN, name=full.name, steps=full.steps, g_hidden=full.g_hidden, d_hidden=full.d_hidden,
+                   lr_g=full.lr_g, lr_d=full.lr_d, objective_lr_scale=1.0, lr_warmup=0.0, lr_decay=0.0) == full
+    assert (PACGAN.steps, PACGAN.g_hidden, PACGAN.d_hidden, PACGAN.lr_g, PACGAN.lr_d) == \
+        (6000, (256,) * 3, (128,) * 3, 3e-3, 1e-3)
+    assert (PACGAN.lr_warmup, PACGAN.lr_decay) == (0.1, 0.5)
     assert REGIMES["pacgan"] == (PACGAN, PACGAN_FULL) and REGIMES["unrolled-gan"] == (DEFAULT, FULL)
+    assert "G MLP 2-400-400-400-400-2 (relu with batch norm" in full.describe()
     text = PACGAN.describe()
-    assert "G MLP 2-400-400-400-400-2 (relu with batch norm" in text and "weights N(0, 0.02)" in text
-    assert "weights N(0" not in DEFAULT.describe()
+    assert "G MLP 2-256-256-256-2 (relu with batch norm" in text and "weights N(0, 0.02)" in text
+    assert "rising linearly from 0 over the first 10% of the steps and falling linearly to 0 over the last 50%" in text
+    assert "weights N(0" not in DEFAULT.describe() and "falling" not in DEFAULT.describe()
+
+
+def test_learning_rate_schedule():
+    from fastgan.lab.train import set_lr
+    r = replace(TINY, steps=10, lr_decay=0.5)
+    assert [r.lr_factor(i) for i in range(1, 11)] == [1, 1, 1, 1, 1, 1.0, 0.8, 0.6, 0.4, 0.2]
+    w = replace(r, lr_warmup=0.2)
+    assert [w.lr_factor(i) for i in (1, 2, 3, 9, 10)] == [0.5, 1.0, 1.0, 0.4, 0.2]
+    assert all(TINY.lr_factor(i) == 1.0 for i in range(1, TINY.steps + 1))
+    for field in ("lr_decay", "lr_warmup"):
+        with pytest.raises(ValueError, match=field):
+            replace(TINY, **{field: 1.5})
+    p = torch.nn.Parameter(torch.zeros(2))
+    plain, tensor = torch.optim.Adam([p], lr=0.1), torch.optim.Adam([p], lr=torch.tensor(0.1))
+    lr = tensor.param_groups[0]["lr"]
+    set_lr((plain, tensor), (0.5, 0.25), 0.5)
+    assert plain.param_groups[0]["lr"] == 0.25 and tensor.param_groups[0]["lr"] is lr and float(lr) == 0.125
+
+
+def test_decaying_run_is_reproducible_and_differs():
+    torch.set_num_threads(1)
+    decaying = replace(TINY, lr_decay=0.5, lr_warmup=0.2)
+    a, b = (train_run(ring(), OBJECTIVES["ns"], 1, decaying) for _ in range(2))
+    assert torch.equal(a.samples, b.samples)
+    assert not torch.equal(a.samples, train_run(ring(), OBJECTIVES["ns"], 1, TINY).samples)
 
 
 def test_batchnorm_generator_and_gaussian_init():
@@ -202,7 +232,7 @@ def test_batchnorm_generator_and_gaussian_init():
     h = g.net[:2](torch.randn(500, 3))
     assert h.mean(0).abs().max() < 1e-5 and (h.var(0, unbiased=False) - 1).abs().max() < 1e-2  # eps 1e-5 in the variance
     gaussian_init(g, 0.02)
-    big = torch.cat([m.weight.reshape(-1) for m in linears])
+    big = torch.cat([m.weight.detach().reshape(-1) for m in linears])
     assert abs(float(big.std()) - 0.02) < 0.001 and abs(float(big.mean())) < 0.001
     assert all(bool((m.bias == 0).all()) for m in linears if m.bias is not None)
     assert all(bool((n.weight == 1).all()) and bool((n.bias == 0).all()) for n in norms)
@@ -266,13 +296,18 @@ def test_unrolled_run_is_reproducible_and_differs_from_ns(name):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("batchnorm", [False, True])  # True: a PacGAN-shaped regime (batch norm in the graph)
-def test_cuda_graph_run_is_reproducible(batchnorm):
-    regime = replace(TINY, g_activation="relu", g_batchnorm=True, init_std=0.02) if batchnorm else TINY
+@pytest.mark.parametrize("pacgan", [False, True])  # True: PacGAN-shaped (batch norm and a learning-rate schedule)
+def test_cuda_graph_run_is_reproducible(pacgan):
+    regime = replace(TINY, g_activation="relu", g_batchnorm=True, init_std=0.02, lr_warmup=0.2, lr_decay=0.5) \
+        if pacgan else TINY
     runs = [train_run(ring(), OBJECTIVES[o], 3, regime, device="cuda") for o in ("wgan-gp", "wgan-gp", "ns-r1")]
     a, b, c = runs
     assert torch.isfinite(a.samples).all() and torch.equal(a.samples, b.samples)
     assert not torch.equal(a.samples, c.samples)
+    if pacgan:  # the schedule reaches the captured graph's Adam (its rates are device tensors)
+        constant = train_run(ring(), OBJECTIVES["wgan-gp"], 3, replace(regime, lr_warmup=0.0, lr_decay=0.0),
+                             device="cuda")
+        assert not torch.equal(a.samples, constant.samples)
 
 
 def test_cli_end_to_end(tmp_path, capsys):
@@ -302,12 +337,18 @@ def test_cli_regime_choice(tmp_path):
             "--out", str(tmp_path)]
     assert cli.main(args) == 0
     md = (tmp_path / "results.md").read_text()
-    assert "Regime: PacGAN toy regime, shortened:" in md and "published 400,000 steps of batch 100" in md
-    assert "D MLPDiscriminator 2-200-200-200-1 " in md  # the regime's own discriminator
-    assert "learning rates are G 0.001 / D 0.001 instead of the published 0.0001 / 0.0001" in md
+    assert "Regime: PacGAN toy regime, narrowed and shortened for CPU:" in md
+    assert "published 400,000 steps of batch 100" in md
+    assert "D MLPDiscriminator 2-128-128-128-1 " in md  # the regime's own discriminator
+    assert "G hidden layers 3 x 256 and D 3 x 128 instead of the published 4 x 400 and 3 x 200" in md
+    assert "learning rates are G 0.003 / D 0.001 instead of the published 0.0001 / 0.0001" in md
+    assert "rises linearly from 0 over the first 10% of the steps and falls linearly to 0 over the last 50%" in md
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["regime"]["g_batchnorm"] is True and report["regime"]["latent"] == 2
-    assert cli.parse_args([]).regime == "unrolled-gan"
+    assert cli.parse_args([]).regime == "pacgan"
+    assert cli.main(args[:1] + ["unrolled-gan"] + args[2:]) == 0
+    md = (tmp_path / "results.md").read_text()
+    assert "Regime: unrolled-GAN MLP regime, shortened for CPU:" in md and "narrowed" not in md
     with pytest.raises(SystemExit):
         cli.parse_args(["--regime", "nope"])
 

@@ -4,16 +4,17 @@ table and write ``results.md``, ``results.json``, ``lab.png`` (samples and metri
 
 Two published regimes (``--regime``; ``fastgan.lab.train.REGIMES``):
 
-- ``unrolled-gan`` (the default): the small-MLP regime of the unrolled-GAN / VEEGAN / GDPP
-  experiments. ``--full`` runs it at the published length (``fastgan.lab.train.FULL``: 25,000
-  steps of batch 512) with 5 seeds on the ring and the grid. Without it, the same networks and
-  optimiser are shortened to fit two CPU cores in under five minutes
-  (``fastgan.lab.train.DEFAULT``: 3,000 steps of batch 128, objectives' own learning rates 10x,
-  3 seeds, the ring only), and the output says so.
-- ``pacgan``: PacGAN's ring experiment (``fastgan.lab.train.PACGAN``: batch-norm ReLU generator
-  from 2-D noise, 3 x 200 discriminator, 15,000 steps of batch 100 at 10x the published
-  learning rates; minutes per run on a CPU core). ``--full`` is the published 400,000 steps
-  (``PACGAN_FULL``), a GPU job.
+- ``pacgan`` (the default): PacGAN's 2-D experiment, a batch-norm ReLU generator from 2-D noise
+  (``fastgan.lab.train.PACGAN_FULL``: G 4 x 400, D 3 x 200, Adam 1e-4, 400,000 steps of batch
+  100; ``--full``, a GPU job). Without ``--full`` it is narrowed and shortened to fit two CPU
+  cores in five minutes (``fastgan.lab.train.PACGAN``: G 3 x 256, D 3 x 128, 6,000 steps, the
+  generator's learning rate 3x the discriminator's, every rate falling to 0 over the second
+  half; 2 seeds, the ring only), and the output says so. Plain ``ns`` leaves modes empty or
+  nearly so there; R1, packing and WGAN-GP cover them.
+- ``unrolled-gan``: the small tanh MLPs of the unrolled-GAN / VEEGAN / GDPP experiments
+  (``fastgan.lab.train.FULL``: 25,000 steps of batch 512 with ``--full``, ring and grid;
+  ``DEFAULT``: 3,000 steps of batch 128, objectives' own learning rates 10x). Plain ``ns``
+  covers all eight ring modes there.
 
 ``--discriminator 1x128`` swaps in a one-hidden-layer discriminator (the depth of the
 unrolled-GAN paper's; ``fastgan.lab.train.DISCRIMINATORS``). On a CUDA device each training
@@ -62,16 +63,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--objectives", nargs="+", default=list(DEFAULT_OBJECTIVES),
                    help=f"objectives: {', '.join(OBJECTIVES)} or ns-unrolled[-<k>][-fo] (unrolled GAN, k look-ahead "
                         f"steps, 5 if omitted, -fo: first-order) (default: {' '.join(DEFAULT_OBJECTIVES)})")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default 3; 5 with --full)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default 2; 5 with --full)")
     p.add_argument("--steps", type=int, default=None, help="training steps per run (overrides the regime)")
     p.add_argument("--backend", default="auto", choices=("auto",) + fastgan.BACKENDS,
                    help="fastgan backend for the discriminator and generator steps (default auto)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where to train (default auto: cuda when available; runs there one at a time)")
     p.add_argument("--out", type=Path, default=Path("lab_results"), help="output folder (default lab_results/)")
-    p.add_argument("--regime", choices=list(REGIMES), default="unrolled-gan",
-                   help="the published set-up to train in: unrolled-gan (default; the unrolled-GAN / VEEGAN "
-                        "small MLPs) or pacgan (PacGAN's ring experiment, minutes per run on a CPU core)")
+    p.add_argument("--regime", choices=list(REGIMES), default="pacgan",
+                   help="the published set-up to train in: pacgan (default; PacGAN's 2-D experiment, its "
+                        "batch-norm ReLU generator from 2-D noise) or unrolled-gan (the unrolled-GAN / VEEGAN "
+                        "small tanh MLPs, where plain ns covers the ring)")
     p.add_argument("--discriminator", choices=sorted(DISCRIMINATORS), default=None,
                    help="the discriminator's hidden layers instead of the regime's: 2x128 (the unrolled-gan "
                         "regime's) or 1x128 (the unrolled-GAN paper's depth, where plain ns drops modes) "
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         regime = with_discriminator(regime, args.discriminator)
     if args.steps is not None:
         regime = replace(regime, steps=args.steps)
-    n_seeds = args.seeds or (5 if args.full else 3)
+    n_seeds = args.seeds or (5 if args.full else 2)
     if args.data is None:
         args.data = ["ring", "grid"] if args.full else ["ring"]
     torch.set_num_threads(args.threads)
@@ -241,17 +243,28 @@ def scope(regime, published, seeds: int, data: list[str]) -> str:
     text = (f"Shortened: {regime.steps:,} steps of batch {regime.batch}, {seeds} seed(s), instead of the "
             f"published {published.steps:,} steps of batch {published.batch} (`fastgan lab --full`); compare "
             f"these numbers only with each other.")
+    if (regime.g_hidden, regime.d_hidden) != (published.g_hidden, published.d_hidden):
+        text += (f" The networks are narrowed: G hidden layers {_layers(regime.g_hidden)} and D "
+                 f"{_layers(regime.d_hidden)} instead of the published {_layers(published.g_hidden)} and "
+                 f"{_layers(published.d_hidden)}.")
     if (regime.lr_g, regime.lr_d) != (published.lr_g, published.lr_d):
         text += (f" The regime's learning rates are G {regime.lr_g:g} / D {regime.lr_d:g} instead of the "
                  f"published {published.lr_g:g} / {published.lr_d:g}.")
+    if (regime.lr_warmup, regime.lr_decay) != (published.lr_warmup, published.lr_decay):
+        text += (f" Every learning rate rises linearly from 0 over the first {regime.lr_warmup:.0%} of the steps "
+                 f"and falls linearly to 0 over the last {regime.lr_decay:.0%} (the published run keeps them "
+                 f"constant).")
     if regime.objective_lr_scale != 1:
         text += (f" Learning rates an objective sets itself (WGAN-GP's Adam 1e-4) are multiplied by "
                  f"{regime.objective_lr_scale:g} to converge at this length.")
     if "grid" not in data:
-        text += (" The grid is left out: `--full` includes it, `--data grid` runs it anyway (in the "
-                 "unrolled-gan regime it needs the published length: a 2,000-step trial of ns-r1 ended with "
-                 "2 of 25 modes and 0.9% high-quality samples).")
+        text += (" The grid is left out (it does not train at this length; README, Limits): `--full` includes "
+                 "it, `--data grid` runs it anyway.")
     return text
+
+
+def _layers(hidden: tuple[int, ...]) -> str:
+    return f"{len(hidden)} x {hidden[0]}" if len(set(hidden)) == 1 else "-".join(map(str, hidden))
 
 
 def _json_safe(x):

@@ -73,7 +73,10 @@ class Objective:
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("ns", "non_saturating"),
     Objective("minimax", "minimax"),
-    Objective("ns-r1", "non_saturating", "r1", 1.0),
+    # R1's gamma has the units of a squared distance: 0.01 lets the discriminator resolve the ring's
+    # modes (std 0.01, 0.77 apart); gamma 1 flattens it over the whole ring, and R1's samples stay
+    # spread between the modes (docs/lab/collapse-search.md, batches 26-28)
+    Objective("ns-r1", "non_saturating", "r1", 0.01),
     # the WGAN-GP toy setting: 5 critic steps per generator step, Adam 1e-4, betas (0.5, 0.9)
     Objective("wgan-gp", "wasserstein", "gp", 0.1, d_steps=5, adam=(1e-4, 1e-4, (0.5, 0.9)), logistic=False),
     Objective("ns-pack2", "non_saturating", pack=2),
@@ -126,6 +129,26 @@ class Regime:
     # multiplies the learning rates an objective sets itself (WGAN-GP's published 1e-4 is tuned for
     # its published length; the shortened CPU regime raises it)
     objective_lr_scale: float = 1.0
+    # every learning rate rises linearly from 0 over this first fraction of the steps (0: none)
+    lr_warmup: float = 0.0
+    # every learning rate falls linearly to 0 over this last fraction of the steps (0: constant)
+    lr_decay: float = 0.0
+
+    def __post_init__(self):
+        for name in ("lr_warmup", "lr_decay"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rates' multiplier at training step ``step`` (1-based): rising linearly
+        over the first ``lr_warmup`` fraction of the steps, 1, then falling linearly over the last
+        ``lr_decay`` fraction (1 / (that many steps) at the first and the last step)."""
+        factor = 1.0
+        if self.lr_warmup:
+            factor = min(factor, step / (self.steps * self.lr_warmup))
+        if self.lr_decay:
+            factor = min(factor, max(0.0, (self.steps - step + 1) / (self.steps * self.lr_decay)))
+        return factor
 
     def adam(self, objective: "Objective") -> tuple[float, float, tuple[float, float]]:
         """(lr G, lr D, betas) of ``objective`` in this regime."""
@@ -139,10 +162,14 @@ class Regime:
         d = "-".join(map(str, (2,) + self.d_hidden + (1,)))
         g_act = self.g_activation + (" with batch norm" if self.g_batchnorm else "")
         init = "" if self.init_std is None else f", weights N(0, {self.init_std:g}) and zero biases"
+        decay = ""
+        if self.lr_warmup or self.lr_decay:
+            decay = (f", every learning rate rising linearly from 0 over the first {self.lr_warmup:.0%} of the steps "
+                     f"and falling linearly to 0 over the last {self.lr_decay:.0%}")
         return (f"{self.name}: G MLP {g} ({g_act}, N(0, I) noise), D MLPDiscriminator {d} ("
                 f"{f'LeakyReLU {self.d_slope:g}' if self.d_slope else 'ReLU'}; first layer 2*pack inputs){init}, "
                 f"Adam lr G {self.lr_g:g} / D {self.lr_d:g}, betas {self.betas} "
-                f"(unless the objective sets its own{self._scale_note()}), batch {self.batch} rows, "
+                f"(unless the objective sets its own{self._scale_note()}){decay}, batch {self.batch} rows, "
                 f"{self.steps} steps, {self.dtype}")
 
     def _scale_note(self) -> str:
@@ -167,12 +194,17 @@ DEFAULT = replace(FULL, name="unrolled-GAN MLP regime, shortened for CPU", steps
 PACGAN_FULL = Regime("PacGAN toy regime", steps=400_000, batch=100, latent=2, g_hidden=(400,) * 4,
                      d_hidden=(200,) * 3, lr_g=1e-4, lr_d=1e-4, betas=(0.8, 0.999), g_activation="relu",
                      g_batchnorm=True, init_std=0.02)
-# The same networks shortened to 15,000 steps with every learning rate 10x (the objectives' own
-# too). Minutes per run on one CPU core (docs/lab/pacgan/).
-PACGAN = replace(PACGAN_FULL, name="PacGAN toy regime, shortened", steps=15_000, lr_g=1e-3, lr_d=1e-3,
-                 objective_lr_scale=10.0)
+# The same kind of networks narrowed and shortened to fit two CPU cores in five minutes: G 3 x 256,
+# D 3 x 128, 6,000 steps; learning rates G 3e-3 / D 1e-3 (the objectives' own 10x), rising linearly
+# over the first 10% of the steps and falling linearly to 0 over the second half. The generator
+# learns 3x faster than the discriminator, as the paper's wider generator does: there plain ``ns``
+# leaves modes empty or nearly so with sharp samples, and R1, packing and WGAN-GP cover all eight
+# (docs/lab/collapse-search.md, batches 29-37).
+PACGAN = replace(PACGAN_FULL, name="PacGAN toy regime, narrowed and shortened for CPU", steps=6000,
+                 g_hidden=(256,) * 3, d_hidden=(128,) * 3, lr_g=3e-3, lr_d=1e-3, objective_lr_scale=10.0,
+                 lr_warmup=0.1, lr_decay=0.5)
 # name -> (the default length, the published length) (``fastgan lab --regime``)
-REGIMES: dict[str, tuple[Regime, Regime]] = {"unrolled-gan": (DEFAULT, FULL), "pacgan": (PACGAN, PACGAN_FULL)}
+REGIMES: dict[str, tuple[Regime, Regime]] = {"pacgan": (PACGAN, PACGAN_FULL), "unrolled-gan": (DEFAULT, FULL)}
 
 # Discriminators a regime can take (``fastgan lab --discriminator``): the published two hidden
 # layers of 128, or one hidden layer of 128, the depth of the unrolled-GAN paper's discriminator
@@ -312,8 +344,13 @@ def train_run(mixture: Mixture, objective: Objective, seed: int, regime: Regime 
         G, D = G.to(device, dtype), D.to(device, dtype)
     lr_g, lr_d, betas = regime.adam(objective)
     cuda = device.type == "cuda"
-    opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas, capturable=cuda)
-    opt_d = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas, capturable=cuda)
+    # a decaying rate inside a CUDA graph must be a device tensor the replays read (set in place)
+    as_lr = (lambda lr: torch.tensor(lr, device=device)) if cuda and (regime.lr_warmup or regime.lr_decay) \
+        else float
+    # CUDA: capturable, for the graph; CPU: the fused kernel (one pass over each parameter)
+    adam = {"capturable": True} if cuda else {"fused": True}
+    opt_g = torch.optim.Adam(G.parameters(), lr=as_lr(lr_g), betas=betas, **adam)
+    opt_d = torch.optim.Adam(D.parameters(), lr=as_lr(lr_d), betas=betas, **adam)
     if cuda:
         torch.cuda.manual_seed(seed)
         rng = None
@@ -328,7 +365,11 @@ def train_run(mixture: Mixture, objective: Objective, seed: int, regime: Regime 
     marks = {round(regime.steps * (i + 1) / snapshots) for i in range(snapshots)} if snapshots else set()
     history = []
     loop_start = time.perf_counter()
+    factor = 1.0  # the optimisers' learning rates now, as a multiple of the regime's
     for i in range(1, regime.steps + 1):
+        if regime.lr_factor(i) != factor:
+            factor = regime.lr_factor(i)
+            set_lr((opt_g, opt_d), (lr_g, lr_d), factor)
         step()
         if i in marks:
             with torch.no_grad():
@@ -345,6 +386,16 @@ def train_run(mixture: Mixture, objective: Objective, seed: int, regime: Regime 
     metrics, divs, samples = evaluate(G, D, mixture, objective, regime, eval_rng)
     return RunResult(mixture.name, objective.name, seed, metrics, divs, time.perf_counter() - start,
                      regime.steps, train_seconds, samples, history)
+
+
+def set_lr(optimizers, rates, factor: float) -> None:
+    """Each optimiser's learning rate = its rate * ``factor`` (in place when it is a tensor)."""
+    for opt, lr in zip(optimizers, rates):
+        for group in opt.param_groups:
+            if torch.is_tensor(group["lr"]):
+                group["lr"].fill_(lr * factor)
+            else:
+                group["lr"] = lr * factor
 
 
 @torch.no_grad()

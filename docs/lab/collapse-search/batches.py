@@ -213,9 +213,79 @@ _c = [dict(name="pacgan-lr1e-3-15k", seed=s, lr_g=1e-3, lr_d=1e-3, betas=(0.8, 0
 BATCHES[25] = _c  # the R1 run was stopped unfinished: the lab's pacgan regime runs it (docs/lab/pacgan/)
 
 # ---- batch 26: the lab's pacgan regime (docs/lab/pacgan/): R1's weight
-_c = [dict(name=f"pacgan-r1g{g}", base="pacgan", objective="ns-r1", obj=dict(penalty_weight=g)) for g in (0.1, 10.0)]
+# The lab's pacgan regime as it was until batch 35 (G 4 x 400, D 3 x 200, 15,000 steps at lr 1e-3,
+# constant), here as overrides of the later one. Batches up to 35 ran with PyTorch's for-loop Adam;
+# from batch 36 on the lab uses its fused CPU kernel, so re-running an earlier batch now gives other
+# numbers (the same kind of result, not the same bits).
+W = dict(base="pacgan", g_hidden=(400,) * 4, d_hidden=(200,) * 3, steps=15000, lr_g=1e-3, lr_d=1e-3, lr_decay=0.0)
+_c = [dict(name=f"pacgan-r1g{g}", objective="ns-r1", obj=dict(penalty_weight=g), **W) for g in (0.1, 10.0)]
 BATCHES[26] = _c
 
 # ---- batch 27: the pacgan regime, R1 (gamma 1) trained twice as long (30,000 steps), seeds 0 and 2
-_c = [dict(name="pacgan-r1-30k", base="pacgan", objective="ns-r1", steps=30000, seed=s) for s in (0, 2)]
+_c = [dict(name="pacgan-r1-30k", objective="ns-r1", obj=dict(penalty_weight=1.0), seed=s, **dict(W, steps=30000))
+      for s in (0, 2)]
 BATCHES[27] = _c
+
+# ---- batch 28: the pacgan regime, R1 with weights at the scale of the modes' own variance (std 0.01)
+_c = [dict(name=f"pacgan-r1g{g}", objective="ns-r1", obj=dict(penalty_weight=g), **W) for g in (0.01, 0.001)]
+BATCHES[28] = _c
+
+# ---- batch 29: cheaper variants of the pacgan regime (G width and depth, D width, 6,000 steps): `ns`
+_c = [dict(name=f"pacgan-g{w}x{n}-d{dw}-6k", **dict(W, g_hidden=(w,) * n, d_hidden=(dw,) * 3, steps=6000))
+      for w, n, dw in ((256, 4, 200), (400, 4, 128), (256, 3, 128), (256, 4, 128))]
+BATCHES[29] = _c
+
+# ---- batch 30: the pacgan regime's own widths, cheaper by length and batch: `ns`, seeds 0 and 1
+_c = [dict(name=f"pacgan-b{b}-{n // 1000}k", seed=s, **dict(W, batch=b, steps=n))
+      for b, n in ((50, 8000), (100, 6000)) for s in (0, 1)]
+BATCHES[30] = _c
+
+# ---- batch 31: the cheap pacgan variant (G 3 x 256, D 3 x 128, 6,000 steps): a generator faster than
+# its discriminator (the G:D speed the wide generator may stand for), `ns`, seeds 0 and 1
+C = dict(W, g_hidden=(256,) * 3, d_hidden=(128,) * 3, steps=6000)
+_c = [dict(name=f"pacgan-cheap-glr{lg:g}-dlr{ld:g}", seed=s, **dict(C, lr_g=lg, lr_d=ld))
+      for lg, ld in ((3e-3, 1e-3), (1e-3, 3e-4)) for s in (0, 1)] + \
+     [dict(name="pacgan-cheap", seed=1, **C)]
+BATCHES[31] = _c
+
+# ---- batch 32: batch 31's G lr 3e-3 (`ns` 6 and 7 modes at 59% and 66%): the remedies (R1 at gamma
+# 0.01, batch 28's best weight), seeds 0 and 1, and `ns` seed 2
+F = dict(C, lr_g=3e-3, lr_d=1e-3)
+_c = [dict(name="pacgan-cheap-glr0.003-dlr0.001", objective=o, seed=s, **F, **({"obj": dict(penalty_weight=0.01)} if o == "ns-r1" else {}))
+      for o in ("wgan-gp", "ns-pack2", "ns-r1") for s in (0, 1)] + \
+     [dict(name="pacgan-cheap-glr0.003-dlr0.001", seed=2, **F)]
+BATCHES[32] = _c
+
+# ---- batch 33: batch 32's regime at 10,000 steps (the remedies were still rising at 6,000)
+_c = [dict(name="pacgan-cheap-glr0.003-dlr0.001-10k", objective=o, seed=s, **dict(F, steps=10000),
+           **({"obj": dict(penalty_weight=0.01)} if o == "ns-r1" else {}))
+      for o, s in (("wgan-gp", 0), ("ns", 0), ("ns", 1), ("ns-pack2", 0), ("ns-r1", 0))]
+BATCHES[33] = _c
+
+# ---- batch 34: batch 32's regime (6,000 steps) with every learning rate falling linearly to 0 over the
+# second half: does the end of training settle the remedies' samples onto the modes?
+_c = [dict(name="pacgan-cheap-glr0.003-dlr0.001-decay0.5", objective=o, seed=s, **dict(F, lr_decay=0.5),
+           **({"obj": dict(penalty_weight=0.01)} if o == "ns-r1" else {}))
+      for o, s in (("wgan-gp", 0), ("ns", 0), ("ns", 1), ("ns-pack2", 0), ("ns-r1", 0))]
+BATCHES[34] = _c
+
+# ---- batch 35: batch 34 (learning rates to 0 over the second half) on more seeds
+_c = [dict(name="pacgan-cheap-glr0.003-dlr0.001-decay0.5", objective=o, seed=s, **dict(F, lr_decay=0.5),
+           **({"obj": dict(penalty_weight=0.01)} if o == "ns-r1" else {}))
+      for o, s in (("wgan-gp", 1), ("ns", 2), ("ns-pack2", 1), ("ns-r1", 1), ("ns", 3))]
+BATCHES[35] = _c
+
+# ---- batch 36: the lab's new pacgan regime (G 3 x 256, D 3 x 128, 6,000 steps, lr G 3e-3 / D 1e-3
+# falling to 0 over the second half; fused Adam from here on): `ns` and `ns-pack2` (the remedy that
+# failed there, 20% on seed 1), seeds 0 and 1, with a linear warm-up over the first 10% / a G lr of 5e-3
+_c = [dict(name=f"pacgan6k-{k}", base="pacgan", objective=o, seed=s, **v)
+      for k, v in (("warmup0.1", dict(lr_warmup=0.1)), ("glr5e-3", dict(lr_g=5e-3)))
+      for o in ("ns", "ns-pack2") for s in (0, 1)]
+BATCHES[36] = _c
+
+# ---- batch 37: G lr 5e-3 (batch 36: `ns` 6 and 7 modes, packing slow on seed 1) with a 10% warm-up,
+# or with the decay over the last 75%
+_c = [dict(name=f"pacgan6k-glr5e-3-{k}", base="pacgan", objective=o, seed=s, lr_g=5e-3, **v)
+      for k, v in (("warmup0.1", dict(lr_warmup=0.1)), ("decay0.75", dict(lr_decay=0.75)))
+      for o in ("ns", "ns-pack2") for s in (0, 1)]
+BATCHES[37] = _c

@@ -13,7 +13,8 @@ N(0, dstd), zero biases), ``dxavier`` (Xavier D); ``tanhD`` (a tanh MLPDiscrimin
 the reference backend); ``simul`` (simultaneous updates: G's gradient against the D of the same
 step); ``gsteps`` (generator steps per discriminator step, each on fresh noise); ``gbn`` = (width, depth) (PacGAN's batch-norm ReLU generator); ``radius`` / ``std`` /
 ``shift`` (the ring scaled, its std, its centre moved along x); ``base`` = ``pacgan`` (start from
-the lab's ``PACGAN`` regime instead of ``DEFAULT``).
+the lab's ``PACGAN`` regime instead of ``DEFAULT``; batches up to 35 override it back to what it
+was then). Regime fields such as ``lr_decay`` (batches 34-35) are set directly.
 """
 import argparse
 import json
@@ -36,6 +37,8 @@ def run(batch, cfg):
     obj = T.get_objective(cfg.pop("objective", "ns"))
     seed = cfg.pop("seed", 0)
     objover = cfg.pop("obj", {})
+    if obj.name == "ns-r1" and batch <= 35 and "penalty_weight" not in objover:
+        objover = dict(objover, penalty_weight=1.0)  # the lab's R1 gamma until batch 35
     if objover:
         obj = replace(obj, **objover)
     init = cfg.pop("init", None)

@@ -8,9 +8,10 @@ Two published regimes (``--regime``; ``fastgan.lab.train.REGIMES``):
   (``fastgan.lab.train.PACGAN_FULL``: G 4 x 400, D 3 x 200, Adam 1e-4, 400,000 steps of batch
   100; ``--full``, a GPU job). Without ``--full`` it is narrowed and shortened to fit two CPU
   cores in five minutes (``fastgan.lab.train.PACGAN``: G 3 x 256, D 3 x 128, 6,000 steps, the
-  generator's learning rate 3x the discriminator's, every rate falling to 0 over the second
-  half; 2 seeds, the ring only), and the output says so. Plain ``ns`` leaves modes empty or
-  nearly so there; R1, packing and WGAN-GP cover them.
+  generator's learning rate 3x the discriminator's, every rate rising over the first 10% of
+  the steps and falling to 0 over the second half; 2 seeds, the ring only), and the output says
+  so. Plain ``ns`` fills the modes unevenly there (some nearly or wholly empty); R1 and WGAN-GP
+  fill them evenly, packing partly.
 - ``unrolled-gan``: the small tanh MLPs of the unrolled-GAN / VEEGAN / GDPP experiments
   (``fastgan.lab.train.FULL``: 25,000 steps of batch 512 with ``--full``, ring and grid;
   ``DEFAULT``: 3,000 steps of batch 128, objectives' own learning rates 10x). Plain ``ns``

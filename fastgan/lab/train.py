@@ -198,8 +198,9 @@ PACGAN_FULL = Regime("PacGAN toy regime", steps=400_000, batch=100, latent=2, g_
 # D 3 x 128, 6,000 steps; learning rates G 3e-3 / D 1e-3 (the objectives' own 10x), rising linearly
 # over the first 10% of the steps and falling linearly to 0 over the second half. The generator
 # learns 3x faster than the discriminator, as the paper's wider generator does: there plain ``ns``
-# leaves modes empty or nearly so with sharp samples, and R1, packing and WGAN-GP cover all eight
-# (docs/lab/collapse-search.md, batches 29-37).
+# keeps sharp samples but fills the modes unevenly (some nearly or wholly empty), R1 and WGAN-GP
+# fill all eight evenly, and packing partly (docs/lab/collapse-search.md, batches 29-37;
+# docs/lab/seeds-0-3/).
 PACGAN = replace(PACGAN_FULL, name="PacGAN toy regime, narrowed and shortened for CPU", steps=6000,
                  g_hidden=(256,) * 3, d_hidden=(128,) * 3, lr_g=3e-3, lr_d=1e-3, objective_lr_scale=10.0,
                  lr_warmup=0.1, lr_decay=0.5)

@@ -252,9 +252,7 @@ def scope(regime, published, seeds: int, data: list[str]) -> str:
         text += (f" The regime's learning rates are G {regime.lr_g:g} / D {regime.lr_d:g} instead of the "
                  f"published {published.lr_g:g} / {published.lr_d:g}.")
     if (regime.lr_warmup, regime.lr_decay) != (published.lr_warmup, published.lr_decay):
-        text += (f" Every learning rate rises linearly from 0 over the first {regime.lr_warmup:.0%} of the steps "
-                 f"and falls linearly to 0 over the last {regime.lr_decay:.0%} (the published run keeps them "
-                 f"constant).")
+        text += f" Every learning rate {regime.lr_schedule('rises', 'falls')} (the published run keeps them constant)."
     if regime.objective_lr_scale != 1:
         text += (f" Learning rates an objective sets itself (WGAN-GP's Adam 1e-4) are multiplied by "
                  f"{regime.objective_lr_scale:g} to converge at this length.")

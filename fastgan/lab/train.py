@@ -150,6 +150,16 @@ class Regime:
             factor = min(factor, max(0.0, (self.steps - step + 1) / (self.steps * self.lr_decay)))
         return factor
 
+    def lr_schedule(self, rise: str = "rising", fall: str = "falling") -> str:
+        """The warm-up and decay in words (empty when the rates are constant)."""
+        parts = []
+        if self.lr_warmup:
+            parts.append(f"{rise} linearly from 0 over the first {self.lr_warmup:.0%} of the steps")
+        if self.lr_decay:
+            parts.append(f"{fall} linearly to 0 over the last {self.lr_decay:.0%}"
+                         + ("" if self.lr_warmup else " of the steps"))
+        return " and ".join(parts)
+
     def adam(self, objective: "Objective") -> tuple[float, float, tuple[float, float]]:
         """(lr G, lr D, betas) of ``objective`` in this regime."""
         if objective.adam is None:
@@ -162,10 +172,7 @@ class Regime:
         d = "-".join(map(str, (2,) + self.d_hidden + (1,)))
         g_act = self.g_activation + (" with batch norm" if self.g_batchnorm else "")
         init = "" if self.init_std is None else f", weights N(0, {self.init_std:g}) and zero biases"
-        decay = ""
-        if self.lr_warmup or self.lr_decay:
-            decay = (f", every learning rate rising linearly from 0 over the first {self.lr_warmup:.0%} of the steps "
-                     f"and falling linearly to 0 over the last {self.lr_decay:.0%}")
+        decay = f", every learning rate {self.lr_schedule()}" if self.lr_warmup or self.lr_decay else ""
         return (f"{self.name}: G MLP {g} ({g_act}, N(0, I) noise), D MLPDiscriminator {d} ("
                 f"{f'LeakyReLU {self.d_slope:g}' if self.d_slope else 'ReLU'}; first layer 2*pack inputs){init}, "
                 f"Adam lr G {self.lr_g:g} / D {self.lr_d:g}, betas {self.betas} "
@@ -368,8 +375,8 @@ def train_run(mixture: Mixture, objective: Objective, seed: int, regime: Regime 
     loop_start = time.perf_counter()
     factor = 1.0  # the optimisers' learning rates now, as a multiple of the regime's
     for i in range(1, regime.steps + 1):
-        if regime.lr_factor(i) != factor:
-            factor = regime.lr_factor(i)
+        if (now := regime.lr_factor(i)) != factor:
+            factor = now
             set_lr((opt_g, opt_d), (lr_g, lr_d), factor)
         step()
         if i in marks:

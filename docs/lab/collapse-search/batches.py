@@ -275,6 +275,13 @@ _c = [dict(name="pacgan-cheap-glr0.003-dlr0.001-decay0.5", objective=o, seed=s, 
       for o, s in (("wgan-gp", 1), ("ns", 2), ("ns-pack2", 1), ("ns-r1", 1), ("ns", 3))]
 BATCHES[35] = _c
 
+# Until batch 35 the lab's `ns-r1` had gamma 1 (now 0.01): the earlier settings that name no weight
+# ran at gamma 1, and say so here.
+for _b in range(1, 36):
+    for _cfg in BATCHES.get(_b, []):
+        if _cfg.get("objective") == "ns-r1":
+            _cfg["obj"] = {"penalty_weight": 1.0, **_cfg.get("obj", {})}
+
 # ---- batch 36: the lab's new pacgan regime (G 3 x 256, D 3 x 128, 6,000 steps, lr G 3e-3 / D 1e-3
 # falling to 0 over the second half; fused Adam from here on): `ns` and `ns-pack2` (the remedy that
 # failed there, 20% on seed 1), seeds 0 and 1, with a linear warm-up over the first 10% / a G lr of 5e-3

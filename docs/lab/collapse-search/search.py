@@ -37,8 +37,6 @@ def run(batch, cfg):
     obj = T.get_objective(cfg.pop("objective", "ns"))
     seed = cfg.pop("seed", 0)
     objover = cfg.pop("obj", {})
-    if obj.name == "ns-r1" and batch <= 35 and "penalty_weight" not in objover:
-        objover = dict(objover, penalty_weight=1.0)  # the lab's R1 gamma until batch 35
     if objover:
         obj = replace(obj, **objover)
     init = cfg.pop("init", None)

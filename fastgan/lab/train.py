@@ -337,7 +337,8 @@ def train_run(mixture: Mixture, objective: Objective, seed: int, regime: Regime 
     captured graph can replay). ``snapshots = k`` also keeps the samples of one fixed noise
     batch after k evenly spaced steps (``RunResult.history``; from a separate generator, so the
     run is the same with or without them). ``on_step(n)`` is called with the number of steps
-    just done (for progress bars).
+    just done (for progress bars). Both Adam optimisers' learning rates follow
+    ``regime.lr_factor`` (set before each step); on the CPU they are PyTorch's fused Adam.
     """
     device = torch.device(device)
     dtype = getattr(torch, regime.dtype)

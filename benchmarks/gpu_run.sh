@@ -36,7 +36,7 @@ step gpu-tests-cuda 120 python -m pytest -q -p no:cacheprovider tests/test_losse
 step gpu-tests-triton 90 python -m pytest -q -p no:cacheprovider tests/test_mlp_step_triton.py
 # Host cost per call (tiny problem: the Python path and launches), then the benchmarks:
 # targets fp32 'highest' (with every graphed provider), TF32, bf16 wide networks, PacGAN.
-step triton-first-call 90 python -m fastgan.kernels.first_call --configs targets,width-512
+step triton-first-call 90 python benchmarks/triton_first_call.py --configs targets,width-512
 step host-cuda 60 python -m fastgan.bench.host --device cuda --backend cuda --calls 500
 step host-triton 90 python -m fastgan.bench.host --device cuda --backend triton --calls 500
 step bench-fp32 150 python -m fastgan.bench --quick --no-progress --output "$RUN/gpu-targets-fp32"

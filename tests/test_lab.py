@@ -148,6 +148,21 @@ def test_objective_settings_belong_to_the_objective():
     assert scaled.adam(wgan) == (1e-3, 1e-3, (0.5, 0.9)) and scaled.adam(OBJECTIVES["ns"]) == FULL.adam(OBJECTIVES["ns"])
 
 
+def test_r1_weight_scales_with_the_data_variance():
+    """R1's gamma is 100 x the variance per coordinate: 0.01 on the ring (std 0.01), 0.25 on the grid
+    (std 0.05), and the penalty the step uses carries it; a weight not marked per-variance is absolute."""
+    r1, mixtures = OBJECTIVES["ns-r1"], {"ring": ring(), "grid": grid()}
+    assert r1.weight_on(ring()) == pytest.approx(0.01, rel=1e-12)
+    assert r1.weight_on(grid()) == pytest.approx(0.25, rel=1e-12)
+    assert r1.make_penalty(grid()).weight == pytest.approx(0.25, rel=1e-12)
+    assert "R1 gamma 100 x the data's variance per coordinate (ring 0.01, grid 0.25)" in r1.describe(mixtures)
+    assert r1.describe().endswith("R1 gamma 100 x the data's variance per coordinate")
+    wgan = OBJECTIVES["wgan-gp"]
+    assert wgan.weight_on(ring()) == wgan.weight_on(grid()) == wgan.make_penalty(grid()).weight == 0.1
+    assert "weight 0.1," in wgan.describe(mixtures) and "variance" not in wgan.describe(mixtures)
+    assert OBJECTIVES["ns"].make_penalty(ring()) is None
+
+
 def test_discriminator_choice_changes_only_the_discriminator(tmp_path):
     from fastgan.lab.train import with_discriminator
     one = with_discriminator(DEFAULT, "1x128")

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
              f"device cpu, {args.threads} thread(s) per run, {args.jobs} parallel job(s)")
     (args.out / "results.md").write_text(
         f"# fastgan lab\n\nRegime: {regime.describe()}.\n\n{length}\n\n"
-        + "\n".join(f"- `{o}`: {get_objective(o).describe()}" for o in args.objectives)
+        + "\n".join(f"- `{o}`: {get_objective(o).describe(mixtures)}" for o in args.objectives)
         + f"\n\n{md}\n\nBackend `{args.backend}`, {where}, total wall time {total:.1f} s.\n")
     report = {
         "regime": asdict(regime), "objectives": {o: asdict(get_objective(o)) for o in args.objectives},
@@ -257,8 +257,8 @@ def scope(regime, published, seeds: int, data: list[str]) -> str:
         text += (f" Learning rates an objective sets itself (WGAN-GP's Adam 1e-4) are multiplied by "
                  f"{regime.objective_lr_scale:g} to converge at this length.")
     if "grid" not in data:
-        text += (" The grid is left out (it does not train at this length; README, Limits): `--full` includes "
-                 "it, `--data grid` runs it anyway.")
+        text += (" The grid is left out: it needs more steps than the ring (`fastgan lab --data grid --steps "
+                 "20000`, README's Lab section); `--full` includes it.")
     return text
 
 

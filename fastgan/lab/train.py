@@ -35,12 +35,19 @@ from fastgan.lab.metrics import ModeMetrics, mode_metrics
 class Objective:
     """A GAN objective and the settings that belong to it: loss, gradient penalty, PacGAN
     packing, discriminator (critic) steps per generator step, its own Adam settings (None: the
-    regime's), and unrolled look-ahead steps for the generator (0: none)."""
+    regime's), and unrolled look-ahead steps for the generator (0: none).
+
+    ``penalty_per_variance``: the penalty's weight is ``penalty_weight`` times the data's
+    variance per coordinate (``Mixture.std ** 2``), so that it means the same on every mixture.
+    R1's gamma has the units of a squared distance (the logit's gradient scales as one over a
+    length), so a weight fixed in absolute units flattens the discriminator over one mixture's
+    modes and barely touches another's."""
 
     name: str
     loss: str
     penalty: str | None = None
     penalty_weight: float = 0.0
+    penalty_per_variance: bool = False
     pack: int = 1
     d_steps: int = 1
     adam: tuple[float, float, tuple[float, float]] | None = None  # (lr G, lr D, betas)
@@ -48,11 +55,17 @@ class Objective:
     unrolled_mode: str = "exact"
     logistic: bool = True  # the discriminator's logit estimates log p_r/p_g (divergences apply)
 
-    def describe(self) -> str:
+    def describe(self, mixtures: dict[str, Mixture] | None = None) -> str:
+        """One line for the results; ``mixtures`` (name: mixture) spell out a per-variance weight."""
         parts = [self.loss.replace("_", "-") + " loss"]
         if self.penalty is not None:
+            weight = f" {self.penalty_weight:g}"
+            if self.penalty_per_variance:
+                weight += " x the data's variance per coordinate"
+                if mixtures:
+                    weight += " (" + ", ".join(f"{name} {self.weight_on(m):g}" for name, m in mixtures.items()) + ")"
             parts.append({"r1": "R1 gamma", "gp": "gradient penalty (WGAN-GP) weight"}.get(self.penalty, self.penalty)
-                         + f" {self.penalty_weight:g}")
+                         + weight)
         if self.pack > 1:
             parts.append(f"PacGAN packing {self.pack}")
         if self.d_steps > 1:
@@ -64,19 +77,24 @@ class Objective:
             parts.append(f"generator unrolled through {self.unrolled} D steps ({self.unrolled_mode})")
         return ", ".join(parts)
 
-    def make_penalty(self):
+    def weight_on(self, mixture: Mixture) -> float:
+        """The penalty's weight on ``mixture``."""
+        return self.penalty_weight * (mixture.std ** 2 if self.penalty_per_variance else 1.0)
+
+    def make_penalty(self, mixture: Mixture):
         if self.penalty is None:
             return None
-        return fastgan.PENALTIES[self.penalty](self.penalty_weight)
+        return fastgan.PENALTIES[self.penalty](self.weight_on(mixture))
 
 
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("ns", "non_saturating"),
     Objective("minimax", "minimax"),
-    # R1's gamma has the units of a squared distance: 0.01 lets the discriminator resolve the ring's
-    # modes (std 0.01, 0.77 apart); gamma 1 flattens it over the whole ring, and R1's samples stay
-    # spread between the modes (docs/lab/collapse-search.md, batches 26-28)
-    Objective("ns-r1", "non_saturating", "r1", 0.01),
+    # R1's gamma is (10 std)^2: 0.01 on the ring (std 0.01, modes 0.77 apart) lets the discriminator
+    # resolve its modes, where gamma 1 flattens it over the whole ring and R1's samples stay spread
+    # between the modes; 0.25 on the grid (std 0.05), where the ring's 0.01 leaves R1 behind plain
+    # NS (docs/lab/collapse-search.md, batches 26-28 and 39)
+    Objective("ns-r1", "non_saturating", "r1", 100.0, penalty_per_variance=True),
     # the WGAN-GP toy setting: 5 critic steps per generator step, Adam 1e-4, betas (0.5, 0.9)
     Objective("wgan-gp", "wasserstein", "gp", 0.1, d_steps=5, adam=(1e-4, 1e-4, (0.5, 0.9)), logistic=False),
     Objective("ns-pack2", "non_saturating", pack=2),
@@ -296,7 +314,7 @@ def make_step(G: nn.Module, D: fastgan.MLPDiscriminator, opt_g, opt_d, mixture: 
     dtype, device = param.dtype, param.device
     mixture = mixture.to(device)
     loss = fastgan.get_loss(objective.loss)
-    penalty = objective.make_penalty()
+    penalty = objective.make_penalty(mixture)
     n = regime.batch * objective.pack
 
     def noise():

@@ -302,3 +302,11 @@ BATCHES[37] = _c
 _c = [dict(name=f"pacgan6k-{k}", base="pacgan", objective="ns-pack2", seed=s, **v)
       for k, v in (("default", {}), ("warmup0.2", dict(lr_warmup=0.2))) for s in (2, 3)]
 BATCHES[38] = _c
+
+# ---- batch 39: the grid in the lab's default regime, trained longer (the 6,000-step default leaves the
+# logistic objectives under 7% high quality there, docs/lab/grid-probe/): 20,000 steps, seed 0; R1 at
+# the ring's gamma 0.01 and at 0.25 (gamma has units of squared distance: the grid's std is 5x the ring's)
+_c = [dict(name="pacgan20k-grid", base="pacgan", data="grid", steps=20000, objective=o, seed=0,
+           **({"obj": dict(penalty_weight=g)} if g else {}))
+      for o, g in (("ns", None), ("ns-pack2", None), ("ns-r1", 0.01), ("ns-r1", 0.25), ("wgan-gp", None))]
+BATCHES[39] = _c

@@ -37,8 +37,8 @@ def run(batch, cfg):
     obj = T.get_objective(cfg.pop("objective", "ns"))
     seed = cfg.pop("seed", 0)
     objover = cfg.pop("obj", {})
-    if objover:
-        obj = replace(obj, **objover)
+    if objover:  # a weight given here is absolute (the ring's gamma 0.01 is 100 x its variance)
+        obj = replace(obj, **({"penalty_per_variance": False} if "penalty_weight" in objover else {}), **objover)
     init = cfg.pop("init", None)
     dw1 = cfg.pop("dw1", None)
     tanhD = cfg.pop("tanhD", False)
@@ -92,7 +92,7 @@ def run(batch, cfg):
         def make_step(G, D, opt_g, opt_d, mixture, objective, regime, backend, rng):
             dtype = next(G.parameters()).dtype
             loss = fastgan.get_loss(objective.loss)
-            penalty = objective.make_penalty()
+            penalty = objective.make_penalty(mixture)
             n = regime.batch * objective.pack
             def step():
                 real = mixture.sample(n, rng, dtype)

@@ -4,8 +4,8 @@ with the cache that run left (what a later process pays), and the second call of
 process (steady state, for scale). The GPU measurement behind the first-call prediction in
 benchmarks/NOTES.md (section "Triton"):
 
-    python -m fastgan.kernels.first_call                       # every benchmark network
-    python -m fastgan.kernels.first_call --configs width-512 --batch 4096 --objective w+gp
+    python benchmarks/triton_first_call.py                       # every benchmark network
+    python benchmarks/triton_first_call.py --configs width-512 --batch 4096 --objective w+gp
 
 Without a GPU it runs on CPU tensors under ``TRITON_INTERPRET=1`` (a smoke test of the script;
 the seconds mean nothing there).
@@ -57,7 +57,7 @@ def _run(network, batch, objective, dtype, cache_dir):
     env = {**os.environ, "TRITON_CACHE_DIR": cache_dir}
     if not torch.cuda.is_available():
         env["TRITON_INTERPRET"] = "1"
-    run = subprocess.run([sys.executable, "-m", "fastgan.kernels.first_call", "--child", network, str(batch),
+    run = subprocess.run([sys.executable, __file__, "--child", network, str(batch),
                           objective, dtype], env=env, capture_output=True, text=True, timeout=900)
     if run.returncode != 0:
         raise RuntimeError(f"{network}: {run.stderr[-2000:]}")

@@ -334,6 +334,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "| ring | ns |" in printed and "| ring | ns-pack2 |" in printed
     md = (out / "results.md").read_text()
     assert "| ring | ns-pack2 |" in md and "Regime:" in md and "Shortened: 20 steps" in md
+    assert "The grid is left out: it needs more steps than the ring (`fastgan lab --data grid --steps 20000`" in md
     report = json.loads((out / "results.json").read_text())
     assert [(r["objective"], r["seed"]) for r in report["runs"]] == [("ns", 0), ("ns", 1), ("ns-pack2", 0),
                                                                    ("ns-pack2", 1)]

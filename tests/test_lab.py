@@ -197,9 +197,11 @@ def test_pacgan_regime_is_the_published_setup():
                                                                                    (200,) * 3)
     assert (full.lr_g, full.lr_d, full.betas[0], full.init_std) == (1e-4, 1e-4, 0.8, 0.02)
     assert (full.g_activation, full.g_batchnorm, full.objective_lr_scale) == ("relu", True, 1.0)
-    # the CPU regime changes only its length, widths and learning rates (and their schedule)
+    # the CPU regime changes only its length, widths and learning rates (and their schedule); it
+    # also records the grid's length, which is not a training setting
     assert replace(PACGAN, name=full.name, steps=full.steps, g_hidden=full.g_hidden, d_hidden=full.d_hidden,
-                   lr_g=full.lr_g, lr_d=full.lr_d, objective_lr_scale=1.0, lr_warmup=0.0, lr_decay=0.0) == full
+                   lr_g=full.lr_g, lr_d=full.lr_d, objective_lr_scale=1.0, lr_warmup=0.0, lr_decay=0.0,
+                   grid_steps=0) == full
     assert (PACGAN.steps, PACGAN.g_hidden, PACGAN.d_hidden, PACGAN.lr_g, PACGAN.lr_d) == \
         (6000, (256,) * 3, (128,) * 3, 3e-3, 1e-3)
     assert (PACGAN.lr_warmup, PACGAN.lr_decay) == (0.1, 0.5)
@@ -365,6 +367,18 @@ def test_cli_regime_choice(tmp_path):
     assert cli.main(args[:1] + ["unrolled-gan"] + args[2:]) == 0
     md = (tmp_path / "results.md").read_text()
     assert "Regime: unrolled-GAN MLP regime, shortened for CPU:" in md and "narrowed" not in md
+    assert "The grid is left out: it needs more steps than the ring; `--full` includes it." in md  # not measured there
+
+
+def test_cli_names_the_steps_the_grid_needs():
+    """The pacgan regime's grid length (20,000 steps) is named when the grid is left out or run
+    shorter, and not when it is run that long."""
+    from fastgan.lab.train import PACGAN, PACGAN_FULL
+    assert PACGAN.grid_steps == 20_000 and PACGAN_FULL.grid_steps == 0
+    assert "(`fastgan lab --data grid --steps 20000`" in cli.scope(PACGAN, PACGAN_FULL, 2, ["ring"])
+    short = cli.scope(PACGAN, PACGAN_FULL, 2, ["ring", "grid"])
+    assert "The grid is undertrained at this length: this regime needs 20,000 steps there (`--steps 20000`)." in short
+    assert "grid" not in cli.scope(replace(PACGAN, steps=20_000), PACGAN_FULL, 2, ["grid"])
     with pytest.raises(SystemExit):
         cli.parse_args(["--regime", "nope"])
 

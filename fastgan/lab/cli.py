@@ -257,8 +257,11 @@ def scope(regime, published, seeds: int, data: list[str]) -> str:
         text += (f" Learning rates an objective sets itself (WGAN-GP's Adam 1e-4) are multiplied by "
                  f"{regime.objective_lr_scale:g} to converge at this length.")
     if "grid" not in data:
-        text += (" The grid is left out: it needs more steps than the ring (`fastgan lab --data grid --steps "
-                 "20000`, README's Lab section); `--full` includes it.")
+        how = f" (`fastgan lab --data grid --steps {regime.grid_steps}`, README's Lab section)" if regime.grid_steps else ""
+        text += f" The grid is left out: it needs more steps than the ring{how}; `--full` includes it."
+    elif regime.steps < regime.grid_steps:
+        text += (f" The grid is undertrained at this length: this regime needs {regime.grid_steps:,} steps "
+                 f"there (`--steps {regime.grid_steps}`).")
     return text
 
 

@@ -151,6 +151,9 @@ class Regime:
     lr_warmup: float = 0.0
     # every learning rate falls linearly to 0 over this last fraction of the steps (0: constant)
     lr_decay: float = 0.0
+    # steps that train the grid in this regime, where measured (0: not measured); not a training
+    # setting: ``fastgan lab`` names it when it leaves the grid out or runs it shorter
+    grid_steps: int = 0
 
     def __post_init__(self):
         for name in ("lr_warmup", "lr_decay"):
@@ -225,10 +228,11 @@ PACGAN_FULL = Regime("PacGAN toy regime", steps=400_000, batch=100, latent=2, g_
 # learns 3x faster than the discriminator, as the paper's wider generator does: there plain ``ns``
 # keeps sharp samples but fills the modes unevenly (some nearly or wholly empty), R1 and WGAN-GP
 # fill all eight evenly, and packing partly (docs/lab/collapse-search.md, batches 29-37;
-# docs/lab/seeds-0-3/).
+# docs/lab/seeds-0-3/). The grid needs 20,000 steps (docs/lab/grid/: at 6,000 the logistic
+# objectives are under 7% high quality there, docs/lab/grid-probe/).
 PACGAN = replace(PACGAN_FULL, name="PacGAN toy regime, narrowed and shortened for CPU", steps=6000,
                  g_hidden=(256,) * 3, d_hidden=(128,) * 3, lr_g=3e-3, lr_d=1e-3, objective_lr_scale=10.0,
-                 lr_warmup=0.1, lr_decay=0.5)
+                 lr_warmup=0.1, lr_decay=0.5, grid_steps=20_000)
 # name -> (the default length, the published length) (``fastgan lab --regime``)
 REGIMES: dict[str, tuple[Regime, Regime]] = {"pacgan": (PACGAN, PACGAN_FULL), "unrolled-gan": (DEFAULT, FULL)}
 

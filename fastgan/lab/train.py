@@ -90,7 +90,7 @@ class Objective:
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("ns", "non_saturating"),
     Objective("minimax", "minimax"),
-    # R1's gamma is (10 std)^2: 0.01 on the ring (std 0.01, modes 0.77 apart) lets the discriminator
+    # R1's gamma is 100 std^2: 0.01 on the ring (std 0.01, modes 0.77 apart) lets the discriminator
     # resolve its modes, where gamma 1 flattens it over the whole ring and R1's samples stay spread
     # between the modes; 0.25 on the grid (std 0.05), where the ring's 0.01 leaves R1 behind plain
     # NS (docs/lab/collapse-search.md, batches 26-28 and 39)

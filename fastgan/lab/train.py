@@ -420,7 +420,11 @@ def train_run(mixture: Mixture, objective: Objective, seed: int, regime: Regime 
 
 
 def set_lr(optimizers, rates, factor: float) -> None:
-    """Each optimiser's learning rate = its rate * ``factor`` (in place when it is a tensor)."""
+    """Each optimiser's learning rate = its rate * ``factor`` (in place when it is a tensor).
+
+    Not ``torch.optim.lr_scheduler.LambdaLR``: it updates a tensor rate in place only in recent
+    PyTorch releases (older ones, within this package's ``torch>=2.4``, assign a new tensor), and a
+    captured CUDA graph keeps reading the tensor it was recorded with."""
     for opt, lr in zip(optimizers, rates):
         for group in opt.param_groups:
             if torch.is_tensor(group["lr"]):

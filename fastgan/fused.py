@@ -23,17 +23,19 @@ follow the compiler's RNG).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import warnings
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from fastgan import _dispatch, _native, _validate, closed_form, step_spec
+from fastgan import _dispatch, _native, _validate, closed_form, parametrized, step_spec
 from fastgan.losses import GANLoss, get_loss
 from fastgan.mlp import MLPDiscriminator
-from fastgan.penalties import GradientPenaltyBase
+from fastgan.penalties import GradientPenaltyBase, discriminator_pack
 
 
 class StepParts(NamedTuple):
@@ -50,8 +52,8 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)  # DistributedDataParallel / DataParallel
 
 
-def check_step_args(D, real, fake, loss, penalty):
-    """Type and shape checks of a discriminator step's arguments (before any kernel runs)."""
+def check_step_args(D, real, fake, loss, penalty, eps=None, generator=None):
+    """Every check of a discriminator step's arguments, on every call (before any kernel runs)."""
     if not isinstance(D, nn.Module):
         raise TypeError(f"D must be an nn.Module, got {type(D).__name__}")
     if not isinstance(loss, GANLoss):
@@ -59,10 +61,15 @@ def check_step_args(D, real, fake, loss, penalty):
     if penalty is not None and not isinstance(penalty, GradientPenaltyBase):
         raise TypeError(f"penalty must be a fastgan penalty (e.g. R1Penalty()) or None, got {type(penalty).__name__}")
     _validate.tensors(real=real, fake=fake)
+    _validate.generator(generator)
+    if eps is not None and not isinstance(eps, torch.Tensor):
+        raise TypeError(f"eps must be a torch.Tensor or None, got {type(eps).__name__}")
     inner = unwrap(D)
     if isinstance(inner, MLPDiscriminator):
         inner.check_input(real, "real")
         inner.check_input(fake, "fake")
+    if penalty is not None:
+        penalty.check_inputs(real, fake, discriminator_pack(inner), eps=eps, generator=generator)
 
 
 def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, loss: GANLoss | str,
@@ -91,7 +98,7 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
         The scalar total, or ``(total, parts)`` with ``return_parts=True``.
     """
     loss = get_loss(loss)
-    check_step_args(D, real, fake, loss, penalty)
+    check_step_args(D, real, fake, loss, penalty, eps, generator)
     if loss.reduction == "none":
         raise ValueError("discriminator_step needs a scalar loss: use reduction 'mean' or 'sum'")
     if loss.paired:
@@ -101,30 +108,98 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
         raise ValueError(f"backward=True bypasses autograd, so {type(D).__name__} cannot all-reduce the "
                          "gradients; call .backward() on the returned total instead")
     name = step_backend(inner, backend, real.device)
-    if name == "reference":
-        total, parts = _reference_step(D, real, fake, loss, penalty, eps, generator)
-        if backward:
-            total.backward()
-            total = total.detach()
-    else:
-        _check_params(inner, real)
-        # Through D's forward (fused=...), so DistributedDataParallel sees a forward and
-        # all-reduces the gradients the fused function hands to autograd.
-        run = functools.partial(_fused_step, fake=fake, loss=loss, penalty=penalty, backend=name,
-                                eps=eps, generator=generator, backward=backward)
-        total, parts = D(real, fused=run)
+    with _gradient_mode(backward):
+        if backward and real.is_inference():
+            real, fake = real.clone(), fake.clone()  # inference tensors cannot be saved for backward
+        with parametrized.weights_once(D):
+            if name == "reference":
+                total, parts = _reference_step(D, real, fake, loss, penalty, eps, generator)
+                if backward:
+                    total.backward()
+                    total = total.detach()
+            else:
+                _check_params(inner, real)
+                # Through D's forward (fused=...), so DistributedDataParallel sees a forward and
+                # all-reduces the gradients the fused function hands to autograd.
+                run = functools.partial(_fused_step, fake=fake, loss=loss, penalty=penalty, backend=name,
+                                        eps=eps, generator=generator, backward=backward)
+                total, parts = D(real, fused=run)
     return (total, parts) if return_parts else total
 
 
+def _gradient_mode(backward: bool):
+    """``backward=True`` computes gradients whatever the caller's grad mode: outside inference
+    mode (whose tensors would poison ``.grad``) and with grad enabled."""
+    if not backward:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    if torch.is_inference_mode_enabled():
+        stack.enter_context(torch.inference_mode(False))
+    if not torch.is_grad_enabled():
+        stack.enter_context(torch.enable_grad())
+    return stack
+
+
 def step_backend(inner: nn.Module, backend: str | None, device: torch.device) -> str:
-    """The fused path's backend for an MLPDiscriminator; 'reference' for any other module, for
-    which an explicit fused backend is an error."""
+    """The fused path's backend for an MLPDiscriminator that the kernels can run; 'reference'
+    for any other module (for which an explicit fused backend is an error) and for an
+    MLPDiscriminator whose forward the kernels would not reproduce (see :func:`unfusable_reason`:
+    an explicit fused backend is an error, auto warns once and takes the reference path)."""
     if isinstance(inner, MLPDiscriminator):
-        return resolve_backend(backend, str(device))
+        why = unfusable_reason(inner)
+        if not why:
+            return resolve_backend(backend, str(device))
+        asked = _dispatch.requested(backend)
+        if asked not in ("auto", "reference"):
+            raise ValueError(f"backend={asked!r}: the fused step cannot run this {type(inner).__name__} ({why}); "
+                             "use backend='reference' (autograd), or remove what the kernels cannot reproduce")
+        _warn_once(f"fastgan: the fused step cannot run this {type(inner).__name__} ({why}); "
+                   "discriminator_step and generator_step take the reference (double-backward) path")
+        return "reference"
     if backend is not None and backend != "reference":
         raise ValueError(f"backend={backend!r} needs an MLPDiscriminator (the fused step is closed-form "
                          f"for it only); {type(inner).__name__} runs with backend='reference' or None")
     return "reference"
+
+
+_HOOK_KINDS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, UserWarning, stacklevel=4)
+
+
+def unfusable_reason(inner: MLPDiscriminator) -> str:
+    """'' when the fused kernels compute exactly what ``inner``'s forward computes; else why not:
+    a subclass that overrides ``forward``, a layer that is not a plain ``nn.Linear``, or hooks
+    on D or its layers (global module hooks included), whose effects the kernels would bypass.
+    Parametrizations (spectral norm, weight norm, any ``torch.nn.utils.parametrize``) and the
+    hook forms of spectral and weight norm are followed (:mod:`fastgan.parametrized`)."""
+    cls = type(inner)
+    if cls.forward is not MLPDiscriminator.forward:
+        return f"{cls.__name__} overrides forward"
+    from torch.nn.modules import module as torch_module
+    for kind in _HOOK_KINDS:
+        if getattr(torch_module, "_global" + kind, None):
+            return f"global module {kind[1:].replace('_', ' ')} are registered"
+    for name, m in _fused_modules(inner):
+        if name and type(m).forward is not nn.Linear.forward:
+            return f"{name} is a {type(m).__name__} whose forward is not nn.Linear's"
+        for kind in _HOOK_KINDS:
+            hooks = getattr(m, kind)
+            if hooks and any(not isinstance(h, parametrized.WEIGHT_HOOKS) for h in hooks.values()):
+                return f"{name or 'D'} has {kind[1:].replace('_', ' ')}"
+    return ""
+
+
+def _fused_modules(inner: MLPDiscriminator):
+    yield "", inner
+    for i, layer in enumerate(inner.layers):
+        yield f"layers[{i}]", layer
+    yield "out", inner.out
 
 
 def _reference_step(D, real, fake, loss, penalty, eps, generator):
@@ -160,18 +235,20 @@ def generator_step(D: nn.Module, fake: torch.Tensor, *, loss: GANLoss | str, rea
     name = step_backend(inner, backend, fake.device)
     if name == "reference":
         return _reference_generator_step(inner, fake, real, loss)
-    _check_params(inner, fake)
+    with parametrized.weights_once(inner, grad=False), torch.no_grad():
+        params = step_spec.mlp_params(inner)  # effective weights, computed once
+    _check_params(inner, fake, params)
     spec, fake_p, real_p = step_spec.gen_step_operands(inner, fake, loss=loss, real=real, allow_tf32=_allow_tf32())
     # D's parameters are constants here: they travel inside a non-tensor argument, which autograd
     # does not track (no detach per parameter, no graph edges to D).
-    return _GenStepFn.apply(fake_p, real_p, name, spec, step_spec.mlp_params(inner))
+    return _GenStepFn.apply(fake_p, real_p, name, spec, params)
 
 
 def _reference_generator_step(inner, fake, real, loss):
     params = {k: v.detach() for k, v in inner.named_parameters()}
     buffers = dict(inner.named_buffers())
     call = lambda x: torch.func.functional_call(inner, (params, buffers), (x,))  # noqa: E731
-    with _dispatch.use_backend("reference"):
+    with _dispatch.use_backend("reference"), parametrized.weights_once(inner, grad=False):
         fake_logits = call(fake)
         real_logits = call(real.detach()) if loss.paired else None
         return loss.generator_loss(fake_logits, real_logits)
@@ -222,20 +299,23 @@ def step_ops(name: str):
     return torch.ops.fastgan.mlp_disc_step, torch.ops.fastgan.mlp_gen_step  # cpu, cuda
 
 
-def _check_params(inner: MLPDiscriminator, x: torch.Tensor) -> None:
-    p = inner.out.weight
-    if p.dtype != x.dtype or p.device != x.device:
-        raise ValueError(f"the inputs are {x.dtype} on {x.device} but D's parameters are {p.dtype} on "
-                         f"{p.device}; the fused step needs one dtype and device (D.to(x))")
+def _check_params(inner: MLPDiscriminator, x: torch.Tensor, params=None) -> None:
+    """Every parameter (effective weights included) shares ``x``'s dtype and device."""
+    weights, biases, w_out, b_out = params if params is not None else step_spec.mlp_params(inner)
+    named = [(f"layers[{i}].weight", w) for i, w in enumerate(weights)]
+    named += [(f"layers[{i}].bias", b) for i, b in enumerate(biases)]
+    named += [("out.weight", w_out)] + ([("out.bias", b_out)] if b_out is not None else [])
+    for name, p in named:
+        if p.dtype != x.dtype or p.device != x.device:
+            raise ValueError(f"the inputs are {x.dtype} on {x.device} but D's parameters are {p.dtype} on "
+                             f"{p.device} (from {name}); the fused step needs one dtype and device (D.to(x))")
 
 
 def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalty, backend, eps, generator, backward):
-    """The fused step on an unwrapped MLPDiscriminator (called from its forward). ``real`` and
-    ``fake`` are data: the op returns no gradient for them."""
-    scale = 0
-    if penalty is not None:
-        penalty.check_inputs(real, fake, inner.pack)
-        scale = penalty.next_scale()
+    """The fused step on an unwrapped MLPDiscriminator (called from its forward, inside
+    :func:`fastgan.parametrized.weights_once`). ``real`` and ``fake`` are data: the op returns no
+    gradient for them. A lazy penalty's phase moves on once the op has run."""
+    scale = penalty.due_scale() if penalty is not None else 0
     spec, real_p, fake_p, pen_p = step_spec.disc_step_operands(inner, real, fake, loss=loss, penalty=penalty,
                                                                penalty_scale=scale, eps=eps, generator=generator,
                                                                allow_tf32=_allow_tf32())
@@ -248,6 +328,8 @@ def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalty, backend, 
         total = stats[0] + stats[1]
     else:
         total, stats = _DiscStepFn.apply(real_p, fake_p, pen_p, backend, spec, _layout(params), *_flat(params))
+    if penalty is not None:
+        penalty.advance()
     return total, StepParts(*stats.unbind())
 
 
@@ -270,18 +352,27 @@ def _split(flat, layout):
 
 
 def _accumulate_grads(params: list, grads) -> None:
-    """``p.grad += g`` for D's parameters (in op order), as ``.backward()`` would leave them: a
-    parameter without ``.grad`` takes the op's fresh buffer (no copy), the others one
-    multi-tensor add."""
-    held, added = [], []
+    """What ``.backward()`` would leave in D's ``.grad`` (params in op order): nothing for a
+    frozen parameter (``requires_grad=False``); for a leaf, ``p.grad += g`` (a parameter without
+    ``.grad`` takes the op's fresh buffer, no copy; the others one multi-tensor add); an
+    effective weight of a parametrization (spectral / weight norm) passes its gradient on to the
+    original parameters by first-order autograd."""
+    held, added, effective, chained = [], [], [], []
     for p, g in zip(params, grads):
-        if p.grad is None:  # laid out like the parameter, as autograd's accumulation guarantees
+        if not p.requires_grad:
+            continue
+        if not p.is_leaf:
+            effective.append(p)
+            chained.append(g)
+        elif p.grad is None:  # laid out like the parameter, as autograd's accumulation guarantees
             p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
         else:
             held.append(p.grad)
             added.append(g)
     if held:
         torch._foreach_add_(held, added)
+    if effective:
+        torch.autograd.backward(effective, chained)
 
 
 class _DiscStepFn(torch.autograd.Function):

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastgan import _validate
+
 
 class MLPDiscriminator(nn.Module):
     """An MLP discriminator with LeakyReLU hidden layers and one logit per row.
@@ -23,15 +25,13 @@ class MLPDiscriminator(nn.Module):
     def __init__(self, in_features: int, hidden: Sequence[int] = (256, 256), negative_slope: float = 0.2,
                  pack: int = 1, bias: bool = True):
         super().__init__()
-        if not (isinstance(in_features, int) and in_features >= 1):
-            raise ValueError(f"in_features must be a positive integer, got {in_features!r}")
+        in_features = _validate.positive_int(in_features, "in_features")
         hidden = tuple(hidden)
-        if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
+        if not hidden:
             raise ValueError(f"hidden must be a non-empty sequence of positive integers, got {hidden!r}")
-        if not (isinstance(pack, int) and pack >= 1):
-            raise ValueError(f"pack must be a positive integer, got {pack!r}")
-        if not negative_slope >= 0:
-            raise ValueError(f"negative_slope must be >= 0, got {negative_slope}")
+        hidden = tuple(_validate.positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
+        pack = _validate.positive_int(pack, "pack")
+        negative_slope = _validate.real_number(negative_slope, "negative_slope", minimum=0.0)
         self.in_features, self.hidden, self.pack = in_features, hidden, pack
         self.negative_slope = float(negative_slope)
         widths = (in_features * pack,) + hidden

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import importlib.util
 import sys
 import tempfile
 from pathlib import Path
@@ -101,12 +102,24 @@ def output_problem(folder: Path, files: list[str] = ()) -> str:
     return ""
 
 
+EXTRA_NEEDS = {"lab": ("matplotlib", "tqdm"), "bench": ("tqdm",)}
+"""What each command imports beyond the library's own dependencies (the ``lab`` extra)."""
+
+
+def missing_modules(names) -> list[str]:
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
+    if command in EXTRA_NEEDS and (missing := missing_modules(EXTRA_NEEDS[command])):
+        print(f"fastgan {command}: error: it needs {', '.join(missing)}, which the library alone does not "
+              "install; run: pip install 'fastgan[lab]'", file=sys.stderr)
+        return 2
     if command == "lab":
         from fastgan.lab.cli import main as run
     elif command == "bench":

@@ -226,3 +226,12 @@ def test_argument_types():
         with pytest.raises(argparse.ArgumentTypeError):
             fn(text)
     assert not math.isnan(top.non_negative_float("1e3"))
+
+
+def test_a_command_without_its_extra_names_the_install(monkeypatch, capsys):
+    """The library installs torch and numpy only; the lab and the bench say what to install."""
+    from fastgan import cli
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)
+    assert cli.main(["lab"]) == 2
+    err = capsys.readouterr().err
+    assert "matplotlib, tqdm" in err and "pip install 'fastgan[lab]'" in err

@@ -133,7 +133,7 @@ def test_grad_output_scales_the_gradients(backend):
 def test_bitwise_deterministic(backend):
     """Claim: every fused backend on CPU tensors (torch, cpu, triton under the interpreter) gives the
     same bits on every call at a fixed thread count. Across thread counts only ``cpu`` is claimed
-    (by construction; asserted in test_mlp_step_ops.py): ``torch`` gave the same bits at 1, 2 and 3
+    (by construction; asserted in test_mlp_step_native_ops.py): ``torch`` gave the same bits at 1, 2 and 3
     threads on the 2-core CI machine too, but it inherits ATen's BLAS, which does not promise it."""
     require(backend)
     p = Case(13, (300, 77, 5) if backend != "triton" else (64, 33, 5), pack=3, rows_real=40, loss="relativistic",

@@ -13,8 +13,8 @@ Two published regimes (``--regime``; ``fastgan.lab.train.REGIMES``):
   so. Plain ``ns`` fills the modes unevenly there (some nearly or wholly empty); R1 and WGAN-GP
   fill them evenly, packing partly.
 - ``unrolled-gan``: the small tanh MLPs of the unrolled-GAN / VEEGAN / GDPP experiments
-  (``fastgan.lab.train.FULL``: 25,000 steps of batch 512 with ``--full``, ring and grid;
-  ``DEFAULT``: 3,000 steps of batch 128, objectives' own learning rates 10x). Plain ``ns``
+  (``fastgan.lab.train.UNROLLED_GAN_FULL``: 25,000 steps of batch 512 with ``--full``, ring and grid;
+  ``UNROLLED_GAN``: 3,000 steps of batch 128, objectives' own learning rates 10x). Plain ``ns``
   covers all eight ring modes there.
 
 ``--discriminator 1x128`` swaps in a one-hidden-layer discriminator (the depth of the

@@ -1,6 +1,6 @@
 """Every batch of the collapse search (docs/lab/collapse-search.md): lists of settings for
 ``search.py``. Keys of a setting: ``name``, ``objective`` (default ns), ``seed`` (default 0), ``obj``
-(fields of the Objective to replace), fields of the lab's ``DEFAULT`` regime, and the changes
+(fields of the Objective to replace), fields of the lab's ``UNROLLED_GAN`` regime, and the changes
 ``search.py`` makes by wrapping the lab's constructors (see its docstring)."""
 BATCHES = {}
 

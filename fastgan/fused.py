@@ -181,6 +181,8 @@ def unfusable_reason(inner: MLPDiscriminator) -> str:
     cls = type(inner)
     if cls.forward is not MLPDiscriminator.forward:
         return f"{cls.__name__} overrides forward"
+    if inner.dropout_active:
+        return "dropout in training mode: the fused kernels take no dropout masks yet"
     from torch.nn.modules import module as torch_module
     for kind in _HOOK_KINDS:
         if getattr(torch_module, "_global" + kind, None):

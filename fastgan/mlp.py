@@ -18,12 +18,15 @@ class MLPDiscriminator(nn.Module):
     row before the first layer, so the first layer has ``m * in_features`` inputs.
 
     Layers: ``z_l = h_{l-1} W_l^T + b_l``, ``h_l = leaky_relu(z_l, negative_slope)`` (ReLU when
-    the slope is 0), output ``o = h_L w^T + c``. ``forward`` is ordinary PyTorch and serves as
+    the slope is 0), output ``o = h_L w^T + c``. With ``dropout = p > 0`` each hidden activation
+    is followed by dropout (as ``nn.Dropout(p)``: in training mode only, keep probability 1-p,
+    kept values scaled by 1/(1-p)); ctgan's discriminator is ``MLPDiscriminator(d, (256, 256),
+    pack=10, dropout=0.5)``. ``forward`` is ordinary PyTorch and serves as
     the reference for :func:`fastgan.discriminator_step`.
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int] = (256, 256), negative_slope: float = 0.2,
-                 pack: int = 1, bias: bool = True):
+                 pack: int = 1, bias: bool = True, dropout: float = 0.0):
         super().__init__()
         in_features = _validate.positive_int(in_features, "in_features")
         hidden = tuple(hidden)
@@ -32,6 +35,10 @@ class MLPDiscriminator(nn.Module):
         hidden = tuple(_validate.positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
         pack = _validate.positive_int(pack, "pack")
         negative_slope = _validate.real_number(negative_slope, "negative_slope", minimum=0.0)
+        dropout = _validate.real_number(dropout, "dropout", minimum=0.0)
+        if not dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.dropout = dropout
         self.in_features, self.hidden, self.pack = in_features, hidden, pack
         self.negative_slope = float(negative_slope)
         widths = (in_features * pack,) + hidden
@@ -61,7 +68,15 @@ class MLPDiscriminator(nn.Module):
         h = x.reshape(x.shape[0] // self.pack, self.pack * self.in_features)
         for layer in self.layers:
             h = F.leaky_relu(layer(h), self.negative_slope)
+            if self.dropout:
+                h = F.dropout(h, self.dropout, self.training)
         return self.out(h).squeeze(1)
 
+    @property
+    def dropout_active(self) -> bool:
+        """Dropout draws masks on this forward (``dropout > 0`` in training mode)."""
+        return self.dropout > 0 and self.training
+
     def extra_repr(self) -> str:
-        return f"pack={self.pack}, negative_slope={self.negative_slope}"
+        return f"pack={self.pack}, negative_slope={self.negative_slope}" + (
+            f", dropout={self.dropout}" if self.dropout else "")

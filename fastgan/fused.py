@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import logging
 import warnings
 from typing import NamedTuple
 
@@ -140,30 +141,71 @@ def _gradient_mode(backward: bool):
     return stack
 
 
-def step_backend(inner: nn.Module, backend: str | None, device: torch.device) -> str:
-    """The fused path's backend for an MLPDiscriminator that the kernels can run; 'reference'
-    for any other module (for which an explicit fused backend is an error) and for an
-    MLPDiscriminator whose forward the kernels would not reproduce (see :func:`unfusable_reason`:
-    an explicit fused backend is an error, auto warns once and takes the reference path)."""
+class StepPlan(NamedTuple):
+    """Which path :func:`discriminator_step` takes for a discriminator, and why
+    (:func:`fastgan.explain`)."""
+
+    path: str      # "fused": closed-form kernels, no double backward; "reference": double backward
+    backend: str   # the backend that runs it ("reference" for the double-backward path)
+    reason: str
+
+
+def plan(inner: nn.Module, backend: str | None, device: torch.device) -> StepPlan:
+    """The path and backend of a step on the unwrapped discriminator ``inner`` (raises where an
+    explicit fused backend cannot run it)."""
     if isinstance(inner, MLPDiscriminator):
         why = unfusable_reason(inner)
         if not why:
-            return resolve_backend(backend, str(device))
+            name = resolve_backend(backend, str(device))
+            if name == "reference":
+                return StepPlan("reference", name, "backend 'reference' was asked for")
+            return StepPlan("fused", name, f"an MLPDiscriminator: the closed-form step on the {name!r} backend")
         asked = _dispatch.requested(backend)
         if asked not in ("auto", "reference"):
             raise ValueError(f"backend={asked!r}: the fused step cannot run this {type(inner).__name__} ({why}); "
                              "use backend='reference' (autograd), or remove what the kernels cannot reproduce")
-        _warn_once(f"fastgan: the fused step cannot run this {type(inner).__name__} ({why}); "
-                   "discriminator_step and generator_step take the reference (double-backward) path")
-        return "reference"
+        return StepPlan("reference", "reference", f"the fused step cannot run this {type(inner).__name__}: {why}")
     if backend is not None and backend != "reference":
         raise ValueError(f"backend={backend!r} needs an MLPDiscriminator (the fused step is closed-form "
                          f"for it only); {type(inner).__name__} runs with backend='reference' or None")
-    return "reference"
+    return StepPlan("reference", "reference",
+                    f"{type(inner).__name__} is not an MLPDiscriminator: the penalty takes double backward")
+
+
+def explain(D: nn.Module, *, backend: str | None = None, device: torch.device | str | None = None) -> StepPlan:
+    """Which path :func:`discriminator_step` / :func:`generator_step` take for ``D`` and why.
+
+    >>> fastgan.explain(fastgan.MLPDiscriminator(2, (64, 64)))
+    StepPlan(path='fused', backend='cpu', reason="an MLPDiscriminator: the closed-form step on the 'cpu' backend")
+
+    ``device`` defaults to that of D's first parameter (CPU for a D without parameters)."""
+    if not isinstance(D, nn.Module):
+        raise TypeError(f"D must be an nn.Module, got {type(D).__name__}")
+    inner = unwrap(D)
+    if device is None:
+        device = next((p.device for p in inner.parameters()), torch.device("cpu"))
+    return plan(inner, backend, torch.device(device))
+
+
+def step_backend(inner: nn.Module, backend: str | None, device: torch.device) -> str:
+    """The backend of a step (see :func:`plan`). An MLPDiscriminator the kernels cannot run (see
+    :func:`unfusable_reason`) takes the reference path with a one-time warning; any other
+    module with a one-time info-level log (logger ``fastgan``)."""
+    chosen = plan(inner, backend, device)
+    if chosen.path == "reference" and _dispatch.requested(backend) != "reference":
+        if isinstance(inner, MLPDiscriminator):
+            _warn_once(f"fastgan: {chosen.reason}; discriminator_step and generator_step take the reference "
+                       "(double-backward) path")
+        elif type(inner) not in _logged:
+            _logged.add(type(inner))
+            logger.info("fastgan: %s; discriminator_step takes the reference (double-backward) path", chosen.reason)
+    return chosen.backend
 
 
 _HOOK_KINDS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _warned: set[str] = set()
+_logged: set[type] = set()
+logger = logging.getLogger("fastgan")
 
 
 def _warn_once(message: str) -> None:

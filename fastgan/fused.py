@@ -24,6 +24,7 @@ follow the compiler's RNG).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib.util
 import logging
@@ -59,8 +60,7 @@ def check_step_args(D, real, fake, loss, penalty, eps=None, generator=None):
         raise TypeError(f"D must be an nn.Module, got {type(D).__name__}")
     if not isinstance(loss, GANLoss):
         raise TypeError(f"loss must be a fastgan GANLoss (e.g. NonSaturatingLoss()), got {type(loss).__name__}")
-    if penalty is not None and not isinstance(penalty, GradientPenaltyBase):
-        raise TypeError(f"penalty must be a fastgan penalty (e.g. R1Penalty()) or None, got {type(penalty).__name__}")
+    penalties = penalty_list(penalty)
     _validate.tensors(real=real, fake=fake)
     _validate.generator(generator)
     if eps is not None and not isinstance(eps, torch.Tensor):
@@ -69,12 +69,25 @@ def check_step_args(D, real, fake, loss, penalty, eps=None, generator=None):
     if isinstance(inner, MLPDiscriminator):
         inner.check_input(real, "real")
         inner.check_input(fake, "fake")
-    if penalty is not None:
-        penalty.check_inputs(real, fake, discriminator_pack(inner), eps=eps, generator=generator)
+    for p in penalties:
+        p.check_inputs(real, fake, discriminator_pack(inner), eps=eps, generator=generator)
+
+
+def penalty_list(penalty) -> tuple[GradientPenaltyBase, ...]:
+    """``penalty`` (None, one penalty, or a list / tuple of them) as a tuple of penalties."""
+    items = () if penalty is None else tuple(penalty) if isinstance(penalty, (list, tuple)) else (penalty,)
+    for p in items:
+        if not isinstance(p, GradientPenaltyBase):
+            raise TypeError("penalty must be a fastgan penalty (e.g. R1Penalty()), a list of them, or None, "
+                            f"got {type(p).__name__}")
+    if len({id(p) for p in items}) < len(items):
+        raise ValueError("penalty lists one penalty module twice; its lazy phase would move twice per step")
+    return items
 
 
 def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, loss: GANLoss | str,
-                       penalty: GradientPenaltyBase | None = None, backend: str | None = None,
+                       penalty: GradientPenaltyBase | list[GradientPenaltyBase] | None = None,
+                       backend: str | None = None,
                        eps: torch.Tensor | None = None, generator: torch.Generator | None = None,
                        return_parts: bool = False, backward: bool = False):
     """One discriminator objective: ``loss(D(real), D(fake.detach())) + penalty(D, real, fake)``.
@@ -84,9 +97,10 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
             wrapped in DistributedDataParallel, works through the reference path).
         real, fake: input batches; ``fake`` is treated as detached.
         loss: a :class:`~fastgan.GANLoss` (or its name).
-        penalty: a gradient penalty module or None; its ``every=k`` lazy schedule is honoured.
+        penalty: a gradient penalty module, a list of them (R3GAN's ``[R1Penalty(), R2Penalty()]``:
+            their sum), or None; each one's ``every=k`` lazy schedule is honoured.
         backend: see :mod:`fastgan._dispatch`.
-        eps, generator: passed to the penalty (WGAN-GP's per-row eps, DRAGAN's noise).
+        eps, generator: passed to the penalties (WGAN-GP's per-row eps, DRAGAN's noise).
         return_parts: also return :class:`StepParts` (detached) for logging.
         backward: also run the backward pass: the gradients are added to D's ``.grad`` (a
             parameter without ``.grad`` takes the kernel's buffer, no copy) as ``.backward()``
@@ -100,6 +114,7 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
     """
     loss = get_loss(loss)
     check_step_args(D, real, fake, loss, penalty, eps, generator)
+    penalties = penalty_list(penalty)
     if loss.reduction == "none":
         raise ValueError("discriminator_step needs a scalar loss: use reduction 'mean' or 'sum'")
     if loss.paired:
@@ -114,7 +129,7 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
             real, fake = real.clone(), fake.clone()  # inference tensors cannot be saved for backward
         with parametrized.weights_once(D):
             if name == "reference":
-                total, parts = _reference_step(D, real, fake, loss, penalty, eps, generator)
+                total, parts = _reference_step(D, real, fake, loss, penalties, eps, generator)
                 if backward:
                     total.backward()
                     total = total.detach()
@@ -122,7 +137,7 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
                 _check_params(inner, real)
                 # Through D's forward (fused=...), so DistributedDataParallel sees a forward and
                 # all-reduces the gradients the fused function hands to autograd.
-                run = functools.partial(_fused_step, fake=fake, loss=loss, penalty=penalty, backend=name,
+                run = functools.partial(_fused_step, fake=fake, loss=loss, penalties=penalties, backend=name,
                                         eps=eps, generator=generator, backward=backward)
                 total, parts = D(real, fused=run)
     return (total, parts) if return_parts else total
@@ -246,13 +261,14 @@ def _fused_modules(inner: MLPDiscriminator):
     yield "out", inner.out
 
 
-def _reference_step(D, real, fake, loss, penalty, eps, generator):
+def _reference_step(D, real, fake, loss, penalties, eps, generator):
     with _dispatch.use_backend("reference"):
         real_logits = D(real.detach())  # data, as on the fused path: no gradient into real
         fake_logits = D(fake.detach())
         value = loss.discriminator_loss(real_logits, fake_logits)
-        pen = (penalty(D, real, fake, eps=eps, generator=generator) if penalty is not None
-               else value.new_zeros(()))
+        pen = value.new_zeros(())
+        for penalty in penalties:
+            pen = pen + penalty(D, real, fake, eps=eps, generator=generator)
     total = value + pen
     parts = StepParts(value.detach(), pen.detach(), real_logits.detach().mean(), fake_logits.detach().mean())
     return total, parts
@@ -355,26 +371,38 @@ def _check_params(inner: MLPDiscriminator, x: torch.Tensor, params=None) -> None
                              f"{p.device} (from {name}); the fused step needs one dtype and device (D.to(x))")
 
 
-def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalty, backend, eps, generator, backward):
+def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalties, backend, eps, generator, backward):
     """The fused step on an unwrapped MLPDiscriminator (called from its forward, inside
     :func:`fastgan.parametrized.weights_once`). ``real`` and ``fake`` are data: the op returns no
-    gradient for them. A lazy penalty's phase moves on once the op has run."""
-    scale = penalty.due_scale() if penalty is not None else 0
-    spec, real_p, fake_p, pen_p = step_spec.disc_step_operands(inner, real, fake, loss=loss, penalty=penalty,
-                                                               penalty_scale=scale, eps=eps, generator=generator,
-                                                               allow_tf32=_allow_tf32())
+    gradient for them. One op call carries the loss and the first penalty; each further due
+    penalty is one more call with no loss terms. Lazy phases move on once the ops have run."""
     params = step_spec.mlp_params(inner)
-    if backward:
-        with torch.no_grad():
-            out = step_ops(backend)[0](**spec.op_args(real_p, fake_p, pen_p, *params))
-        _accumulate_grads(_flat(params), out[1:])
-        stats = out[0]
-        total = stats[0] + stats[1]
-    else:
-        total, stats = _DiscStepFn.apply(real_p, fake_p, pen_p, backend, spec, _layout(params), *_flat(params))
-    if penalty is not None:
+    calls = [(p, p.due_scale()) for p in penalties] or [(None, 0)]
+    calls = calls[:1] + [(p, scale) for p, scale in calls[1:] if scale]
+    totals, stats = [], []
+    for i, (penalty, scale) in enumerate(calls):
+        spec, real_p, fake_p, pen_p = step_spec.disc_step_operands(inner, real, fake, loss=loss, penalty=penalty,
+                                                                   penalty_scale=scale, eps=eps, generator=generator,
+                                                                   allow_tf32=_allow_tf32())
+        if i:
+            spec = dataclasses.replace(spec, term_real=(), term_fake=(), paired=False)  # the loss is in call 0
+        if backward:
+            with torch.no_grad():
+                out = step_ops(backend)[0](**spec.op_args(real_p, fake_p, pen_p, *params))
+            _accumulate_grads(_flat(params), out[1:])
+            stats.append(out[0])
+            totals.append(out[0][0] + out[0][1])
+        else:
+            total, st = _DiscStepFn.apply(real_p, fake_p, pen_p, backend, spec, _layout(params), *_flat(params))
+            totals.append(total)
+            stats.append(st)
+    for penalty in penalties:
         penalty.advance()
-    return total, StepParts(*stats.unbind())
+    first = stats[0]
+    if len(stats) == 1:
+        return totals[0], StepParts(*first.unbind())
+    penalty_sum = sum(st[1] for st in stats)
+    return sum(totals[1:], totals[0]), StepParts(first[0], penalty_sum, first[2], first[3])
 
 
 def _flat(params) -> list:

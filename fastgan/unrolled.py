@@ -131,6 +131,8 @@ def _check_settings(D, optimizer, steps, mode) -> None:
 
 def _check_args(D, real, fake, loss, optimizer, penalty, steps, mode, backend, generator=None) -> None:
     _check_settings(D, optimizer, steps, mode)
+    if isinstance(penalty, (list, tuple)):
+        raise TypeError("unrolled_generator_step takes one penalty (or None), not a list")
     fused.check_step_args(D, real, fake, loss, penalty, generator=generator)
     if loss.reduction == "none":
         raise ValueError("unrolled_generator_step needs a scalar loss: use reduction 'mean' or 'sum'")

@@ -28,8 +28,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return textwrap.wrap(" ".join(text.split()), width, break_long_words=False, break_on_hyphens=False)
 
 
-def _wrap(text: str, indent: str = "") -> str:
-    return textwrap.fill(text, 78, initial_indent=indent, subsequent_indent=indent + "  ",
+def _wrap(text: str, indent: str = "", hang: str = "") -> str:
+    return textwrap.fill(text, 78, initial_indent=indent, subsequent_indent=indent + hang,
                          break_long_words=False, break_on_hyphens=False)
 
 
@@ -42,7 +42,7 @@ def _epilog() -> str:
                     f"{', '.join(providers.DEFAULTS['cuda'])}. Ratio columns 'vs X': X's median / the row's "
                     f"median (above 1: faster than X); X is each baseline run: "
                     f"{', '.join(providers.BASELINES['cpu'])} (CPU), {', '.join(providers.BASELINES['cuda'])} "
-                    "(GPU).", "  "), "",
+                    "(GPU).", "  ", "  "), "",
               _wrap("Families: targets (target: in 32, width 128, depth 4, B 4096 and 256; lab: in 2, "
                     "width 64, depth 3, B 4096), width (in 32, depth 4, width 64/128/512/1024), ctgan "
                     "(in 64/256, two hidden layers of 256, pack 1/10). depth = hidden layers; batch = rows "

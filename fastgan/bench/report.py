@@ -193,10 +193,9 @@ def read_markdown_table(text: str, heading: str) -> list[dict[str, str]]:
 
 
 LEGEND_COLUMNS = {
-    "median ms": "ms: per step, median and 20th/80th percentiles",
-    "peak MiB": "peak MiB: one step's memory above its inputs",
-    "% peak": "% peak: of the matmul peak measured in this run",
-    "check err": f"check err: relative error against {REFERENCE}",
+    "peak MiB": "peak MiB: a step's memory above its inputs",
+    "% peak": "% peak: of this run's measured matmul peak",
+    "check err": f"check err: vs {REFERENCE}",
 }
 
 
@@ -233,7 +232,7 @@ def console(headline: str, statuses, recs: list[dict], baselines: list[str], cou
     width = max((len(n) for n in shown), default=0)
     ratios = [c for c in header if c.startswith("vs ")]
     legend = [f"legend: {' / '.join(ratios)} = that provider's median / this row's median, same run (above 1: "
-              "this row is faster)" if ratios else "legend:"]
+              "this row is faster); p20/p80: percentiles" if ratios else "legend: p20/p80: percentiles"]
     legend += [f"  {n.ljust(width)}  {DESCRIPTION[n]}" for n in shown]
     notes = [LEGEND_COLUMNS[c] for c in LEGEND_COLUMNS if c in header]
     if count_kind in header:

@@ -36,6 +36,7 @@ step gpu-tests-cuda 120 python -m pytest -q -p no:cacheprovider tests/test_losse
 step gpu-tests-triton 90 python -m pytest -q -p no:cacheprovider tests/test_mlp_step_triton.py
 # Host cost per call (tiny problem: the Python path and launches), then the benchmarks:
 # targets fp32 'highest' (with every graphed provider), TF32, bf16 wide networks, PacGAN.
+# fastgan bench writes files only where --output says (nothing by default): every call names one.
 step triton-first-call 90 python benchmarks/triton_first_call.py --configs targets,width-512
 step host-cuda 60 python -m fastgan.bench.host --device cuda --backend cuda --calls 500
 step host-triton 90 python -m fastgan.bench.host --device cuda --backend triton --calls 500
@@ -46,8 +47,8 @@ step lab-full-cuda 120 python -m fastgan lab --regime unrolled-gan --full --devi
 # The default (PacGAN's regime narrowed for the CPU: 6,000 steps, 2 seeds, one run at a time on
 # the GPU); PacGAN's published 400,000 steps would need a budget of their own.
 step lab-default-cuda 60 python -m fastgan lab --device cuda --quiet --out "$RUN/lab-default-cuda"
-step bench-tf32 100 python -m fastgan.bench --quick --no-progress --precision high --providers cuda,cuda+graph,reference+graph,func+compile --output "$RUN/gpu-targets-tf32"
-step bench-bf16 90 python -m fastgan.bench --configs width-512,width-1024 --batch 8192 --dtype bfloat16 --no-progress --providers cuda,triton,reference,func+compile --output "$RUN/gpu-wide-bf16"
+step bench-tf32 100 python -m fastgan.bench --quick --no-progress --precision high --providers fastgan-cuda,fastgan-cuda+graph,pytorch-eager+graph,pytorch-func+compile --output "$RUN/gpu-targets-tf32"
+step bench-bf16 90 python -m fastgan.bench --configs width-512,width-1024 --batch 8192 --dtype bfloat16 --no-progress --providers fastgan-cuda,fastgan-triton,pytorch-eager,pytorch-func+compile --output "$RUN/gpu-wide-bf16"
 step bench-pacgan 60 python -m fastgan.bench --configs ctgan-in256-p10 --batch 1638 --objectives w+gp --no-progress --output "$RUN/gpu-pacgan"
 
 for f in "$RUN"/gpu-tests-*.log; do tail -3 "$f" >> "$OUT/summary.txt"; done

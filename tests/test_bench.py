@@ -1,11 +1,16 @@
-"""``fastgan bench``: runs end to end on a tiny configuration, writes results that parse, and
+"""``fastgan bench``: runs end to end on a tiny configuration, writes results that parse (only
+where --output says), prints a table with a legend and why any provider was not run, and
 reports (not crashes on) missing backends, failing checks and failing providers. No timing
 assertions."""
 from __future__ import annotations
 
 import csv
+import itertools
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,32 +31,42 @@ def _run(tmp_path, *extra: str) -> tuple[list[dict], str]:
 
 
 def test_end_to_end_tiny_config_writes_md_and_csv_that_agree(tmp_path, capsys):
-    rows, md = _run(tmp_path, "--providers", "torch,reference")
+    rows, md = _run(tmp_path, "--providers", "fastgan-torch,pytorch-eager")
     objectives = list(configs.OBJECTIVES)
-    assert [(r["objective"], r["provider"]) for r in rows] == [(o, p) for o in objectives for p in ("torch", "reference")]
+    assert [(r["objective"], r["provider"]) for r in rows] == \
+        [(o, p) for o in objectives for p in ("fastgan-torch", "pytorch-eager")]
     for r in rows:
         assert (r["network"], r["batch"], r["depth"], r["width"], r["pack"]) == ("lab", "6", "3", "64", "1")
         assert r["device"] and r["torch"] == torch.__version__ and r["git_commit"]
-    ref = [r for r in rows if r["provider"] == "reference"]
+    ref = [r for r in rows if r["provider"] == "pytorch-eager"]
     assert all(r["status"] == "ok" for r in ref)
     for r in ref:  # timed, with the derived columns filled
         assert float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"])
-        assert float(r["vs_reference"]) == 1.0
+        assert float(r["vs_pytorch-eager"]) == 1.0
         assert float(r["tflops"]) > 0 and float(r["peak_pct"]) > 0
         assert float(r["launches"]) >= 1 and r["launches_kind"] == "ops"
         assert r["peak_mib"] == "" or float(r["peak_mib"]) >= 0
-    for r in rows:  # torch: timed and checked, or reported as missing on a branch without it
+    for r in rows:  # fastgan-torch: timed and checked, or reported as missing on a branch without it
         assert r["status"] == "ok" or r["status"].startswith("missing: ")
+    assert "vs_reference" not in rows[0] and "vs_torch" not in rows[0]
 
     table = report.read_markdown_table(md, "Results")
     assert [(t["objective"], t["provider"], t["status"]) for t in table] == \
         [(r["objective"], r["provider"], r["status"]) for r in rows]
     over = report.read_markdown_table(md, "Penalty overhead (median ratios)")
-    ref_over = [o for o in over if o["provider"] == "reference"]
+    ref_over = [o for o in over if o["provider"] == "pytorch-eager"]
     assert len(ref_over) == 1 and float(ref_over[0]["R1/plain"]) > 0 and float(ref_over[0]["GP/plain"]) > 0
     for key in ("torch", "triton", "python", "fastgan", "git commit", "threads", "matmul peak (measured)"):
         assert f"- {key}: " in md
-    assert "## Results" in capsys.readouterr().out  # the table is printed too
+    out = capsys.readouterr().out  # the table is printed too, with its legend
+    assert re.search(r"^network +batch +objective +provider +median ms .* vs pytorch-eager +vs fastgan-torch ", out, re.M)
+    assert re.search(r"^lab +6 +ns\+r1 +pytorch-eager +[0-9.e-]+ ", out, re.M)
+    legend = out.split("\nlegend: ", 1)[1]
+    assert legend.startswith("vs pytorch-eager / vs fastgan-torch = that provider's median / this row's median")
+    assert f"\n  fastgan-torch  {providers.DESCRIPTION['fastgan-torch']}\n" in legend
+    assert f"\n  pytorch-eager  {providers.DESCRIPTION['pytorch-eager']}\n" in legend
+    assert "## " not in out  # the environment and method stay in the file
+    assert f"wrote {tmp_path / 'run.md'} (full report) and {tmp_path / 'run.csv'}" in out
 
 
 @pytest.mark.gpu
@@ -65,12 +80,13 @@ def test_end_to_end_on_gpu_with_every_baseline(tmp_path):
         rows = {(r["objective"], r["provider"]): r for r in csv.DictReader(f)}
     assert {p for _, p in rows} == set(providers.DEFAULTS["cuda"])
     for objective in ("ns+r1", "gen"):
-        for name in ("reference", "reference+graph"):
+        for name in ("pytorch-eager", "pytorch-eager+graph"):
             r = rows[(objective, name)]
             assert r["status"] == "ok" and float(r["median_ms"]) > 0 and float(r["peak_mib"]) >= 0
             assert r["launches_kind"] == "launches" and float(r["launches"]) >= 1
-        assert float(rows[(objective, "reference+graph")]["launches"]) < float(rows[(objective, "reference")]["launches"])
-        assert float(rows[(objective, "reference+graph")]["setup_s"]) > 0
+        assert float(rows[(objective, "pytorch-eager+graph")]["launches"]) < \
+            float(rows[(objective, "pytorch-eager")]["launches"])
+        assert float(rows[(objective, "pytorch-eager+graph")]["setup_s"]) > 0
     for r in rows.values():
         assert r["status"] == "ok" or r["status"].startswith(("missing: ", "error: "))
 
@@ -83,13 +99,15 @@ def test_missing_backend_is_reported_with_its_reason(tmp_path, monkeypatch):
                 if s.name == "cpu" else s for s in real()]
 
     monkeypatch.setattr(fastgan, "available_backends", without_cpu)
-    rows, md = _run(tmp_path, "--providers", "cpu,cuda,reference", "--objectives", "hinge",
+    rows, md = _run(tmp_path, "--providers", "fastgan-cpu,fastgan-cuda,pytorch-eager", "--objectives", "hinge",
                     "--no-memory", "--no-launches")
     status = {r["provider"]: r["status"] for r in rows}
-    assert status["cpu"] == "missing: simulated: extension did not load"
-    assert status["cuda"].startswith("missing: ")
-    assert status["reference"] == "ok"
-    assert "| cpu | no | simulated: extension did not load |" in md
+    assert status["fastgan-cpu"] == "missing: simulated: extension did not load"
+    assert status["fastgan-cuda"].startswith("missing: ")
+    assert status["pytorch-eager"] == "ok"
+    assert (f"| fastgan-cpu | {providers.DESCRIPTION['fastgan-cpu']} | unavailable | "
+            "simulated: extension did not load |") in md
+    assert f"| pytorch-eager | {providers.DESCRIPTION['pytorch-eager']} | run | - |" in md
 
 
 def test_failing_check_and_failing_provider_mark_their_rows(tmp_path, monkeypatch):
@@ -105,23 +123,23 @@ def test_failing_check_and_failing_provider_mark_their_rows(tmp_path, monkeypatc
     make = providers.make_runner
 
     def fake_make(name, config, D, data):
-        if name == "torch":
-            runner = Wrong("reference", config, D, data)
-            runner.name = "torch"
+        if name == "fastgan-torch":
+            runner = Wrong("pytorch-eager", config, D, data)
+            runner.name = "fastgan-torch"
             return runner
-        if name == "cpu":
+        if name == "fastgan-cpu":
             return Broken()
         return make(name, config, D, data)
 
     monkeypatch.setattr(providers, "make_runner", fake_make)
     monkeypatch.setattr(providers, "why_missing", lambda name, device: "")
-    rows, _ = _run(tmp_path, "--providers", "torch,cpu,reference", "--objectives", "ns+r1",
+    rows, _ = _run(tmp_path, "--providers", "fastgan-torch,fastgan-cpu,pytorch-eager", "--objectives", "ns+r1",
                    "--no-memory", "--no-launches")
     status = {r["provider"]: r for r in rows}
-    assert status["torch"]["status"] == "check failed" and float(status["torch"]["check_err"]) > 0.1
-    assert status["torch"]["median_ms"] == ""  # not timed
-    assert status["cpu"]["status"] == "error: RuntimeError: kernel exploded"
-    assert status["reference"]["status"] == "ok"
+    assert status["fastgan-torch"]["status"] == "check failed" and float(status["fastgan-torch"]["check_err"]) > 0.1
+    assert status["fastgan-torch"]["median_ms"] == ""  # not timed
+    assert status["fastgan-cpu"]["status"] == "error: RuntimeError: kernel exploded"
+    assert status["pytorch-eager"]["status"] == "ok"
 
 
 def test_entry_points_list_the_configurations():
@@ -139,6 +157,123 @@ def test_bad_options_exit_with_a_message(capsys):
     assert cli.main(["--device", "cpu", "--configs", "nope", "--list"]) == 2
     assert "--configs" in capsys.readouterr().out
     assert cli.main(["--device", "cpu", "--providers", "magic", "--list"]) == 2
+    assert "unknown provider 'magic'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("old,new", [("torch", "fastgan-torch"), ("cpu", "fastgan-cpu"), ("reference", "pytorch-eager"),
+                                     ("reference+graph", "pytorch-eager+graph"), ("cuda+graph", "fastgan-cuda+graph"),
+                                     ("func+compile", "pytorch-func+compile")])
+def test_an_old_provider_name_is_refused_with_its_new_name(old, new, capsys):
+    assert cli.main(["--device", "cpu", "--providers", f"pytorch-eager,{old}", "--list"]) == 2
+    out = capsys.readouterr().out
+    assert f"--providers: {old!r} is now called {new!r}" in out
+    assert all(name in out for name in providers.PROVIDERS)
+
+
+def test_every_provider_has_a_description_and_a_name_that_says_whose_it_is():
+    assert set(providers.DESCRIPTION) == set(providers.PROVIDERS)
+    assert all(n.startswith(("fastgan-", "pytorch-")) for n in providers.PROVIDERS)
+    assert set(providers.RENAMED.values()) == set(providers.PROVIDERS)
+    for device in ("cpu", "cuda"):
+        assert set(providers.DEFAULTS[device]) <= set(providers.PROVIDERS)
+        assert set(providers.BASELINES[device]) <= set(providers.DEFAULTS[device])
+
+
+def _not_run(out: str) -> dict[str, str]:
+    """provider -> 'unavailable: why' / 'skipped: why' from the lines under the legend."""
+    lines = out.split("\nnot run: ", 1)[1].splitlines()
+    lines[0] = "not run: " + lines[0]
+    found = {}
+    for line in itertools.takewhile(lambda ln: ln.startswith(("not run: ", " " * 9)), lines):
+        m = re.fullmatch(r"(?:not run:| {8}) (\S+) +((?:unavailable|skipped): \S.*)", line)
+        assert m, line
+        found[m[1]] = m[2]
+    return found
+
+
+def _tiny_run_printed(tmp_path, monkeypatch, capfd, *extra: str) -> str:
+    """A tiny run from tmp_path without --output; what it printed (both file descriptors)."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([*TINY, "--objectives", "hinge", *extra]) == 0
+    captured = capfd.readouterr()
+    assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())  # nothing written without --output
+    return captured.out + captured.err
+
+
+def test_without_output_nothing_is_written_and_the_profiler_is_silent(tmp_path, monkeypatch, capfd):
+    out = _tiny_run_printed(tmp_path, monkeypatch, capfd)
+    assert "not written (add --output STEM" in out
+    assert "USDT" not in out and "profiler_start" not in out  # kineto's own lines, on fd 2
+    assert re.search(r"^lab +6 +hinge +pytorch-eager +.* ok$", out, re.M)
+    assert re.search(r"^lab +6 +hinge +fastgan-cpu .*", out, re.M) or \
+        _not_run(out)["fastgan-cpu"].startswith("unavailable: ")
+    assert "\nlegend: vs pytorch-eager / vs fastgan-torch = " in out
+
+
+def test_providers_not_run_say_why_one_line_each(tmp_path, monkeypatch, capfd):
+    out = _tiny_run_printed(tmp_path, monkeypatch, capfd, "--no-launches", "--no-memory")
+    lines = _not_run(out)
+    ran = set(re.findall(r"^lab +6 +hinge +(\S+) .* ok$", out, re.M))
+    assert ran | set(lines) == set(providers.PROVIDERS) and not ran & set(lines)
+    assert lines["fastgan-cuda+graph"] == "unavailable: CUDA graphs need a CUDA device"
+    compile_line = lines["pytorch-func+compile"]  # available on the CPU, left out of its default set: why
+    assert compile_line.startswith("skipped: not in the CPU default: torch.compile builds C++")
+    assert "--providers ...,pytorch-func+compile" in compile_line
+
+
+def test_providers_left_out_of_the_providers_option_say_so(tmp_path, monkeypatch, capfd):
+    out = _tiny_run_printed(tmp_path, monkeypatch, capfd, "--no-launches", "--no-memory",
+                            "--providers", "pytorch-eager")
+    lines = _not_run(out)
+    assert lines["pytorch-func+compile"] == lines["fastgan-torch"] == "skipped: not in --providers"
+
+
+def test_no_write_prints_only_even_with_an_output(tmp_path, capsys):
+    assert cli.main([*TINY, "--objectives", "hinge", "--providers", "pytorch-eager", "--no-launches", "--no-memory",
+                     "--no-write", "--output", str(tmp_path / "run")]) == 0
+    assert not any(tmp_path.iterdir())
+    assert "not written" in capsys.readouterr().out
+
+
+def test_profiler_output_on_native_fds_is_silenced(capfd):
+    from fastgan.bench import launches
+    print("before")
+    with launches.quiet_native_output():  # what C++ writes goes to the descriptors, past sys.stdout
+        os.write(2, b"USDT: native stderr\n")
+        os.write(1, b"native stdout\n")
+    os.write(1, b"after\n")
+    captured = capfd.readouterr()
+    assert captured.out == "before\nafter\n" and captured.err == ""
+    n = launches.count(lambda: torch.ones(3).add_(1), torch.device("cpu"))
+    captured = capfd.readouterr()
+    assert n >= 2 and captured.out == "" and captured.err == ""
+
+
+@pytest.mark.parametrize("columns", ["40", "60", "80", "132"])
+def test_help_never_breaks_a_provider_name(columns, monkeypatch):
+    monkeypatch.setenv("COLUMNS", columns)
+    text = cli._parser().format_help()
+    tokens = [t.strip(",.;:()'`") for t in text.split()]
+    pieces = [t for t in tokens if t.startswith(("fastgan-", "pytorch-")) or t.endswith(("+graph", "+compile"))]
+    allowed = {*providers.PROVIDERS, "fastgan-*", "pytorch-*"}
+    assert pieces and set(pieces) <= allowed, sorted(set(pieces) - allowed)
+    for name in providers.PROVIDERS:  # each listed on its own line with what it is
+        assert re.search(rf"^  {re.escape(name)} +{re.escape(providers.DESCRIPTION[name])}$", text, re.M)
+    assert "default: print only" in " ".join(text.split())
+
+
+def test_old_results_files_load_under_the_new_names():
+    old = Path(__file__).resolve().parent.parent / "benchmarks/results/amd-epyc-2026-11-30.csv"
+    with open(old, newline="") as f:
+        raw = list(csv.DictReader(f))
+    rows = report.read_csv(old)
+    assert len(rows) == len(raw) > 0
+    assert {r["provider"] for r in raw} == {"cpu", "torch", "reference"}  # the file is as committed
+    assert {r["provider"] for r in rows} == {"fastgan-cpu", "fastgan-torch", "pytorch-eager"}
+    for r, r0 in zip(rows, raw):
+        assert r["vs_pytorch-eager"] == r0["vs_reference"] and r["vs_fastgan-torch"] == r0["vs_torch"]
+        assert r["median_ms"] == r0["median_ms"]
+    assert all(float(r["vs_pytorch-eager"]) == 1.0 for r in rows if r["provider"] == "pytorch-eager")
 
 
 @pytest.mark.parametrize("network", [n for fam in configs.FAMILIES.values() for n in fam], ids=lambda n: n.name)
@@ -191,3 +326,10 @@ def test_check_error_is_relative_and_floored_at_the_gradients_scale():
     assert check.relative_error([ref[0], ref[1], torch.full((2,), float("nan"))], ref) == float("inf")
     assert check.relative_error([ref[0], ref[1], None], ref) == float("inf")
     assert check.relative_error([ref[0], ref[1].T, ref[2]], ref) == float("inf")
+
+
+def test_help_fits_80_columns():
+    env = dict(os.environ, COLUMNS="80")
+    done = subprocess.run([sys.executable, "-m", "fastgan.bench", "--help"], capture_output=True, text=True, check=True,
+                          env=env)
+    assert max(len(line) for line in done.stdout.splitlines()) <= 80

@@ -1,10 +1,11 @@
 """``fastgan bench`` / ``python -m fastgan.bench``: time the fused discriminator (and generator)
 step of every available backend against the PyTorch baselines, interleaved in one run; print
-the table and write ``benchmarks/results/<device>-<date>.md`` and ``.csv``."""
+the table with its legend and what was not run (and why); with ``--output STEM`` also write
+``STEM.md`` (the full report) and ``STEM.csv``. Nothing is written without ``--output``."""
 from __future__ import annotations
 
 import argparse
-import datetime
+import textwrap
 import time
 from pathlib import Path
 
@@ -19,26 +20,52 @@ DEFAULTS = {  # repeats, warmup, min sample ms
 }
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Option help wrapped at spaces only, so that names such as ``pytorch-func+compile`` never
+    break; the description and epilog are wrapped by :func:`_wrap` (the same rule)."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_long_words=False, break_on_hyphens=False)
+
+
+def _wrap(text: str, indent: str = "", hang: str = "") -> str:
+    return textwrap.fill(text, 78, initial_indent=indent, subsequent_indent=indent + hang,
+                         break_long_words=False, break_on_hyphens=False)
+
+
+def _epilog() -> str:
+    width = max(map(len, providers.PROVIDERS))
+    lines = ["providers (for --providers): fastgan-* is fastgan's fused step with that",
+             "backend, pytorch-* is plain PyTorch (the baselines)"]
+    lines += [f"  {n.ljust(width)}  {providers.DESCRIPTION[n]}" for n in providers.PROVIDERS]
+    lines += [_wrap(f"default on the CPU: {', '.join(providers.DEFAULTS['cpu'])}; on a GPU: "
+                    f"{', '.join(providers.DEFAULTS['cuda'])}. Ratio columns 'vs X': X's median / the row's "
+                    f"median (above 1: faster than X); X is each baseline run: "
+                    f"{', '.join(providers.BASELINES['cpu'])} (CPU), {', '.join(providers.BASELINES['cuda'])} "
+                    "(GPU).", "  ", "  "), "",
+              _wrap("Families: targets (target: in 32, width 128, depth 4, B 4096 and 256; lab: in 2, "
+                    "width 64, depth 3, B 4096), width (in 32, depth 4, width 64/128/512/1024), ctgan "
+                    "(in 64/256, two hidden layers of 256, pack 1/10). depth = hidden layers; batch = rows "
+                    "per side. GPU default: every network at B 256, 4096, 65536. CPU default: the targets + "
+                    "every sweep network at B 256 (a few minutes on 2 quiet cores); --full adds B 4096.")]
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="fastgan bench",
-        description="Time the fused discriminator (and generator) step of every available backend against "
-                    "the PyTorch baselines, interleaved in one run; print the table and write "
-                    "benchmarks/results/<device>-<date>.md and .csv.",
-        epilog="Families: targets (target: in 32, width 128, depth 4, B 4096 and 256; lab: in 2, "
-               "width 64, depth 3, B 4096), width (in 32, depth 4, width 64/128/512/1024), ctgan "
-               "(in 64/256, two hidden layers of 256, pack 1/10). depth = hidden layers; batch = rows "
-               "per side. GPU default: every network at B 256, 4096, 65536. CPU default: the targets + "
-               "every sweep network at B 256 (a few minutes on 2 quiet cores); --full adds B 4096.")
+        prog="fastgan bench", formatter_class=_HelpFormatter,
+        description=_wrap("Time the fused discriminator (and generator) step of every available backend "
+                          "against the PyTorch baselines, interleaved in one run; print the table, its legend "
+                          "and why any provider was not run. Nothing is written unless --output is given."),
+        epilog=_epilog())
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: cuda when a GPU is visible, else cpu")
     p.add_argument("--configs", type=names, help="comma-separated families (targets,width,ctgan) or network name "
                                      "patterns (width-*, ctgan-in64-p10); default: all families")
     p.add_argument("--batch", type=positive_ints, help="comma-separated rows per side, replacing every network's batches")
     p.add_argument("--objectives", type=names, help=f"comma-separated subset of {','.join(configs.OBJECTIVES)}")
-    p.add_argument("--providers", type=names, help=f"comma-separated subset of {','.join(providers.PROVIDERS)}; "
-                                       f"default: {','.join(providers.DEFAULTS['cpu'])} (CPU), "
-                                       f"{','.join(providers.DEFAULTS['cuda'])} (GPU)")
+    p.add_argument("--providers", type=names, help="comma-separated providers (listed below); default: "
+                                                   "the device's default set (below)")
     p.add_argument("--full", action="store_true", help="CPU: the sweep networks at B 4096 too")
     p.add_argument("--quick", action="store_true", help="targets only (B <= 4096), 5 repeats, 1 warm-up")
     p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float32")
@@ -49,9 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-sample-ms", type=non_negative_float, help="steps are batched so a sample lasts this long")
     p.add_argument("--threads", type=positive_int, help="torch.set_num_threads")
     p.add_argument("--seed", type=seed, default=0, help="seed of the networks and inputs (default 0)")
-    p.add_argument("--output", type=Path, help="path stem for .md and .csv "
-                                               "(default benchmarks/results/<device>-<date>)")
-    p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--output", type=Path, help="write STEM.md (the full report) and STEM.csv, e.g. "
+                                               "benchmarks/results/<device>-<date>; default: print only")
+    p.add_argument("--no-write", action="store_true", help="print only, even with --output")
     p.add_argument("--no-memory", action="store_true", help="skip peak memory")
     p.add_argument("--no-launches", action="store_true", help="skip the profiler's launch/op count")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -71,18 +98,18 @@ def _run_config(config, device, dtype, names, missing, tol, args):
     rows: dict[str, report.Row] = {}
     runners: dict[str, providers.Runner] = {}
     try:
-        ref = providers.make_runner("reference", config, D, data)
+        ref = providers.make_runner(providers.REFERENCE, config, D, data)
         ref.step()
         want = [t.detach().clone() if t is not None else None for t in ref.result()]
     except Exception as e:  # e.g. out of memory: nothing to check against
-        return [report.Row(config, n, f"missing: {missing[n]}" if missing[n] else f"{_error(e)} (reference)")
+        return [report.Row(config, n, f"missing: {missing[n]}" if missing[n] else f"{_error(e)} ({providers.REFERENCE})")
                 for n in names]
     for name in names:
         if missing[name]:
             rows[name] = report.Row(config, name, f"missing: {missing[name]}")
             continue
         try:
-            runner = ref if name == "reference" else providers.make_runner(name, config, D, data)
+            runner = ref if name == providers.REFERENCE else providers.make_runner(name, config, D, data)
             err = None
             if runner is not ref:
                 runner.step()
@@ -135,9 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastgan bench: error: {e}")
         return 2
     stem = None
-    if not (args.list or args.no_write):  # the output is checked (its folder made) before any timing
-        date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-        stem = args.output or Path("benchmarks/results") / f"{machine.slug(machine.device_name(device))}-{date}"
+    if args.output and not (args.list or args.no_write):  # checked (its folder made) before any timing
+        stem = args.output
         if stem.suffix in (".md", ".csv"):  # as report.write does
             stem = stem.with_suffix("")
         if stem.name in ("", ".", ".."):
@@ -152,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{c.label:40s} P={c.network.weights:>9,d} work={c.objective.work}BP")
         return 0
     baselines = [b for b in providers.BASELINES[dev] if b in names]
-    statuses = [(n, not (why := providers.why_missing(n, dev)), why) for n in providers.PROVIDERS]
+    statuses = _statuses(names, dev, chosen_by_user=bool(args.providers))
     start = time.perf_counter()
     info = machine.describe(device)
     peak = timing.matmul_peak(dtype, device)
@@ -177,8 +203,31 @@ def main(argv: list[str] | None = None) -> int:
     recs = report.records(rows, baselines, peak, launches.kind(device))
     over = report.overhead(rows)
     md = report.markdown(info, settings, statuses, recs, over, baselines, launches.kind(device))
-    print(md.split("\n\n## Method", 1)[0])
+    headline = (f"fastgan bench: {info['device']}, {info['threads']} threads, torch {info['torch']}, {args.dtype} "
+                f"'{args.precision}', median of {args.repeats} samples, matmul peak {peak / 1e12:.3g} TFLOP/s, "
+                f"{settings['run time']}")
+    print(report.console(headline, statuses, recs, baselines, launches.kind(device)))
     if stem is not None:
-        for path in report.write(stem, md, report.csv_text(recs, info, settings)):
-            print(f"wrote {path}")
+        md_path, csv_path = report.write(stem, md, report.csv_text(recs, info, settings))
+        print(f"wrote {md_path} (full report) and {csv_path}")
+    else:
+        print("not written (add --output STEM for STEM.md with the environment and STEM.csv)")
     return 0
+
+
+def _statuses(names: list[str], dev: str, chosen_by_user: bool) -> list[tuple[str, str, str]]:
+    """(provider, state, why) for every provider: 'run', 'unavailable' (why: what is missing),
+    'skipped' (available but not run: left out of --providers, or of this device's default set
+    and why)."""
+    out = []
+    for n in providers.PROVIDERS:
+        why = providers.why_missing(n, dev)
+        if why:
+            out.append((n, "unavailable", why))
+        elif n in names:
+            out.append((n, "run", ""))
+        elif chosen_by_user:
+            out.append((n, "skipped", "not in --providers"))
+        else:
+            out.append((n, "skipped", providers.SKIPPED.get(dev, {}).get(n, "not in this device's default set")))
+    return out

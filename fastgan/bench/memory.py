@@ -4,7 +4,7 @@ step's gradients released first).
 
 - GPU: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus
   ``memory_allocated()`` before the step. For graph providers (``*+graph``,
-  ``func+compile``) a replay allocates nothing: their figure is the peak while capturing /
+  ``pytorch-func+compile``) a replay allocates nothing: their figure is the peak while capturing /
   recording, i.e. the graph's memory pool.
 - CPU: ``tracemalloc`` does not see torch's allocations and the CPU profiler's memory events
   are not a timeline, so this is a peak-RSS delta in a subprocess: ``python -m
@@ -12,8 +12,8 @@ step's gradients released first).
   the kernel's high-water mark (``/proc/self/clear_refs``) and reports ``VmHWM`` after one
   step minus ``VmRSS`` before it. glibc is told to serve every allocation of 128 KiB or more
   with mmap (``MALLOC_MMAP_THRESHOLD_``), so freed tensors leave the RSS at once and the delta
-  tracks live tensor memory. Linux only; elsewhere (or for ``func+compile``, whose compilation
-  would dominate) the figure is n/a.
+  tracks live tensor memory. Linux only; elsewhere (or for ``pytorch-func+compile``, whose
+  compilation would dominate) the figure is n/a.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import sys
 import torch
 
 from fastgan.bench import configs as cfg
-from fastgan.bench.providers import Runner, make_runner
+from fastgan.bench.providers import COMPILE, Runner, make_runner
 
 _CLEAR_REFS = "/proc/self/clear_refs"
 
@@ -95,7 +95,7 @@ def _measure(spec: dict) -> list[dict[str, int | None]]:
         data = cfg.make_inputs(config, device, dtype, spec["seed"])
         peaks: dict[str, int | None] = {}
         for name in job["providers"]:
-            if name == "func+compile":
+            if name == COMPILE:
                 peaks[name] = None
                 continue
             runner = make_runner(name, config, D, data)

@@ -1,21 +1,29 @@
-"""What is timed: every fastgan backend's fused step and the baselines, as runners with one
-``step()`` each (a full step: zero the gradients, the objective, ``.backward()``).
+"""What is timed: every fastgan backend's fused step and the PyTorch baselines, as runners with
+one ``step()`` each (a full step: zero the gradients, the objective, ``.backward()``).
 
-=================  ==========================================================================
-provider           one step
-=================  ==========================================================================
-cuda/triton/cpu/   ``D.zero_grad(set_to_none=True)``; ``fastgan.discriminator_step(D, real, fake,
-torch              loss=..., penalty=..., backend=name).backward()`` (or ``generator_step``)
-reference          the same with ``backend="reference"``: autograd with ``create_graph=True``,
-                   what GAN code does today (baseline)
-reference+graph    the reference step captured once in a CUDA graph, then ``graph.replay()``
-                   (GPU baseline, where capture works)
-cuda+graph,        the fused step (``backward=True``: gradients written to D's ``.grad``)
-triton+graph       captured once in a CUDA graph, then ``graph.replay()``
-func+compile       ``torch.func.grad_and_value`` of the same objective (input gradient by
-                   ``torch.func.grad``) inside ``torch.compile(mode="reduce-overhead")``; the
-                   compile (and graph recording) time is reported as setup (GPU baseline)
-=================  ==========================================================================
+Provider names say whose step it is: ``fastgan-*`` is this library's fused step (its backend
+after the dash), ``pytorch-*`` is plain PyTorch written the way GAN code is written today. The
+older names (``cpu``, ``torch``, ``reference``, ``func+compile``, ...) are refused on the command
+line with their new name (:data:`RENAMED`); results files written under them still load
+(:func:`fastgan.bench.report.read_csv`).
+
+=======================  ====================================================================
+provider                 one step
+=======================  ====================================================================
+fastgan-cuda/-triton/    ``D.zero_grad(set_to_none=True)``; ``fastgan.discriminator_step(D,
+-cpu/-torch              real, fake, loss=..., penalty=..., backend=<after the dash>)
+                         .backward()`` (or ``generator_step``)
+pytorch-eager            the same with ``backend="reference"``: plain autograd with
+                         ``create_graph=True``, what GAN code does today (baseline)
+pytorch-eager+graph      that step captured once in a CUDA graph, then ``graph.replay()``
+                         (GPU baseline, where capture works)
+fastgan-cuda+graph,      the fused step (``backward=True``: gradients written to D's
+fastgan-triton+graph     ``.grad``) captured once in a CUDA graph, then ``graph.replay()``
+pytorch-func+compile     ``torch.func.grad_and_value`` of the same objective (input gradient
+                         by ``torch.func.grad``) inside ``torch.compile(mode=
+                         "reduce-overhead")``; the compile (and graph recording) time is
+                         reported as setup (GPU baseline; on the CPU only when asked for)
+=======================  ====================================================================
 """
 from __future__ import annotations
 
@@ -30,36 +38,74 @@ from fastgan.bench.configs import Config, Inputs
 from fastgan.reference import losses as ref_losses
 from fastgan.reference import penalties as ref_penalties
 
-BACKENDS = ("cuda", "triton", "cpu", "torch")  # fastgan backends with a fused step
-BASELINES = {"cpu": ("reference", "torch"), "cuda": ("reference", "reference+graph", "func+compile")}
-GRAPHED = ("cuda+graph", "triton+graph")  # fastgan's fused step captured in a CUDA graph
-DEFAULTS = {"cpu": ("cpu", "torch", "reference"),
-            "cuda": ("cuda", "cuda+graph", "triton", "triton+graph", "torch", "reference", "reference+graph",
-                     "func+compile")}
-PROVIDERS = BACKENDS + GRAPHED + ("reference", "reference+graph", "func+compile")
+REFERENCE = "pytorch-eager"  # every provider is checked against it before timing
+BACKEND = {"fastgan-cuda": "cuda", "fastgan-triton": "triton", "fastgan-cpu": "cpu", "fastgan-torch": "torch",
+           REFERENCE: "reference"}  # the fastgan backend= each eager provider calls
+BACKENDS = ("fastgan-cuda", "fastgan-triton", "fastgan-cpu", "fastgan-torch")  # fastgan's fused step
+GRAPHED = ("fastgan-cuda+graph", "fastgan-triton+graph")  # fastgan's fused step captured in a CUDA graph
+COMPILE = "pytorch-func+compile"
+BASELINES = {"cpu": (REFERENCE, "fastgan-torch"), "cuda": (REFERENCE, "pytorch-eager+graph", COMPILE)}
+DEFAULTS = {"cpu": ("fastgan-cpu", "fastgan-torch", REFERENCE),
+            "cuda": ("fastgan-cuda", "fastgan-cuda+graph", "fastgan-triton", "fastgan-triton+graph",
+                     "fastgan-torch", REFERENCE, "pytorch-eager+graph", COMPILE)}
+PROVIDERS = BACKENDS + GRAPHED + (REFERENCE, "pytorch-eager+graph", COMPILE)
+RENAMED = {"cuda": "fastgan-cuda", "triton": "fastgan-triton", "cpu": "fastgan-cpu", "torch": "fastgan-torch",
+           "cuda+graph": "fastgan-cuda+graph", "triton+graph": "fastgan-triton+graph",
+           "reference": REFERENCE, "reference+graph": "pytorch-eager+graph", "func+compile": COMPILE}
+"""Older provider names -> today's (older results files; a clear error on the command line)."""
+
+DESCRIPTION = {
+    "fastgan-cuda": "fastgan's fused step, CUDA kernels",
+    "fastgan-triton": "fastgan's fused step, Triton kernels",
+    "fastgan-cpu": "fastgan's fused step, C++ CPU kernel",
+    "fastgan-torch": "fastgan's fused step in torch ops (not plain PyTorch)",
+    "fastgan-cuda+graph": "fastgan-cuda replayed from a CUDA graph",
+    "fastgan-triton+graph": "fastgan-triton replayed from a CUDA graph",
+    REFERENCE: "plain PyTorch: autograd, create_graph=True",
+    "pytorch-eager+graph": "pytorch-eager replayed from a CUDA graph",
+    COMPILE: "plain PyTorch: torch.func in torch.compile",
+}
+"""One short line per provider (at most 54 characters: --help at 80 columns), for the legend
+under the table, --help and the report."""
+
+SKIPPED = {"cpu": {COMPILE: "not in the CPU default: torch.compile builds C++ per configuration, ~2 min each "
+                            "on 2 cores; --providers ...,pytorch-func+compile runs it"}}
+"""Providers that can run on a device but are left out of its default set, and why."""
+
+
+def unknown_provider(name: str) -> str:
+    """'' for a provider name, else the error for it (an old name gets its new one)."""
+    if name in PROVIDERS:
+        return ""
+    if name in RENAMED:
+        return (f"--providers: {name!r} is now called {RENAMED[name]!r} (fastgan-* = fastgan's fused step, "
+                f"pytorch-* = plain PyTorch); choose from {', '.join(PROVIDERS)}")
+    return f"--providers: unknown provider {name!r}; choose from {', '.join(PROVIDERS)}"
 
 
 def why_missing(name: str, device: str) -> str:
     """'' when ``name`` can run on ``device`` ('cpu' or 'cuda'), else why not. A fastgan backend's
-    reason is the one :func:`fastgan.available_backends` gives."""
-    if name not in PROVIDERS:
-        raise ValueError(f"--providers: unknown provider {name!r}; choose from {PROVIDERS}")
+    reason is the one :func:`fastgan.available_backends` gives. ValueError for a name that is
+    not a provider (an old name is told its new one)."""
+    if why := unknown_provider(name):
+        raise ValueError(why)
     if name.endswith("+graph"):
         if device != "cuda":
             return "CUDA graphs need a CUDA device"
         name = name.removesuffix("+graph")
-        if name == "reference":
+        if name == REFERENCE:
             return ""
-    if name == "func+compile":
+    if name == COMPILE:
         return ""
-    status = {s.name: s for s in fastgan.available_backends()}[name if name in BACKENDS else "reference"]
+    backend = BACKEND[name]
+    status = {s.name: s for s in fastgan.available_backends()}[backend]
     if not status.available:
         return status.reason
-    if name == "cuda" and device != "cuda":
+    if backend == "cuda" and device != "cuda":
         return "the cuda backend runs on CUDA tensors only"
-    if name == "cpu" and device != "cpu":
+    if backend == "cpu" and device != "cpu":
         return "the cpu backend runs on CPU tensors only"
-    if name not in fused.step_backends():
+    if backend not in fused.step_backends():
         return "no fused-step implementation of this backend in this installation"
     return ""
 
@@ -88,7 +134,7 @@ class EagerRunner(Runner):
     """``discriminator_step``/``generator_step`` with one backend, then ``.backward()``."""
 
     def __init__(self, name: str, config: Config, D: torch.nn.Module, data: Inputs, one_op: bool = False):
-        self.name, self.backend, self.D, self.data = name, name, copy.deepcopy(D), data
+        self.name, self.backend, self.D, self.data = name, BACKEND[name], copy.deepcopy(D), data
         self.one_op = one_op  # discriminator_step(backward=True): no autograd graph
         self.objective = config.objective
         self.loss, self.penalty = self.objective.make_loss(), self.objective.make_penalty()
@@ -123,13 +169,13 @@ class GraphRunner(Runner):
     """A step replayed from a CUDA graph (:class:`fastgan.GraphedStep`: warm-up on a side
     stream, then capture with the gradients unset so that the captured step allocates them in
     the graph's pool):
-    ``reference+graph`` captures the reference step, ``cuda+graph``/``triton+graph`` the fused
-    step in its one-op form."""
+    ``pytorch-eager+graph`` captures the plain autograd step, ``fastgan-cuda+graph``/
+    ``fastgan-triton+graph`` the fused step in its one-op form."""
 
     def __init__(self, name: str, config: Config, D: torch.nn.Module, data: Inputs):
         self.name = name
         base = name.removesuffix("+graph")
-        self.eager = EagerRunner(base, config, D, data, one_op=base != "reference")
+        self.eager = EagerRunner(base, config, D, data, one_op=base != REFERENCE)
         start = time.perf_counter()
         self.graphed = fastgan.GraphedStep(self.eager.step)
         self.graphed.warm_up()
@@ -222,6 +268,6 @@ def make_runner(name: str, config: Config, D: torch.nn.Module, data: Inputs) -> 
     """A runner for provider ``name`` (already known to be available) on this configuration."""
     if name.endswith("+graph"):
         return GraphRunner(name, config, D, data)
-    if name == "func+compile":
+    if name == COMPILE:
         return CompileRunner(name, config, D, data)
     return EagerRunner(name, config, D, data)

@@ -1,14 +1,18 @@
-"""Result rows and their three renderings: the console/markdown tables, the markdown file
-(environment, backends, results, overhead ratios, method) and the CSV."""
+"""Result rows and their renderings: the console summary (one table, its legend, what was not
+run and why), the markdown file (environment, providers, results, overhead ratios, method) and
+the CSV; and :func:`read_csv`, which loads results files of any version under today's provider
+names."""
 from __future__ import annotations
 
 import csv
 import io
 import itertools
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastgan.bench.configs import Config
+from fastgan.bench.providers import DESCRIPTION, REFERENCE, RENAMED
 from fastgan.bench.timing import Stats
 
 
@@ -98,7 +102,7 @@ def _table(header: list[str], body: list[list[str]]) -> str:
 
 def results_table(recs: list[dict], baselines: list[str], count_kind: str) -> str:
     header = (["network", "batch", "objective", "provider", "median ms", "p20 ms", "p80 ms"]
-              + [f"x {b}" for b in baselines]
+              + [f"vs {b}" for b in baselines]
               + ["peak MiB", "TFLOP/s", "% peak", count_kind, "setup s", "check err", "status"])
     body = []
     for r in recs:
@@ -116,14 +120,20 @@ def overhead_table(over: list[dict]) -> str:
                     _fmt(o["gp_over_plain"])] for o in over])
 
 
-def backends_table(statuses: list[tuple[str, bool, str]]) -> str:
-    return _table(["provider", "available", "reason"],
-                  [[n, "yes" if ok else "no", why or "-"] for n, ok, why in statuses])
+def backends_table(statuses: list[tuple[str, str, str]]) -> str:
+    """``statuses``: (provider, 'run' / 'unavailable' / 'skipped', why not)."""
+    return _table(["provider", "what it is", "this run", "why not"],
+                  [[n, DESCRIPTION[n], state, why or "-"] for n, state, why in statuses])
 
 
 METHOD = """\
-- One row per provider and configuration; `x <baseline>` = baseline median / this median
+- One row per provider and configuration; `vs <baseline>` = baseline median / this median
   (above 1: faster than the baseline), both measured in this run, interleaved round by round.
+- Providers: `fastgan-*` is fastgan's fused step with the backend after the dash
+  (`fastgan-torch`: fastgan's step written in torch ops, not plain PyTorch); `pytorch-*` is
+  plain PyTorch: `pytorch-eager` autograd with `create_graph=True` (fastgan's `reference`
+  backend), `+graph` that step replayed from a CUDA graph, `pytorch-func+compile` torch.func in
+  `torch.compile`. Older results files call them `cpu`, `torch`, `reference`, `func+compile`...
 - depth = hidden layers (the output layer is not counted); batch = rows per side (with
   pack m, m samples per row); P = weight-matrix entries (biases not counted).
 - TFLOP/s from useful work, the same for every provider (docs/DESIGN.md section 4): 12BP plain
@@ -134,7 +144,7 @@ METHOD = """\
   subprocess (see fastgan/bench/memory.py).
 - GPU `launches`: host launch calls per step from torch.profiler (a CUDA-graph replay counts
   once). CPU `ops`: top-level operator calls per step (aten::/fastgan::), not launches.
-- Every provider was checked against `reference` before timing (value and gradients; `check err`
+- Every provider was checked against `pytorch-eager` before timing (value and gradients; `check err`
   is the relative 2-norm error per tensor, floored at 1% of the largest reference norm, see
   fastgan/bench/check.py); a failing check marks the row and skips its timing.
 - `setup s`: compile / CUDA-graph capture time, not part of the step time."""
@@ -181,3 +191,82 @@ def read_markdown_table(text: str, heading: str) -> list[dict[str, str]]:
     header = [c.strip() for c in table[0].strip("|").split("|")]
     return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in table[2:]]
 
+
+LEGEND_COLUMNS = {
+    "peak MiB": "peak MiB: a step's memory above its inputs",
+    "% peak": "% peak: of this run's measured matmul peak",
+    "check err": f"check err: vs {REFERENCE}",
+}
+
+
+def _aligned(header: list[str], body: list[list[str]]) -> list[str]:
+    """Plain columns for a terminal: left-aligned text, right-aligned numbers, two spaces apart."""
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    numeric = [all(_numeric(row[i]) for row in body) for i in range(len(header))]
+
+    def line(row):
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)).rstrip()
+    return [line(header), *(line(row) for row in body)]
+
+
+def _numeric(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return cell == "-"
+    return True
+
+
+def console(headline: str, statuses, recs: list[dict], baselines: list[str], count_kind: str) -> str:
+    """What the command prints: a headline, the results table (without the rows of providers
+    that are missing here, and without columns empty in every row), a legend (the providers in
+    the table, what the ratio and other columns mean) and one line per provider that was not
+    run saying why."""
+    recs = [r for r in recs if not r["status"].startswith("missing: ")]  # said under "not run"
+    table = results_table(recs, baselines, count_kind).splitlines()
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    body = [[c.strip() for c in ln.strip("|").split("|")] for ln in table[2:]]
+    keep = [i for i in range(len(header)) if any(row[i] != "-" for row in body)] if body else range(len(header))
+    header, body = [header[i] for i in keep], [[row[i] for i in keep] for row in body]
+    shown = list(dict.fromkeys(r["provider"] for r in recs))
+    width = max((len(n) for n in shown), default=0)
+    ratios = [c for c in header if c.startswith("vs ")]
+    legend = [f"legend: {' / '.join(ratios)} = that provider's median / this row's median, same run (above 1: "
+              "this row is faster); p20/p80: percentiles" if ratios else "legend: p20/p80: percentiles"]
+    legend += [f"  {n.ljust(width)}  {DESCRIPTION[n]}" for n in shown]
+    notes = [LEGEND_COLUMNS[c] for c in LEGEND_COLUMNS if c in header]
+    if count_kind in header:
+        notes.append("ops: operator calls per step" if count_kind == "ops" else "launches: kernel launches per step")
+    if "setup s" in header:
+        notes.append("setup s: compile/capture time, not timed")
+    rows = _aligned(header, body)
+    if notes:
+        legend += textwrap.wrap("; ".join(notes), max(100, *map(len, rows)), initial_indent="  ",
+                                subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
+    lines = [headline, *rows, *legend]
+    skipped = [(n, state, why) for n, state, why in statuses if state != "run"]
+    if skipped:  # one line each: "not run: <provider>  <unavailable|skipped>: <why>"
+        width = max(len(n) for n, _, _ in skipped)
+        lines += [f"{'not run:' if i == 0 else '':8s} {n.ljust(width)}  {state}: {why}"
+                  for i, (n, state, why) in enumerate(skipped)]
+    return "\n".join(lines)
+
+
+def read_csv(path: Path | str) -> list[dict[str, str]]:
+    """The rows of a results CSV, any version, under today's provider names: the ``provider``
+    values and the ``vs_<baseline>`` columns of older files (``torch``, ``reference``, ...) are
+    renamed as :data:`fastgan.bench.providers.RENAMED` says; the file itself is left alone."""
+    def new(name: str) -> str:
+        return RENAMED.get(name, name)
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for row in rows:
+        rec = {}
+        for k, v in row.items():
+            if k.startswith("vs_"):
+                k = "vs_" + new(k.removeprefix("vs_"))
+            rec[k] = new(v) if k == "provider" else v
+        out.append(rec)
+    return out

@@ -98,6 +98,7 @@ class Draw:
     train: bool = True             # D.training (spectral norm's power iteration)
     override: str = "none"
     special: tuple[tuple[str, int, float], ...] = ()  # (target, flat index mod numel, value)
+    accumulate: bool = False       # each step adds to a .grad already there (every other trainable parameter)
     seed: int = 0
 
     def __post_init__(self):
@@ -391,6 +392,10 @@ def run_disc(draw: Draw, backend: str, form: str, dtype: torch.dtype | None = No
                 rec.failed_call += f" and moved the phase from {before}"
             D.zero_grad(set_to_none=True)
         D.zero_grad(set_to_none=True)
+        if draw.accumulate:
+            trainable = [p for p in D.parameters() if p.requires_grad]
+            for i, p in enumerate(trainable[::2]):
+                p.grad = torch.full_like(p, 0.25 * (i + 1))
         spectral = oracle and draw.spectral_train
         try:
             if spectral:

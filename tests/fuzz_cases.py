@@ -47,6 +47,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -257,8 +258,16 @@ _NORM = {
     "sn_hook": lambda m: torch.nn.utils.spectral_norm(m),
     "sn_param": lambda m: torch.nn.utils.parametrizations.spectral_norm(m),
     "wn_param": lambda m: torch.nn.utils.parametrizations.weight_norm(m),
-    "wn_hook": lambda m: torch.nn.utils.weight_norm(m),
+    "wn_hook": lambda m: _deprecated_weight_norm(m),
 }
+
+
+def _deprecated_weight_norm(module: nn.Module) -> nn.Module:
+    """torch.nn.utils.weight_norm, the hook form (deprecated in torch, still in use): its FutureWarning
+    is expected here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.nn.utils.weight_norm(module)
 
 
 # ------------------------------------------------------------------------------ the comparison --
@@ -293,8 +302,7 @@ def compare(got: dict, want: dict, truth: dict | None, dtype: torch.dtype, what:
         for name, mg, mw in zip(("NaN", "+Inf", "-Inf"), _masks(g), _masks(w)):
             if not torch.equal(mg, mw):
                 raise AssertionError(f"{what}: non-finite placement differs in {k}: {name} at "
-                                     f"{mg.nonzero().flatten().tolist()[:12]}, oracle at "
-                                     f"{mw.nonzero().flatten().tolist()[:12]}; got {_short(g)}, oracle {_short(w)}")
+                                     f"{_where(mg)}, oracle at {_where(mw)}; got {_short(g)}, oracle {_short(w)}")
     if dtype == torch.float64 or truth is None:
         errs, base = _finite_errors(got, want), 0.0
     else:
@@ -304,6 +312,11 @@ def compare(got: dict, want: dict, truth: dict | None, dtype: torch.dtype, what:
     if worst is not None and not errs[worst] <= limit:
         raise AssertionError(f"{what}: {worst}: error {errs[worst]:.3g} > bound {limit:.3g} ({dtype}); "
                              f"got {_short(got[worst])}, oracle {_short(want[worst])}")
+
+
+def _where(mask: torch.Tensor) -> str:
+    where = [tuple(i) if len(i) > 1 else i[0] for i in mask.nonzero().tolist()]
+    return f"{where[:8]}{' ...' if len(where) > 8 else ''}"
 
 
 def _short(t: torch.Tensor) -> str:
@@ -348,7 +361,7 @@ def phase_after_reload(draw: Draw, penalty) -> tuple[bool, ...] | None:
 class StepRecord:
     """One step's observable results (``error``: the exception it raised, else None)."""
     error: BaseException | None = None
-    outputs: dict = dataclasses.field(default_factory=dict)     # "total", "parts", "grad <name>"
+    outputs: dict = dataclasses.field(default_factory=dict)  # "total", "parts.<field>", "grad <param>"
     with_grad: frozenset = frozenset()
     params: dict = dataclasses.field(default_factory=dict)
     buffers: dict = dataclasses.field(default_factory=dict)
@@ -389,7 +402,7 @@ def run_disc(draw: Draw, backend: str, form: str, dtype: torch.dtype | None = No
                 rec.failed_call = "raised"
             rec.phase_after_failure = phase(pen)
             if rec.phase_after_failure != before:
-                rec.failed_call += f" and moved the phase from {before}"
+                rec.failed_call += f" and moved the phase from {before} to {rec.phase_after_failure}"
             D.zero_grad(set_to_none=True)
         D.zero_grad(set_to_none=True)
         if draw.accumulate:
@@ -409,7 +422,9 @@ def run_disc(draw: Draw, backend: str, form: str, dtype: torch.dtype | None = No
                     total.backward()
             finally:
                 D.train(draw.train)
-            rec.outputs["stats"] = torch.stack([total.detach(), *[p.detach() for p in parts]])
+            rec.outputs["total"] = total.detach().reshape(1)
+            for name, value in parts._asdict().items():
+                rec.outputs[f"parts.{name}"] = value.detach().reshape(1)
             rec.with_grad = frozenset(n for n, p in D.named_parameters() if p.grad is not None)
             for n, p in D.named_parameters():
                 if p.grad is not None:

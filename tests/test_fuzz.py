@@ -30,7 +30,7 @@ import os
 import pytest
 
 pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.database import DirectoryBasedExampleDatabase  # noqa: E402
 
@@ -138,49 +138,68 @@ def draws(draw, category: str, generator: bool = False) -> Draw:
         seed=draw(st.integers(0, 2 ** 16)))
 
 
+# ------------------------------------------------------------------------- explicit examples ----
+NAN = float("nan")
+EXAMPLES: dict[str, list[Draw]] = {
+    "frozen": [Draw(frozen=1)],
+    "norm": [Draw(norms=((0, "sn_hook"),)), Draw(norms=((0, "sn_param"), (1, "wn_param")), steps=2),
+             Draw(norms=((0, "wn_hook"),), steps=2, train=False)],
+    "override": [Draw(override="subclass_input"), Draw(override="layer_hook")],
+    "nonfinite": [Draw(loss="hinge", special=(("real", 0, NAN),))],
+    "lazy": [Draw(penalty="gp", every=2, steps=3, fail_step=0), Draw(penalty="r1", every=3, steps=4)],
+}
+"""Draws every run makes first (Hypothesis' explicit phase), whatever the budget: one per
+behaviour the fused path must keep (frozen parameters; spectral norm's one power iteration per
+step, weight norm, hook-form state over two steps; a forward override; NaN through a hinge; the
+lazy phase). The minimal random draws (1 x 1 layers) would miss some: power iteration is exact there."""
+GEN_EXAMPLES: dict[str, list[Draw]] = {
+    "norm": [Draw(norms=((0, "sn_hook"),), train=False)],
+    "override": [Draw(override="subclass_input"), Draw(override="post_hook")],
+}
+
+
+def _fuzz(test, examples: list[Draw], strategy, backend: str, factor: float = 1.0):
+    """``test`` under Hypothesis: its explicit examples, then the budget's draws."""
+    test = given(draw=strategy)(test)
+    for ex in reversed(examples):
+        test = example(draw=ex)(test)
+    return budget(backend, factor)(test)
+
+
 # ---------------------------------------------------------------------------------- the tests ----
-def _backends(include_reference: bool = False) -> list:
-    out = [pytest.param(name, id=name, marks=[pytest.mark.skip(reason=f"{name}: {why}")] if why else [])
-           for name, why in fc.fused_backends()]
-    if include_reference:
-        out.append(pytest.param("reference", id="reference"))
-    return out
+def _backends() -> list:
+    return [pytest.param(name, id=name, marks=[pytest.mark.skip(reason=f"{name}: {why}")] if why else [])
+            for name, why in fc.fused_backends()]
 
 
 @pytest.mark.parametrize("category", CATEGORIES)
 @pytest.mark.parametrize("backend", _backends())
 def test_discriminator_step(backend, category):
     """discriminator_step (.backward() and backward=True) against the oracle."""
-    @budget(backend)
-    @given(draw=draws(category))
     def fuzz(draw):
         __tracebackhide__ = True
         fc.check_disc(draw, backend)
-    fuzz()
+    _fuzz(fuzz, EXAMPLES.get(category, []), draws(category), backend)()
 
 
 @pytest.mark.parametrize("category", ("norm", "lazy"))
 def test_reference_semantics(category):
     """The reference backend itself: spectral norm's one power iteration per step (the oracle's
     composition) and the lazy phase (advances after a successful step; in state_dict)."""
-    @budget("reference")
-    @given(draw=draws(category))
     def fuzz(draw):
         __tracebackhide__ = True
         fc.check_disc(draw, "reference")
-    fuzz()
+    _fuzz(fuzz, EXAMPLES[category], draws(category), "reference")()
 
 
 @pytest.mark.parametrize("category", GEN_CATEGORIES)
 @pytest.mark.parametrize("backend", _backends())
 def test_generator_step(backend, category):
     """generator_step: its loss and d loss / d fake against the oracle; no .grad on D."""
-    @budget(backend, 0.5)
-    @given(draw=draws(category, generator=True))
     def fuzz(draw):
         __tracebackhide__ = True
         fc.check_gen(draw, backend)
-    fuzz()
+    _fuzz(fuzz, GEN_EXAMPLES.get(category, []), draws(category, generator=True), backend, 0.5)()
 
 
 @pytest.mark.parametrize("backend", _backends())

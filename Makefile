@@ -29,15 +29,16 @@ fuzz: $(STAMP)
 	  $(BIN)/python -m pytest tests/test_fuzz.py $(PYTEST_ARGS)
 
 $(STAMP): pyproject.toml setup.py CMakeLists.txt .ci/constraints.txt $(wildcard csrc/*)
+	@echo "creating $(VENV): torch and numpy, then fastgan with its C++ kernels compiled (a few minutes, once)"
 	@if $(PYTHON) -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then \
 	  echo "using the CUDA torch of $(PYTHON)"; \
 	  $(PYTHON) -m venv --system-site-packages $(VENV) && \
-	  $(BIN)/python -m pip install -q --no-build-isolation -e ".[test]" $(PIP_ARGS); \
+	  $(BIN)/python -m pip install -q --no-build-isolation -e ".[test,lab]" $(PIP_ARGS); \
 	else \
 	  $(PYTHON) -m venv $(VENV) && \
 	  $(BIN)/python -m pip install -q --upgrade pip && \
-	  $(BIN)/python -m pip install -q -c .ci/constraints.txt $(PIP_ARGS) torch && \
-	  $(BIN)/python -m pip install -q -c .ci/constraints.txt --no-build-isolation -e ".[test]" $(PIP_ARGS); \
+	  $(BIN)/python -m pip install -q -c .ci/constraints.txt $(PIP_ARGS) torch numpy "setuptools>=77" wheel && \
+	  $(BIN)/python -m pip install -q -c .ci/constraints.txt --no-build-isolation -e ".[test,lab]" $(PIP_ARGS); \
 	fi
 	@touch $@
 

@@ -5,7 +5,7 @@ call (see :mod:`fastgan._dispatch`).
 """
 from fastgan._dispatch import BACKENDS, BackendStatus, available_backends, use_backend
 from fastgan.cuda_graph import GraphedStep
-from fastgan.fused import StepParts, discriminator_step, generator_step
+from fastgan.fused import StepParts, StepPlan, discriminator_step, explain, generator_step
 from fastgan.losses import (
     LOSSES,
     GANLoss,
@@ -47,7 +47,7 @@ __all__ = [
     "BACKENDS", "BackendStatus", "available_backends", "use_backend",
     "LOSSES", "GANLoss", "HingeLoss", "LeastSquaresLoss", "MinimaxLoss", "NonSaturatingLoss",
     "RelativisticLoss", "WassersteinLoss", "discriminator_loss", "generator_loss", "get_loss",
-    "MLPDiscriminator", "StepParts", "discriminator_step", "generator_step",
+    "MLPDiscriminator", "StepParts", "StepPlan", "discriminator_step", "explain", "generator_step",
     "PENALTIES", "DRAGANPenalty", "GradientPenalty", "GradientPenaltyBase", "R1Penalty", "R2Penalty",
     "UnrolledDiscriminator", "unrolled_generator_step", "GraphedStep",
     "divergences", "reference", "step_spec",

@@ -27,6 +27,8 @@ from typing import Callable
 
 import torch
 
+from fastgan import _validate
+
 
 class GraphedStep:
     """``train_step`` for its first ``warmup`` calls (eager, on a side stream), then one CUDA
@@ -37,16 +39,17 @@ class GraphedStep:
             module docstring for what makes it capturable).
         phases: how many consecutive calls differ in the work they launch (``every`` of a lazy
             penalty; 1 otherwise). One graph is recorded per phase.
-        warmup: eager calls before recording (at least ``phases``, so that every phase has run
-            once before it is recorded).
+        warmup: eager calls before recording, at least ``phases`` so that every phase has run
+            once before it is recorded (default: ``max(3, phases)``).
     """
 
-    def __init__(self, train_step: Callable[[], None], *, phases: int = 1, warmup: int = 3):
+    def __init__(self, train_step: Callable[[], None], *, phases: int = 1, warmup: int | None = None):
         if not callable(train_step):
             raise TypeError(f"train_step must be callable, got {type(train_step).__name__}")
-        if not (isinstance(phases, int) and phases >= 1):
-            raise ValueError(f"phases must be a positive integer, got {phases!r}")
-        if not (isinstance(warmup, int) and warmup >= phases):
+        phases = _validate.positive_int(phases, "phases")
+        if warmup is None:
+            warmup = max(3, phases)
+        if isinstance(warmup, bool) or not (isinstance(warmup, int) and warmup >= phases):
             raise ValueError(f"warmup must be an integer >= phases ({phases}), got {warmup!r}")
         if not torch.cuda.is_available():
             raise RuntimeError("GraphedStep needs a CUDA device; none is available here")

@@ -23,17 +23,21 @@ follow the compiler's RNG).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import importlib.util
+import logging
+import warnings
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from fastgan import _dispatch, _native, _validate, closed_form, step_spec
+from fastgan import _dispatch, _native, _validate, closed_form, parametrized, step_spec
 from fastgan.losses import GANLoss, get_loss
 from fastgan.mlp import MLPDiscriminator
-from fastgan.penalties import GradientPenaltyBase
+from fastgan.penalties import GradientPenaltyBase, discriminator_pack
 
 
 class StepParts(NamedTuple):
@@ -50,23 +54,40 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)  # DistributedDataParallel / DataParallel
 
 
-def check_step_args(D, real, fake, loss, penalty):
-    """Type and shape checks of a discriminator step's arguments (before any kernel runs)."""
+def check_step_args(D, real, fake, loss, penalty, eps=None, generator=None):
+    """Every check of a discriminator step's arguments, on every call (before any kernel runs)."""
     if not isinstance(D, nn.Module):
         raise TypeError(f"D must be an nn.Module, got {type(D).__name__}")
     if not isinstance(loss, GANLoss):
         raise TypeError(f"loss must be a fastgan GANLoss (e.g. NonSaturatingLoss()), got {type(loss).__name__}")
-    if penalty is not None and not isinstance(penalty, GradientPenaltyBase):
-        raise TypeError(f"penalty must be a fastgan penalty (e.g. R1Penalty()) or None, got {type(penalty).__name__}")
+    penalties = penalty_list(penalty)
     _validate.tensors(real=real, fake=fake)
+    _validate.generator(generator)
+    if eps is not None and not isinstance(eps, torch.Tensor):
+        raise TypeError(f"eps must be a torch.Tensor or None, got {type(eps).__name__}")
     inner = unwrap(D)
     if isinstance(inner, MLPDiscriminator):
         inner.check_input(real, "real")
         inner.check_input(fake, "fake")
+    for p in penalties:
+        p.check_inputs(real, fake, discriminator_pack(inner), eps=eps, generator=generator)
+
+
+def penalty_list(penalty) -> tuple[GradientPenaltyBase, ...]:
+    """``penalty`` (None, one penalty, or a list / tuple of them) as a tuple of penalties."""
+    items = () if penalty is None else tuple(penalty) if isinstance(penalty, (list, tuple)) else (penalty,)
+    for p in items:
+        if not isinstance(p, GradientPenaltyBase):
+            raise TypeError("penalty must be a fastgan penalty (e.g. R1Penalty()), a list of them, or None, "
+                            f"got {type(p).__name__}")
+    if len({id(p) for p in items}) < len(items):
+        raise ValueError("penalty lists one penalty module twice; its lazy phase would move twice per step")
+    return items
 
 
 def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, loss: GANLoss | str,
-                       penalty: GradientPenaltyBase | None = None, backend: str | None = None,
+                       penalty: GradientPenaltyBase | list[GradientPenaltyBase] | None = None,
+                       backend: str | None = None,
                        eps: torch.Tensor | None = None, generator: torch.Generator | None = None,
                        return_parts: bool = False, backward: bool = False):
     """One discriminator objective: ``loss(D(real), D(fake.detach())) + penalty(D, real, fake)``.
@@ -76,9 +97,10 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
             wrapped in DistributedDataParallel, works through the reference path).
         real, fake: input batches; ``fake`` is treated as detached.
         loss: a :class:`~fastgan.GANLoss` (or its name).
-        penalty: a gradient penalty module or None; its ``every=k`` lazy schedule is honoured.
+        penalty: a gradient penalty module, a list of them (R3GAN's ``[R1Penalty(), R2Penalty()]``:
+            their sum), or None; each one's ``every=k`` lazy schedule is honoured.
         backend: see :mod:`fastgan._dispatch`.
-        eps, generator: passed to the penalty (WGAN-GP's per-row eps, DRAGAN's noise).
+        eps, generator: passed to the penalties (WGAN-GP's per-row eps, DRAGAN's noise).
         return_parts: also return :class:`StepParts` (detached) for logging.
         backward: also run the backward pass: the gradients are added to D's ``.grad`` (a
             parameter without ``.grad`` takes the kernel's buffer, no copy) as ``.backward()``
@@ -91,7 +113,8 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
         The scalar total, or ``(total, parts)`` with ``return_parts=True``.
     """
     loss = get_loss(loss)
-    check_step_args(D, real, fake, loss, penalty)
+    check_step_args(D, real, fake, loss, penalty, eps, generator)
+    penalties = penalty_list(penalty)
     if loss.reduction == "none":
         raise ValueError("discriminator_step needs a scalar loss: use reduction 'mean' or 'sum'")
     if loss.paired:
@@ -101,39 +124,151 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
         raise ValueError(f"backward=True bypasses autograd, so {type(D).__name__} cannot all-reduce the "
                          "gradients; call .backward() on the returned total instead")
     name = step_backend(inner, backend, real.device)
-    if name == "reference":
-        total, parts = _reference_step(D, real, fake, loss, penalty, eps, generator)
-        if backward:
-            total.backward()
-            total = total.detach()
-    else:
-        _check_params(inner, real)
-        # Through D's forward (fused=...), so DistributedDataParallel sees a forward and
-        # all-reduces the gradients the fused function hands to autograd.
-        run = functools.partial(_fused_step, fake=fake, loss=loss, penalty=penalty, backend=name,
-                                eps=eps, generator=generator, backward=backward)
-        total, parts = D(real, fused=run)
+    with _gradient_mode(backward):
+        if backward and real.is_inference():
+            real, fake = real.clone(), fake.clone()  # inference tensors cannot be saved for backward
+        with parametrized.weights_once(D):
+            if name == "reference":
+                total, parts = _reference_step(D, real, fake, loss, penalties, eps, generator)
+                if backward:
+                    total.backward()
+                    total = total.detach()
+            else:
+                _check_params(inner, real)
+                # Through D's forward (fused=...), so DistributedDataParallel sees a forward and
+                # all-reduces the gradients the fused function hands to autograd.
+                run = functools.partial(_fused_step, fake=fake, loss=loss, penalties=penalties, backend=name,
+                                        eps=eps, generator=generator, backward=backward)
+                total, parts = D(real, fused=run)
     return (total, parts) if return_parts else total
 
 
-def step_backend(inner: nn.Module, backend: str | None, device: torch.device) -> str:
-    """The fused path's backend for an MLPDiscriminator; 'reference' for any other module, for
-    which an explicit fused backend is an error."""
+def _gradient_mode(backward: bool):
+    """``backward=True`` computes gradients whatever the caller's grad mode: outside inference
+    mode (whose tensors would poison ``.grad``) and with grad enabled."""
+    if not backward:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    if torch.is_inference_mode_enabled():
+        stack.enter_context(torch.inference_mode(False))
+    if not torch.is_grad_enabled():
+        stack.enter_context(torch.enable_grad())
+    return stack
+
+
+class StepPlan(NamedTuple):
+    """Which path :func:`discriminator_step` takes for a discriminator, and why
+    (:func:`fastgan.explain`)."""
+
+    path: str      # "fused": closed-form kernels, no double backward; "reference": double backward
+    backend: str   # the backend that runs it ("reference" for the double-backward path)
+    reason: str
+
+
+def plan(inner: nn.Module, backend: str | None, device: torch.device) -> StepPlan:
+    """The path and backend of a step on the unwrapped discriminator ``inner`` (raises where an
+    explicit fused backend cannot run it)."""
     if isinstance(inner, MLPDiscriminator):
-        return resolve_backend(backend, str(device))
+        why = unfusable_reason(inner)
+        if not why:
+            name = resolve_backend(backend, str(device))
+            if name == "reference":
+                return StepPlan("reference", name, "backend 'reference' was asked for")
+            return StepPlan("fused", name, f"an MLPDiscriminator: the closed-form step on the {name!r} backend")
+        asked = _dispatch.requested(backend)
+        if asked not in ("auto", "reference"):
+            raise ValueError(f"backend={asked!r}: the fused step cannot run this {type(inner).__name__} ({why}); "
+                             "use backend='reference' (autograd), or remove what the kernels cannot reproduce")
+        return StepPlan("reference", "reference", f"the fused step cannot run this {type(inner).__name__}: {why}")
     if backend is not None and backend != "reference":
         raise ValueError(f"backend={backend!r} needs an MLPDiscriminator (the fused step is closed-form "
                          f"for it only); {type(inner).__name__} runs with backend='reference' or None")
-    return "reference"
+    return StepPlan("reference", "reference",
+                    f"{type(inner).__name__} is not an MLPDiscriminator: the penalty takes double backward")
 
 
-def _reference_step(D, real, fake, loss, penalty, eps, generator):
+def explain(D: nn.Module, *, backend: str | None = None, device: torch.device | str | None = None) -> StepPlan:
+    """Which path :func:`discriminator_step` / :func:`generator_step` take for ``D`` and why.
+
+    >>> fastgan.explain(fastgan.MLPDiscriminator(2, (64, 64)))
+    StepPlan(path='fused', backend='cpu', reason="an MLPDiscriminator: the closed-form step on the 'cpu' backend")
+
+    ``device`` defaults to that of D's first parameter (CPU for a D without parameters)."""
+    if not isinstance(D, nn.Module):
+        raise TypeError(f"D must be an nn.Module, got {type(D).__name__}")
+    inner = unwrap(D)
+    if device is None:
+        device = next((p.device for p in inner.parameters()), torch.device("cpu"))
+    return plan(inner, backend, torch.device(device))
+
+
+def step_backend(inner: nn.Module, backend: str | None, device: torch.device) -> str:
+    """The backend of a step (see :func:`plan`). An MLPDiscriminator the kernels cannot run (see
+    :func:`unfusable_reason`) takes the reference path with a one-time warning; any other
+    module with a one-time info-level log (logger ``fastgan``)."""
+    chosen = plan(inner, backend, device)
+    if chosen.path == "reference" and _dispatch.requested(backend) != "reference":
+        if isinstance(inner, MLPDiscriminator):
+            _warn_once(f"fastgan: {chosen.reason}; discriminator_step and generator_step take the reference "
+                       "(double-backward) path")
+        elif type(inner) not in _logged:
+            _logged.add(type(inner))
+            logger.info("fastgan: %s; discriminator_step takes the reference (double-backward) path", chosen.reason)
+    return chosen.backend
+
+
+_HOOK_KINDS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_warned: set[str] = set()
+_logged: set[type] = set()
+logger = logging.getLogger("fastgan")
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, UserWarning, stacklevel=4)
+
+
+def unfusable_reason(inner: MLPDiscriminator) -> str:
+    """'' when the fused kernels compute exactly what ``inner``'s forward computes; else why not:
+    a subclass that overrides ``forward``, a layer that is not a plain ``nn.Linear``, or hooks
+    on D or its layers (global module hooks included), whose effects the kernels would bypass.
+    Parametrizations (spectral norm, weight norm, any ``torch.nn.utils.parametrize``) and the
+    hook forms of spectral and weight norm are followed (:mod:`fastgan.parametrized`)."""
+    cls = type(inner)
+    if cls.forward is not MLPDiscriminator.forward:
+        return f"{cls.__name__} overrides forward"
+    if inner.dropout_active:
+        return "dropout in training mode: the fused kernels take no dropout masks yet"
+    from torch.nn.modules import module as torch_module
+    for kind in _HOOK_KINDS:
+        if getattr(torch_module, "_global" + kind, None):
+            return f"global module {kind[1:].replace('_', ' ')} are registered"
+    for name, m in _fused_modules(inner):
+        if name and type(m).forward is not nn.Linear.forward:
+            return f"{name} is a {type(m).__name__} whose forward is not nn.Linear's"
+        for kind in _HOOK_KINDS:
+            hooks = getattr(m, kind)
+            if hooks and any(not isinstance(h, parametrized.WEIGHT_HOOKS) for h in hooks.values()):
+                return f"{name or 'D'} has {kind[1:].replace('_', ' ')}"
+    return ""
+
+
+def _fused_modules(inner: MLPDiscriminator):
+    yield "", inner
+    for i, layer in enumerate(inner.layers):
+        yield f"layers[{i}]", layer
+    yield "out", inner.out
+
+
+def _reference_step(D, real, fake, loss, penalties, eps, generator):
     with _dispatch.use_backend("reference"):
         real_logits = D(real.detach())  # data, as on the fused path: no gradient into real
         fake_logits = D(fake.detach())
         value = loss.discriminator_loss(real_logits, fake_logits)
-        pen = (penalty(D, real, fake, eps=eps, generator=generator) if penalty is not None
-               else value.new_zeros(()))
+        pen = value.new_zeros(())
+        for penalty in penalties:
+            pen = pen + penalty(D, real, fake, eps=eps, generator=generator)
     total = value + pen
     parts = StepParts(value.detach(), pen.detach(), real_logits.detach().mean(), fake_logits.detach().mean())
     return total, parts
@@ -160,18 +295,20 @@ def generator_step(D: nn.Module, fake: torch.Tensor, *, loss: GANLoss | str, rea
     name = step_backend(inner, backend, fake.device)
     if name == "reference":
         return _reference_generator_step(inner, fake, real, loss)
-    _check_params(inner, fake)
+    with parametrized.weights_once(inner, grad=False), torch.no_grad():
+        params = step_spec.mlp_params(inner)  # effective weights, computed once
+    _check_params(inner, fake, params)
     spec, fake_p, real_p = step_spec.gen_step_operands(inner, fake, loss=loss, real=real, allow_tf32=_allow_tf32())
     # D's parameters are constants here: they travel inside a non-tensor argument, which autograd
     # does not track (no detach per parameter, no graph edges to D).
-    return _GenStepFn.apply(fake_p, real_p, name, spec, step_spec.mlp_params(inner))
+    return _GenStepFn.apply(fake_p, real_p, name, spec, params)
 
 
 def _reference_generator_step(inner, fake, real, loss):
     params = {k: v.detach() for k, v in inner.named_parameters()}
     buffers = dict(inner.named_buffers())
     call = lambda x: torch.func.functional_call(inner, (params, buffers), (x,))  # noqa: E731
-    with _dispatch.use_backend("reference"):
+    with _dispatch.use_backend("reference"), parametrized.weights_once(inner, grad=False):
         fake_logits = call(fake)
         real_logits = call(real.detach()) if loss.paired else None
         return loss.generator_loss(fake_logits, real_logits)
@@ -222,33 +359,50 @@ def step_ops(name: str):
     return torch.ops.fastgan.mlp_disc_step, torch.ops.fastgan.mlp_gen_step  # cpu, cuda
 
 
-def _check_params(inner: MLPDiscriminator, x: torch.Tensor) -> None:
-    p = inner.out.weight
-    if p.dtype != x.dtype or p.device != x.device:
-        raise ValueError(f"the inputs are {x.dtype} on {x.device} but D's parameters are {p.dtype} on "
-                         f"{p.device}; the fused step needs one dtype and device (D.to(x))")
+def _check_params(inner: MLPDiscriminator, x: torch.Tensor, params=None) -> None:
+    """Every parameter (effective weights included) shares ``x``'s dtype and device."""
+    weights, biases, w_out, b_out = params if params is not None else step_spec.mlp_params(inner)
+    named = [(f"layers[{i}].weight", w) for i, w in enumerate(weights)]
+    named += [(f"layers[{i}].bias", b) for i, b in enumerate(biases)]
+    named += [("out.weight", w_out)] + ([("out.bias", b_out)] if b_out is not None else [])
+    for name, p in named:
+        if p.dtype != x.dtype or p.device != x.device:
+            raise ValueError(f"the inputs are {x.dtype} on {x.device} but D's parameters are {p.dtype} on "
+                             f"{p.device} (from {name}); the fused step needs one dtype and device (D.to(x))")
 
 
-def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalty, backend, eps, generator, backward):
-    """The fused step on an unwrapped MLPDiscriminator (called from its forward). ``real`` and
-    ``fake`` are data: the op returns no gradient for them."""
-    scale = 0
-    if penalty is not None:
-        penalty.check_inputs(real, fake, inner.pack)
-        scale = penalty.next_scale()
-    spec, real_p, fake_p, pen_p = step_spec.disc_step_operands(inner, real, fake, loss=loss, penalty=penalty,
-                                                               penalty_scale=scale, eps=eps, generator=generator,
-                                                               allow_tf32=_allow_tf32())
+def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalties, backend, eps, generator, backward):
+    """The fused step on an unwrapped MLPDiscriminator (called from its forward, inside
+    :func:`fastgan.parametrized.weights_once`). ``real`` and ``fake`` are data: the op returns no
+    gradient for them. One op call carries the loss and the first penalty; each further due
+    penalty is one more call with no loss terms. Lazy phases move on once the ops have run."""
     params = step_spec.mlp_params(inner)
-    if backward:
-        with torch.no_grad():
-            out = step_ops(backend)[0](**spec.op_args(real_p, fake_p, pen_p, *params))
-        _accumulate_grads(_flat(params), out[1:])
-        stats = out[0]
-        total = stats[0] + stats[1]
-    else:
-        total, stats = _DiscStepFn.apply(real_p, fake_p, pen_p, backend, spec, _layout(params), *_flat(params))
-    return total, StepParts(*stats.unbind())
+    calls = [(p, p.due_scale()) for p in penalties] or [(None, 0)]
+    calls = calls[:1] + [(p, scale) for p, scale in calls[1:] if scale]
+    totals, stats = [], []
+    for i, (penalty, scale) in enumerate(calls):
+        spec, real_p, fake_p, pen_p = step_spec.disc_step_operands(inner, real, fake, loss=loss, penalty=penalty,
+                                                                   penalty_scale=scale, eps=eps, generator=generator,
+                                                                   allow_tf32=_allow_tf32())
+        if i:
+            spec = dataclasses.replace(spec, term_real=(), term_fake=(), paired=False)  # the loss is in call 0
+        if backward:
+            with torch.no_grad():
+                out = step_ops(backend)[0](**spec.op_args(real_p, fake_p, pen_p, *params))
+            _accumulate_grads(_flat(params), out[1:])
+            stats.append(out[0])
+            totals.append(out[0][0] + out[0][1])
+        else:
+            total, st = _DiscStepFn.apply(real_p, fake_p, pen_p, backend, spec, _layout(params), *_flat(params))
+            totals.append(total)
+            stats.append(st)
+    for penalty in penalties:
+        penalty.advance()
+    first = stats[0]
+    if len(stats) == 1:
+        return totals[0], StepParts(*first.unbind())
+    penalty_sum = sum(st[1] for st in stats)
+    return sum(totals[1:], totals[0]), StepParts(first[0], penalty_sum, first[2], first[3])
 
 
 def _flat(params) -> list:
@@ -270,18 +424,27 @@ def _split(flat, layout):
 
 
 def _accumulate_grads(params: list, grads) -> None:
-    """``p.grad += g`` for D's parameters (in op order), as ``.backward()`` would leave them: a
-    parameter without ``.grad`` takes the op's fresh buffer (no copy), the others one
-    multi-tensor add."""
-    held, added = [], []
+    """What ``.backward()`` would leave in D's ``.grad`` (params in op order): nothing for a
+    frozen parameter (``requires_grad=False``); for a leaf, ``p.grad += g`` (a parameter without
+    ``.grad`` takes the op's fresh buffer, no copy; the others one multi-tensor add); an
+    effective weight of a parametrization (spectral / weight norm) passes its gradient on to the
+    original parameters by first-order autograd."""
+    held, added, effective, chained = [], [], [], []
     for p, g in zip(params, grads):
-        if p.grad is None:  # laid out like the parameter, as autograd's accumulation guarantees
+        if not p.requires_grad:
+            continue
+        if not p.is_leaf:
+            effective.append(p)
+            chained.append(g)
+        elif p.grad is None:  # laid out like the parameter, as autograd's accumulation guarantees
             p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
         else:
             held.append(p.grad)
             added.append(g)
     if held:
         torch._foreach_add_(held, added)
+    if effective:
+        torch.autograd.backward(effective, chained)
 
 
 class _DiscStepFn(torch.autograd.Function):

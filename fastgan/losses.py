@@ -179,7 +179,7 @@ class LeastSquaresLoss(GANLoss):
     def __init__(self, a: float = 0.0, b: float = 1.0, c: float = 1.0, reduction: str = "mean",
                  backend: str | None = None):
         super().__init__(reduction, backend)
-        self.a, self.b, self.c = float(a), float(b), float(c)
+        self.a, self.b, self.c = (_validate.real_number(v, k) for k, v in (("a", a), ("b", b), ("c", c)))
 
     def _params(self):
         return {"a": self.a, "b": self.b, "c": self.c}

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastgan import _validate
+
 
 class MLPDiscriminator(nn.Module):
     """An MLP discriminator with LeakyReLU hidden layers and one logit per row.
@@ -16,22 +18,27 @@ class MLPDiscriminator(nn.Module):
     row before the first layer, so the first layer has ``m * in_features`` inputs.
 
     Layers: ``z_l = h_{l-1} W_l^T + b_l``, ``h_l = leaky_relu(z_l, negative_slope)`` (ReLU when
-    the slope is 0), output ``o = h_L w^T + c``. ``forward`` is ordinary PyTorch and serves as
+    the slope is 0), output ``o = h_L w^T + c``. With ``dropout = p > 0`` each hidden activation
+    is followed by dropout (as ``nn.Dropout(p)``: in training mode only, keep probability 1-p,
+    kept values scaled by 1/(1-p)); ctgan's discriminator is ``MLPDiscriminator(d, (256, 256),
+    pack=10, dropout=0.5)``. ``forward`` is ordinary PyTorch and serves as
     the reference for :func:`fastgan.discriminator_step`.
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int] = (256, 256), negative_slope: float = 0.2,
-                 pack: int = 1, bias: bool = True):
+                 pack: int = 1, bias: bool = True, dropout: float = 0.0):
         super().__init__()
-        if not (isinstance(in_features, int) and in_features >= 1):
-            raise ValueError(f"in_features must be a positive integer, got {in_features!r}")
+        in_features = _validate.positive_int(in_features, "in_features")
         hidden = tuple(hidden)
-        if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
+        if not hidden:
             raise ValueError(f"hidden must be a non-empty sequence of positive integers, got {hidden!r}")
-        if not (isinstance(pack, int) and pack >= 1):
-            raise ValueError(f"pack must be a positive integer, got {pack!r}")
-        if not negative_slope >= 0:
-            raise ValueError(f"negative_slope must be >= 0, got {negative_slope}")
+        hidden = tuple(_validate.positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
+        pack = _validate.positive_int(pack, "pack")
+        negative_slope = _validate.real_number(negative_slope, "negative_slope", minimum=0.0)
+        dropout = _validate.real_number(dropout, "dropout", minimum=0.0)
+        if not dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.dropout = dropout
         self.in_features, self.hidden, self.pack = in_features, hidden, pack
         self.negative_slope = float(negative_slope)
         widths = (in_features * pack,) + hidden
@@ -61,7 +68,15 @@ class MLPDiscriminator(nn.Module):
         h = x.reshape(x.shape[0] // self.pack, self.pack * self.in_features)
         for layer in self.layers:
             h = F.leaky_relu(layer(h), self.negative_slope)
+            if self.dropout:
+                h = F.dropout(h, self.dropout, self.training)
         return self.out(h).squeeze(1)
 
+    @property
+    def dropout_active(self) -> bool:
+        """Dropout draws masks on this forward (``dropout > 0`` in training mode)."""
+        return self.dropout > 0 and self.training
+
     def extra_repr(self) -> str:
-        return f"pack={self.pack}, negative_slope={self.negative_slope}"
+        return f"pack={self.pack}, negative_slope={self.negative_slope}" + (
+            f", dropout={self.dropout}" if self.dropout else "")

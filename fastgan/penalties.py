@@ -26,9 +26,13 @@ from fastgan.terms import PenaltyKind, penalty_row_gradient, penalty_rows
 
 
 def discriminator_pack(discriminator: nn.Module) -> int:
-    """Samples per discriminator row (PacGAN); looks through DDP/DataParallel wrappers."""
+    """Samples per discriminator row (PacGAN): the discriminator's ``pack`` attribute, else its
+    ``pac`` (ctgan's name), else 1; looks through DDP/DataParallel wrappers."""
     module = getattr(discriminator, "module", discriminator)
-    return int(getattr(module, "pack", 1))
+    for name in ("pack", "pac"):
+        if (value := getattr(module, name, None)) is not None:
+            return _validate.positive_int(value, f"{type(module).__name__}.{name}")
+    return 1
 
 
 class _PenaltyFn(torch.autograd.Function):
@@ -82,44 +86,74 @@ class GradientPenaltyBase(nn.Module):
 
     def __init__(self, weight: float, center: float = 0.0, every: int = 1, backend: str | None = None):
         super().__init__()
-        if not (isinstance(every, int) and every >= 1):
-            raise ValueError(f"every must be a positive integer, got {every!r}")
-        if weight < 0:
-            raise ValueError(f"weight must be non-negative, got {weight}")
-        self.weight, self.center, self.every = float(weight), float(center), every
+        self.every = _validate.positive_int(every, "every")
+        self.weight = _validate.real_number(weight, self._weight_name, minimum=0.0)
+        self.center = _validate.real_number(center, "center")
         self.backend = _dispatch.check_name(backend, "backend") if backend is not None else None
         self.calls = 0
 
-    def next_scale(self) -> int:
-        """Advance the lazy-regularisation counter: ``every`` on a penalty call, else 0.
+    _weight_name = "weight"
+
+    def due_scale(self) -> int:
+        """The lazy factor of the next call: ``every`` when the penalty is due, else 0. The phase
+        moves on only with :meth:`advance`, after the call has succeeded."""
+        return self.every if self.calls == 0 else 0
+
+    def advance(self) -> None:
+        """Move the lazy-regularisation phase on by one call (after a successful call).
 
         The counter is kept modulo ``every`` (it is the phase), so under ``torch.compile`` it
         takes at most ``every`` values: one cached graph per phase instead of a recompile per call."""
-        due = self.calls == 0
         self.calls = (self.calls + 1) % self.every
-        return self.every if due else 0
+
+    def next_scale(self) -> int:
+        """:meth:`due_scale`, then :meth:`advance`."""
+        scale = self.due_scale()
+        self.advance()
+        return scale
+
+    def get_extra_state(self) -> dict:
+        """The lazy phase travels with ``state_dict()``, so a resumed run keeps its schedule."""
+        return {"calls": self.calls}
+
+    def set_extra_state(self, state: dict) -> None:
+        calls = state.get("calls", 0) if isinstance(state, dict) else state
+        if not (isinstance(calls, int) and 0 <= calls < self.every):
+            raise ValueError(f"a lazy phase must be an integer in [0, every={self.every}), got {calls!r}")
+        self.calls = calls
 
     def penalty_input(self, real, fake, pack: int, eps=None, generator=None) -> torch.Tensor:
         """The points whose input gradient is penalised (overridden), as a function of ``real``
         and ``fake`` (not detached: callers that want data detach them)."""
         raise NotImplementedError
 
-    def check_inputs(self, real, fake, pack: int) -> None:
+    def check_inputs(self, real, fake, pack: int, eps=None, generator=None) -> None:
+        """Every argument of a call, checked on every call (due or not), before any kernel runs."""
         _validate.tensors(real=real, fake=fake)
         for name, x in (("real", real), ("fake", fake)):
             if x is not None and x.shape[0] % pack:
                 raise ValueError(f"{name} has {x.shape[0]} rows, not divisible by the discriminator's pack={pack}")
+        _validate.generator(generator)
+        if eps is not None:
+            self.check_eps(eps, real, pack)
+
+    def check_eps(self, eps, real, pack: int) -> None:
+        """``eps`` of a penalty that draws no random numbers (R1, R2): a tensor, which is ignored."""
+        _validate.eps_tensor(eps, real)
 
     def forward(self, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor | None = None, *,
                 eps: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         pack = discriminator_pack(discriminator)
-        self.check_inputs(real, fake, pack)
-        scale = self.next_scale()
+        self.check_inputs(real, fake, pack, eps=eps, generator=generator)
+        scale = self.due_scale()
         if scale == 0:
-            return torch.zeros((), device=real.device, dtype=real.dtype)
-        x = self.penalty_input(real, fake, pack, eps=eps, generator=generator)
-        g = reference.input_gradient(discriminator, x, pack)
-        return scale * penalty_from_gradient(g, self.kind, self.weight, self.center, self.backend)
+            value = torch.zeros((), device=real.device, dtype=real.dtype)
+        else:
+            x = self.penalty_input(real, fake, pack, eps=eps, generator=generator)
+            g = reference.input_gradient(discriminator, x, pack)
+            value = scale * penalty_from_gradient(g, self.kind, self.weight, self.center, self.backend)
+        self.advance()
+        return value
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}, center={self.center}, every={self.every}"
@@ -130,6 +164,8 @@ class R1Penalty(GradientPenaltyBase):
 
     kind = PenaltyKind.SQUARED
     side = PenaltySide.REAL
+
+    _weight_name = "gamma"
 
     def __init__(self, gamma: float = 10.0, every: int = 1, backend: str | None = None):
         super().__init__(gamma, 0.0, every, backend)
@@ -150,10 +186,10 @@ class R2Penalty(R1Penalty):
 
     side = PenaltySide.FAKE
 
-    def check_inputs(self, real, fake, pack):
+    def check_inputs(self, real, fake, pack, eps=None, generator=None):
         if fake is None:
             raise ValueError("R2Penalty needs fake samples: call penalty(D, real, fake)")
-        super().check_inputs(real, fake, pack)
+        super().check_inputs(real, fake, pack, eps=eps, generator=generator)
 
     def penalty_input(self, real, fake, pack, eps=None, generator=None):
         return fake
@@ -169,20 +205,23 @@ class GradientPenalty(GradientPenaltyBase):
     def __init__(self, weight: float = 10.0, center: float = 1.0, every: int = 1, backend: str | None = None):
         super().__init__(weight, center, every, backend)
 
-    def check_inputs(self, real, fake, pack):
+    def check_inputs(self, real, fake, pack, eps=None, generator=None):
         if fake is None:
             raise ValueError("GradientPenalty needs fake samples: call penalty(D, real, fake)")
-        super().check_inputs(real, fake, pack)
+        _validate.tensors(real=real, fake=fake)
         _validate.same_shape("real", real, "fake", fake, "WGAN-GP interpolates between them")
+        super().check_inputs(real, fake, pack, eps=eps, generator=generator)
+
+    def check_eps(self, eps, real, pack):
+        _validate.eps_tensor(eps, real)
+        if tuple(eps.shape) != (rows := real.shape[0] // pack,):
+            raise ValueError(f"eps must have shape ({rows},) (one value per row), got {tuple(eps.shape)}")
 
     def penalty_input(self, real, fake, pack, eps=None, generator=None):
-        rows = real.shape[0] // pack
         if eps is None:
-            eps = torch.rand(rows, device=real.device, dtype=real.dtype, generator=generator)
-        elif tuple(eps.shape) != (rows,):
-            raise ValueError(f"eps must have shape ({rows},) (one value per row), got {tuple(eps.shape)}")
-        elif eps.device != real.device:
-            raise ValueError(f"eps is on {eps.device} but real is on {real.device}")
+            eps = torch.rand(real.shape[0] // pack, device=real.device, dtype=real.dtype, generator=generator)
+        else:
+            self.check_eps(eps, real, pack)
         return reference.interpolate(real, fake, eps, pack)
 
 
@@ -196,15 +235,18 @@ class DRAGANPenalty(GradientPenaltyBase):
     def __init__(self, weight: float = 10.0, center: float = 1.0, every: int = 1, scale: float = 0.5,
                  backend: str | None = None):
         super().__init__(weight, center, every, backend)
-        self.scale = float(scale)
+        self.scale = _validate.real_number(scale, "scale")
+
+    def check_eps(self, eps, real, pack):
+        _validate.eps_tensor(eps, real)
+        if eps.shape != real.shape:
+            raise ValueError(f"eps must have real's shape {tuple(real.shape)}, got {tuple(eps.shape)}")
 
     def penalty_input(self, real, fake, pack, eps=None, generator=None):
         if eps is None:
             eps = torch.rand(real.shape, device=real.device, dtype=real.dtype, generator=generator)
-        elif eps.shape != real.shape:
-            raise ValueError(f"eps must have real's shape {tuple(real.shape)}, got {tuple(eps.shape)}")
-        elif eps.device != real.device:
-            raise ValueError(f"eps is on {eps.device} but real is on {real.device}")
+        else:
+            self.check_eps(eps, real, pack)
         return reference.perturb(real, eps, self.scale)
 
 

@@ -74,7 +74,7 @@ def unrolled_generator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor
             the global RNG, which the look-ahead then advances).
     """
     loss = get_loss(loss)
-    _check_args(D, real, fake, loss, optimizer, penalty, steps, mode, backend)
+    _check_args(D, real, fake, loss, optimizer, penalty, steps, mode, backend, generator)
     if steps == 0:
         return fused.generator_step(D, fake, loss=loss, real=real, backend=backend)
     real = real.detach()  # data: no gradient flows into it
@@ -129,15 +129,15 @@ def _check_settings(D, optimizer, steps, mode) -> None:
             raise ValueError(f"optimizer does not hold D's parameter {name!r}: pass D's own optimiser")
 
 
-def _check_args(D, real, fake, loss, optimizer, penalty, steps, mode, backend) -> None:
+def _check_args(D, real, fake, loss, optimizer, penalty, steps, mode, backend, generator=None) -> None:
     _check_settings(D, optimizer, steps, mode)
-    fused.check_step_args(D, real, fake, loss, penalty)
+    if isinstance(penalty, (list, tuple)):
+        raise TypeError("unrolled_generator_step takes one penalty (or None), not a list")
+    fused.check_step_args(D, real, fake, loss, penalty, generator=generator)
     if loss.reduction == "none":
         raise ValueError("unrolled_generator_step needs a scalar loss: use reduction 'mean' or 'sum'")
     if loss.paired:
         _validate.same_shape("real", real, "fake", fake, f"{type(loss).__name__} pairs real and fake")
-    if penalty is not None:
-        penalty.check_inputs(real, fake, discriminator_pack(D))
     fused.step_backend(fused.unwrap(D), backend, real.device)
 
 

@@ -11,9 +11,9 @@ import torch
 from fastgan.lab import cli, plots
 from fastgan.lab.data import get_dataset, grid, ring
 from fastgan.lab.metrics import mean_se, mode_metrics
-from fastgan.lab.train import DEFAULT, FULL, OBJECTIVES, get_objective, train_run
+from fastgan.lab.train import UNROLLED_GAN, UNROLLED_GAN_FULL, OBJECTIVES, get_objective, train_run
 
-TINY = replace(DEFAULT, steps=25, batch=32, latent=8, g_hidden=(16,), d_hidden=(16,), eval_samples=400)
+TINY = replace(UNROLLED_GAN, steps=25, batch=32, latent=8, g_hidden=(16,), d_hidden=(16,), eval_samples=400)
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -140,12 +140,13 @@ def test_objective_settings_belong_to_the_objective():
     wgan = OBJECTIVES["wgan-gp"]
     assert (wgan.d_steps, wgan.adam, wgan.penalty) == (5, (1e-4, 1e-4, (0.5, 0.9)), "gp")
     assert all(OBJECTIVES[o].d_steps == 1 and OBJECTIVES[o].adam is None for o in ("ns", "ns-r1", "ns-pack2"))
-    assert (FULL.steps, FULL.batch, FULL.latent, FULL.g_hidden, FULL.d_hidden) == (25_000, 512, 256, (128, 128),
+    full = UNROLLED_GAN_FULL
+    assert (full.steps, full.batch, full.latent, full.g_hidden, full.d_hidden) == (25_000, 512, 256, (128, 128),
                                                                                    (128, 128))
-    assert (FULL.lr_g, FULL.lr_d, FULL.betas[0]) == (1e-3, 1e-4, 0.5)
-    assert FULL.adam(wgan) == wgan.adam and FULL.adam(OBJECTIVES["ns"]) == (1e-3, 1e-4, (0.5, 0.999))
-    scaled = replace(FULL, objective_lr_scale=10.0)
-    assert scaled.adam(wgan) == (1e-3, 1e-3, (0.5, 0.9)) and scaled.adam(OBJECTIVES["ns"]) == FULL.adam(OBJECTIVES["ns"])
+    assert (full.lr_g, full.lr_d, full.betas[0]) == (1e-3, 1e-4, 0.5)
+    assert full.adam(wgan) == wgan.adam and full.adam(OBJECTIVES["ns"]) == (1e-3, 1e-4, (0.5, 0.999))
+    scaled = replace(full, objective_lr_scale=10.0)
+    assert scaled.adam(wgan) == (1e-3, 1e-3, (0.5, 0.9)) and scaled.adam(OBJECTIVES["ns"]) == full.adam(OBJECTIVES["ns"])
 
 
 def test_r1_weight_scales_with_the_data_variance():
@@ -165,12 +166,12 @@ def test_r1_weight_scales_with_the_data_variance():
 
 def test_discriminator_choice_changes_only_the_discriminator(tmp_path):
     from fastgan.lab.train import with_discriminator
-    one = with_discriminator(DEFAULT, "1x128")
-    assert one.d_hidden == (128,) and replace(one, d_hidden=DEFAULT.d_hidden, name=DEFAULT.name) == DEFAULT
+    one = with_discriminator(UNROLLED_GAN, "1x128")
+    assert one.d_hidden == (128,) and replace(one, d_hidden=UNROLLED_GAN.d_hidden, name=UNROLLED_GAN.name) == UNROLLED_GAN
     assert "D MLPDiscriminator 2-128-1 " in one.describe() and "discriminator 1x128" in one.name
-    assert with_discriminator(FULL, "2x128") is FULL
+    assert with_discriminator(UNROLLED_GAN_FULL, "2x128") is UNROLLED_GAN_FULL
     with pytest.raises(ValueError, match="discriminator must be one of"):
-        with_discriminator(DEFAULT, "3x7")
+        with_discriminator(UNROLLED_GAN, "3x7")
     args = ["--objectives", "ns", "--steps", "5", "--seeds", "1", "--quiet", "--jobs", "1", "--backend", "reference",
             "--discriminator", "1x128", "--out", str(tmp_path)]
     assert cli.main(args) == 0
@@ -205,12 +206,12 @@ def test_pacgan_regime_is_the_published_setup():
     assert (PACGAN.steps, PACGAN.g_hidden, PACGAN.d_hidden, PACGAN.lr_g, PACGAN.lr_d) == \
         (6000, (256,) * 3, (128,) * 3, 3e-3, 1e-3)
     assert (PACGAN.lr_warmup, PACGAN.lr_decay) == (0.1, 0.5)
-    assert REGIMES["pacgan"] == (PACGAN, PACGAN_FULL) and REGIMES["unrolled-gan"] == (DEFAULT, FULL)
+    assert REGIMES["pacgan"] == (PACGAN, PACGAN_FULL) and REGIMES["unrolled-gan"] == (UNROLLED_GAN, UNROLLED_GAN_FULL)
     assert "G MLP 2-400-400-400-400-2 (relu with batch norm" in full.describe()
     text = PACGAN.describe()
     assert "G MLP 2-256-256-256-2 (relu with batch norm" in text and "weights N(0, 0.02)" in text
     assert "rising linearly from 0 over the first 10% of the steps and falling linearly to 0 over the last 50%" in text
-    assert "weights N(0" not in DEFAULT.describe() and "falling" not in DEFAULT.describe()
+    assert "weights N(0" not in UNROLLED_GAN.describe() and "falling" not in UNROLLED_GAN.describe()
 
 
 def test_learning_rate_schedule():

@@ -133,7 +133,7 @@ def test_grad_output_scales_the_gradients(backend):
 def test_bitwise_deterministic(backend):
     """Claim: every fused backend on CPU tensors (torch, cpu, triton under the interpreter) gives the
     same bits on every call at a fixed thread count. Across thread counts only ``cpu`` is claimed
-    (by construction; asserted in test_mlp_step_ops.py): ``torch`` gave the same bits at 1, 2 and 3
+    (by construction; asserted in test_mlp_step_native_ops.py): ``torch`` gave the same bits at 1, 2 and 3
     threads on the 2-core CI machine too, but it inherits ATen's BLAS, which does not promise it."""
     require(backend)
     p = Case(13, (300, 77, 5) if backend != "triton" else (64, 33, 5), pack=3, rows_real=40, loss="relativistic",
@@ -240,3 +240,41 @@ def test_missing_backend_raises():
         except (ValueError, RuntimeError) as err:
             with pytest.raises(type(err)):
                 discriminator_step(D, real, fake, loss="hinge", backend=name)
+
+
+# ---- several penalties in one step (R3GAN: relativistic loss + R1 + R2) ---------------------------
+
+@pytest.mark.parametrize("every", [(1, 1), (2, 1), (1, 3)], ids=["both", "lazy R1", "lazy R2"])
+@pytest.mark.parametrize("backward", [True, False], ids=["backward=True", "backward()"])
+def test_several_penalties_sum_like_the_reference(backend, backward, every):
+    require(backend)
+    torch.manual_seed(0)
+    D = fastgan.MLPDiscriminator(3, (7, 5), pack=2).double()
+    real, fake = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 3, dtype=torch.float64)
+    runs = {}
+    for name in (backend, "reference"):
+        model = copy.deepcopy(D)
+        pens = [fastgan.R1Penalty(gamma=1.5, every=every[0]), fastgan.R2Penalty(gamma=0.5, every=every[1])]
+        for _ in range(3):  # through the lazy phases
+            model.zero_grad(set_to_none=True)
+            total, parts = discriminator_step(model, real, fake, loss="relativistic", penalty=pens, backend=name,
+                                              backward=backward, return_parts=True)
+            if not backward:
+                total.backward()
+            runs.setdefault(name, []).append((total.detach(), parts, [p.grad.clone() for p in model.parameters()]))
+        assert [p.calls for p in pens] == [3 % every[0], 3 % every[1]]
+    for (total, parts, grads), (want_total, want_parts, want_grads) in zip(runs[backend], runs["reference"]):
+        torch.testing.assert_close(total, want_total, rtol=1e-12, atol=1e-14)
+        for got, want in zip(parts, want_parts):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+        for got, want in zip(grads, want_grads):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)
+
+
+def test_a_penalty_listed_twice_is_an_error():
+    D, real, fake = _small()
+    r1 = fastgan.R1Penalty()
+    with pytest.raises(ValueError, match="one penalty module twice"):
+        discriminator_step(D, real, fake, loss="hinge", penalty=[r1, r1])
+    with pytest.raises(TypeError, match="a list of them, or None, got str"):
+        discriminator_step(D, real, fake, loss="hinge", penalty=[r1, "r2"])

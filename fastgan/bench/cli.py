@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from fastgan.bench import check, configs, launches, machine, memory, providers, report, timing
+from fastgan.cli import names, non_negative_float, non_negative_int, output_problem, positive_int, positive_ints, seed
 
 DEFAULTS = {  # repeats, warmup, min sample ms
     "cpu": (15, 2, 5.0), "cuda": (30, 3, 10.0),
@@ -31,11 +32,11 @@ def _parser() -> argparse.ArgumentParser:
                "every sweep network at B 256 (a few minutes on 2 quiet cores); --full adds B 4096.")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: cuda when a GPU is visible, else cpu")
-    p.add_argument("--configs", help="comma-separated families (targets,width,ctgan) or network name "
+    p.add_argument("--configs", type=names, help="comma-separated families (targets,width,ctgan) or network name "
                                      "patterns (width-*, ctgan-in64-p10); default: all families")
-    p.add_argument("--batch", help="comma-separated rows per side, replacing every network's batches")
-    p.add_argument("--objectives", help=f"comma-separated subset of {','.join(configs.OBJECTIVES)}")
-    p.add_argument("--providers", help=f"comma-separated subset of {','.join(providers.PROVIDERS)}; "
+    p.add_argument("--batch", type=positive_ints, help="comma-separated rows per side, replacing every network's batches")
+    p.add_argument("--objectives", type=names, help=f"comma-separated subset of {','.join(configs.OBJECTIVES)}")
+    p.add_argument("--providers", type=names, help=f"comma-separated subset of {','.join(providers.PROVIDERS)}; "
                                        f"default: {','.join(providers.DEFAULTS['cpu'])} (CPU), "
                                        f"{','.join(providers.DEFAULTS['cuda'])} (GPU)")
     p.add_argument("--full", action="store_true", help="CPU: the sweep networks at B 4096 too")
@@ -43,11 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float32")
     p.add_argument("--precision", choices=("highest", "high", "medium"), default="highest",
                    help="torch.set_float32_matmul_precision (high: TF32 on GPU)")
-    p.add_argument("--repeats", type=int, help="timed samples per provider (CPU 15, GPU 30)")
-    p.add_argument("--warmup", type=int, help="untimed steps per provider before timing")
-    p.add_argument("--min-sample-ms", type=float, help="steps are batched so a sample lasts this long")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=positive_int, help="timed samples per provider (CPU 15, GPU 30)")
+    p.add_argument("--warmup", type=non_negative_int, help="untimed steps per provider before timing")
+    p.add_argument("--min-sample-ms", type=non_negative_float, help="steps are batched so a sample lasts this long")
+    p.add_argument("--threads", type=positive_int, help="torch.set_num_threads")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the networks and inputs (default 0)")
     p.add_argument("--output", type=Path, help="path stem for .md and .csv "
                                                "(default benchmarks/results/<device>-<date>)")
     p.add_argument("--no-write", action="store_true", help="print only")
@@ -56,10 +57,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list", action="store_true", help="list the configurations and exit")
     return p
-
-
-def _csv(text: str | None, cast=str) -> list | None:
-    return [cast(t.strip()) for t in text.split(",") if t.strip()] if text else None
 
 
 def _error(e: Exception) -> str:
@@ -116,29 +113,40 @@ def _run_config(config, device, dtype, names, missing, tol, args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    p = _parser()
+    args = p.parse_args(argv)  # the numbers are checked by their type= functions
     dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if dev == "cuda" and not torch.cuda.is_available():
-        print("fastgan bench: --device cuda but no CUDA device is visible")
-        return 2
+        p.error("--device cuda: no CUDA device is visible here")
+    if args.providers and len(set(args.providers)) < len(args.providers):
+        p.error(f"--providers: a provider is listed twice in {','.join(args.providers)}")
     device, dtype = torch.device(dev), getattr(torch, args.dtype)
     repeats, warmup, min_ms = DEFAULTS[dev]
     if args.quick:
         repeats, warmup = 5, 1
-    args.repeats = args.repeats or repeats
+    args.repeats = repeats if args.repeats is None else args.repeats
     args.warmup = warmup if args.warmup is None else args.warmup
     args.min_sample_ms = min_ms if args.min_sample_ms is None else args.min_sample_ms
+    try:
+        chosen = configs.select(dev, args.configs, args.batch, args.objectives, full=args.full, quick=args.quick)
+        names = args.providers or list(providers.DEFAULTS[dev])
+        missing = {n: providers.why_missing(n, dev) for n in names}
+    except ValueError as e:  # printed on stdout with status 2 (returned, not raised), as before
+        print(f"fastgan bench: error: {e}")
+        return 2
+    stem = None
+    if not (args.list or args.no_write):  # the output is checked (its folder made) before any timing
+        date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+        stem = args.output or Path("benchmarks/results") / f"{machine.slug(machine.device_name(device))}-{date}"
+        if stem.suffix in (".md", ".csv"):  # as report.write does
+            stem = stem.with_suffix("")
+        if stem.name in ("", ".", ".."):
+            p.error(f"--output {args.output}: needs a file name stem (.../<name> for <name>.md and <name>.csv)")
+        if why := output_problem(stem.parent, [f"{stem.name}.md", f"{stem.name}.csv"]):
+            p.error(f"--output {stem}: {why}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_float32_matmul_precision(args.precision)
-    try:
-        chosen = configs.select(dev, _csv(args.configs), _csv(args.batch, int), _csv(args.objectives),
-                                full=args.full, quick=args.quick)
-        names = _csv(args.providers) or list(providers.DEFAULTS[dev])
-        missing = {n: providers.why_missing(n, dev) for n in names}
-    except ValueError as e:
-        print(f"fastgan bench: {e}")
-        return 2
     if args.list:
         for c in chosen:
             print(f"{c.label:40s} P={c.network.weights:>9,d} work={c.objective.work}BP")
@@ -170,9 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     over = report.overhead(rows)
     md = report.markdown(info, settings, statuses, recs, over, baselines, launches.kind(device))
     print(md.split("\n\n## Method", 1)[0])
-    if not args.no_write:
-        date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-        stem = args.output or Path("benchmarks/results") / f"{machine.slug(info['device'])}-{date}"
+    if stem is not None:
         for path in report.write(stem, md, report.csv_text(recs, info, settings)):
             print(f"wrote {path}")
     return 0

@@ -13,8 +13,8 @@ Two published regimes (``--regime``; ``fastgan.lab.train.REGIMES``):
   so. Plain ``ns`` fills the modes unevenly there (some nearly or wholly empty); R1 and WGAN-GP
   fill them evenly, packing partly.
 - ``unrolled-gan``: the small tanh MLPs of the unrolled-GAN / VEEGAN / GDPP experiments
-  (``fastgan.lab.train.FULL``: 25,000 steps of batch 512 with ``--full``, ring and grid;
-  ``DEFAULT``: 3,000 steps of batch 128, objectives' own learning rates 10x). Plain ``ns``
+  (``fastgan.lab.train.UNROLLED_GAN_FULL``: 25,000 steps of batch 512 with ``--full``, ring and grid;
+  ``UNROLLED_GAN``: 3,000 steps of batch 128, objectives' own learning rates 10x). Plain ``ns``
   covers all eight ring modes there.
 
 ``--discriminator 1x128`` swaps in a one-hidden-layer discriminator (the depth of the
@@ -38,6 +38,8 @@ import torch
 from tqdm import tqdm
 
 import fastgan
+from fastgan import _dispatch, fused
+from fastgan.cli import output_problem, positive_int
 from fastgan.lab import plots
 from fastgan.lab.data import DATASETS, get_dataset
 from fastgan.lab.metrics import mean_se
@@ -52,11 +54,12 @@ NOTES = ("Modes captured: modes with at least one high-quality sample (within 3 
          "exact for the optimal discriminator): n/a for WGAN-GP, whose critic is not a log density ratio; "
          "a packed discriminator compares pack-fold products (their KL is pack times the per-sample KL). "
          "ms / step: wall time of one training step (all of its discriminator and generator updates; snapshots for the hopping figure included), mean over seeds.")
+OUTPUTS = ("results.md", "results.json", "lab.png", "hopping.png")
 SNAPSHOTS = 8  # samples kept over training for the hopping figure (data set ring, objective ns, seed 0)
 _queue = None  # a worker process's progress queue (set by _worker_init)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastgan lab", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", choices=sorted(DATASETS), default=None,
@@ -64,8 +67,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--objectives", nargs="+", default=list(DEFAULT_OBJECTIVES),
                    help=f"objectives: {', '.join(OBJECTIVES)} or ns-unrolled[-<k>][-fo] (unrolled GAN, k look-ahead "
                         f"steps, 5 if omitted, -fo: first-order) (default: {' '.join(DEFAULT_OBJECTIVES)})")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default 2; 5 with --full)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (overrides the regime)")
+    p.add_argument("--seeds", type=positive_int, default=None, help="number of seeds, 0..N-1 (default 2; 5 with --full)")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps per run (overrides the regime)")
     p.add_argument("--backend", default="auto", choices=("auto",) + fastgan.BACKENDS,
                    help="fastgan backend for the discriminator and generator steps (default auto)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -82,25 +85,52 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--full", action="store_true",
                    help="the regime's published length (unrolled-gan: 25,000 steps of batch 512; pacgan: "
                         "400,000 steps of batch 100) and learning rates, 5 seeds by default")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads (default 1: the models are small; results are bitwise "
                         "reproducible for a fixed thread count)")
-    p.add_argument("--jobs", type=int, default=2,
+    p.add_argument("--jobs", type=positive_int, default=2,
                    help="runs trained in parallel worker processes (default 2, one per core of "
                         "the target machine; results do not depend on it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
+    return p
+
+
+def _device(args: argparse.Namespace) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+
+
+def backend_problem(backend: str, device: str) -> str:
+    """'' when the fastgan ``backend`` can train on ``device`` here, else why not."""
+    status = {s.name: s for s in fastgan.available_backends()}[backend]
+    if not status.available:
+        return f"the {backend} backend is unavailable here: {status.reason}"
+    if not _dispatch.serves_device(backend, torch.device(device)):
+        hint = {"cuda": "it needs --device cuda", "cpu": "it needs --device cpu",
+                "triton": "on the CPU it needs TRITON_INTERPRET=1"}.get(backend, "")
+        return f"the {backend} backend cannot run on {device} tensors (training device {device}; {hint})"
+    if backend not in fused.step_backends():
+        return f"this installation has no fused-step implementation of the {backend} backend"
+    return ""
+
+
+def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """The checks of the options' values that need no file system (``p.error`` on the first
+    that fails)."""
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available here")
     try:  # canonical names (ns-unrolled -> ns-unrolled-5), as the results show them
         args.objectives = [get_objective(name).name for name in args.objectives]
     except ValueError as e:
         p.error(f"--objectives: {e}")
-    for name in ("seeds", "steps", "threads", "jobs"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            p.error(f"--{name} must be a positive integer, got {value}")
+    if args.backend != "auto" and (why := backend_problem(args.backend, _device(args))):
+        p.error(f"--backend {args.backend}: {why}")
     return args
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The options, checked; the output folder is checked (and created) by :func:`main`."""
+    p = _parser()
+    return _check(p, p.parse_args(argv))
 
 
 def _fmt(mean: float, se: float, digits: int) -> str:
@@ -178,7 +208,10 @@ def run_all(jobs, regime, backend, threads: int, processes: int, progress, devic
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    p = _parser()
+    args = _check(p, p.parse_args(list(sys.argv[1:] if argv is None else argv)))
+    if why := output_problem(args.out, OUTPUTS):  # before the training, not after it
+        p.error(f"--out {args.out}: {why}")
     shortened, published = REGIMES[args.regime]
     regime = published if args.full else shortened
     if args.discriminator is not None:
@@ -190,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         args.data = ["ring", "grid"] if args.full else ["ring"]
     torch.set_num_threads(args.threads)
     backend = None if args.backend == "auto" else args.backend
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = _device(args)
     mixtures = {name: get_dataset(name) for name in args.data}
     length = scope(regime, published, n_seeds, args.data)
     print(length)
@@ -209,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     md = table(summary, mixtures, n_seeds)
     print(md)
     print(f"\n{len(jobs)} runs in {total:.1f} s")
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)  # made by the check before training; again if gone since
     where = (f"device {device}, one run at a time" if device != "cpu" else
              f"device cpu, {args.threads} thread(s) per run, {args.jobs} parallel job(s)")
     (args.out / "results.md").write_text(
@@ -227,11 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "results.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
     first = {(r.dataset, r.objective): r for r in results if r.seed == 0}
-    written = [args.out / "results.md", args.out / "results.json", args.out / "lab.png"]
+    written = [args.out / name for name in OUTPUTS[:3]]
     plots.figure(first, mixtures, summary, list(args.objectives), written[-1])
     hopping = first.get(("ring", "ns"))
     if hopping is not None and hopping.history:
-        written.append(args.out / "hopping.png")
+        written.append(args.out / OUTPUTS[3])
         plots.hopping(hopping, mixtures["ring"], written[-1])
     print("wrote " + ", ".join(map(str, written)))
     return 0

@@ -205,13 +205,13 @@ class Regime:
 
 
 # The small-MLP regime of the unrolled-GAN / VEEGAN / GDPP experiments, at its published length.
-FULL = Regime("unrolled-GAN MLP regime", steps=25_000)
+UNROLLED_GAN_FULL = Regime("unrolled-GAN MLP regime", steps=25_000)
 # The same networks and optimiser, shortened to fit 2 CPU cores in 5 minutes: batch 128 and 3,000
 # steps. WGAN-GP at its published Adam 1e-4 is far from converged after 3,000 steps (2,000 steps,
 # seed 0: 8 modes but 2.4% high-quality samples; with 1e-3: 71%), so objectives' own learning
 # rates are 10x here.
-DEFAULT = replace(FULL, name="unrolled-GAN MLP regime, shortened for CPU", steps=3000, batch=128,
-                  objective_lr_scale=10.0)
+UNROLLED_GAN = replace(UNROLLED_GAN_FULL, name="unrolled-GAN MLP regime, shortened for CPU", steps=3000, batch=128,
+                       objective_lr_scale=10.0)
 
 # PacGAN's 2-D ring experiment (Lin et al. 2018; its published code): G 2-400-400-400-400-2, ReLU
 # with batch norm, z ~ N(0, I_2); D 2-200-200-200-1 (maxout with 5 pieces there, the fused
@@ -234,7 +234,8 @@ PACGAN = replace(PACGAN_FULL, name="PacGAN toy regime, narrowed and shortened fo
                  g_hidden=(256,) * 3, d_hidden=(128,) * 3, lr_g=3e-3, lr_d=1e-3, objective_lr_scale=10.0,
                  lr_warmup=0.1, lr_decay=0.5, grid_steps=20_000)
 # name -> (the default length, the published length) (``fastgan lab --regime``)
-REGIMES: dict[str, tuple[Regime, Regime]] = {"pacgan": (PACGAN, PACGAN_FULL), "unrolled-gan": (DEFAULT, FULL)}
+REGIMES: dict[str, tuple[Regime, Regime]] = {"pacgan": (PACGAN, PACGAN_FULL),
+                                             "unrolled-gan": (UNROLLED_GAN, UNROLLED_GAN_FULL)}
 
 # Discriminators a regime can take (``fastgan lab --discriminator``): the published two hidden
 # layers of 128, or one hidden layer of 128, the depth of the unrolled-GAN paper's discriminator
@@ -347,7 +348,7 @@ def make_step(G: nn.Module, D: fastgan.MLPDiscriminator, opt_g, opt_d, mixture: 
     return step
 
 
-def train_run(mixture: Mixture, objective: Objective, seed: int, regime: Regime = DEFAULT,
+def train_run(mixture: Mixture, objective: Objective, seed: int, regime: Regime = PACGAN,
               backend: str | None = None, device: str | torch.device = "cpu",
               on_step: Callable[[int], None] | None = None, snapshots: int = 0) -> RunResult:
     """Train from ``seed`` and measure ``regime.eval_samples`` generator samples.

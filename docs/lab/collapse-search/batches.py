@@ -1,6 +1,6 @@
 """Every batch of the collapse search (docs/lab/collapse-search.md): lists of settings for
 ``search.py``. Keys of a setting: ``name``, ``objective`` (default ns), ``seed`` (default 0), ``obj``
-(fields of the Objective to replace), fields of the lab's ``DEFAULT`` regime, and the changes
+(fields of the Objective to replace), fields of the lab's ``UNROLLED_GAN`` regime, and the changes
 ``search.py`` makes by wrapping the lab's constructors (see its docstring)."""
 BATCHES = {}
 
@@ -210,9 +210,9 @@ BATCHES[24] = _c
 # ---- batch 25: PacGAN's toy networks at lr 1e-3, 15,000 steps (batch 22): more seeds, and R1
 _c = [dict(name="pacgan-lr1e-3-15k", seed=s, lr_g=1e-3, lr_d=1e-3, betas=(0.8, 0.999), steps=15000, **P) for s in (1, 2)] + \
      [dict(name="pacgan-lr1e-3-15k", objective="ns-r1", lr_g=1e-3, lr_d=1e-3, betas=(0.8, 0.999), steps=15000, **P)]
-BATCHES[25] = _c  # the R1 run was stopped unfinished: the lab's pacgan regime runs it (docs/lab/pacgan-wide/)
+BATCHES[25] = _c  # the R1 run was stopped unfinished: the lab's pacgan regime runs it (docs/lab/archive/pacgan-wide/)
 
-# ---- batch 26: the lab's pacgan regime (docs/lab/pacgan-wide/): R1's weight
+# ---- batch 26: the lab's pacgan regime (docs/lab/archive/pacgan-wide/): R1's weight
 # The lab's pacgan regime as it was until batch 35 (G 4 x 400, D 3 x 200, 15,000 steps at lr 1e-3,
 # constant), here as overrides of the later one. Batches up to 35 ran with PyTorch's for-loop Adam;
 # from batch 36 on the lab uses its fused CPU kernel, so re-running an earlier batch now gives other

@@ -13,7 +13,7 @@ N(0, dstd), zero biases), ``dxavier`` (Xavier D); ``tanhD`` (a tanh MLPDiscrimin
 the reference backend); ``simul`` (simultaneous updates: G's gradient against the D of the same
 step); ``gsteps`` (generator steps per discriminator step, each on fresh noise); ``gbn`` = (width, depth) (PacGAN's batch-norm ReLU generator); ``radius`` / ``std`` /
 ``shift`` (the ring scaled, its std, its centre moved along x); ``base`` = ``pacgan`` (start from
-the lab's ``PACGAN`` regime instead of ``DEFAULT``; batches up to 35 override it back to what it
+the lab's ``PACGAN`` regime instead of ``UNROLLED_GAN``; batches up to 35 override it back to what it
 was then). Regime fields such as ``lr_decay`` (batches 34-35) are set directly.
 """
 import argparse
@@ -55,7 +55,7 @@ def run(batch, cfg):
         mix = Mixture(mix.name, mix.means + torch.tensor([shift, 0.0], dtype=torch.float64), mix.std)
     if radius or std:
         mix = Mixture(mix.name, mix.means * (radius or 1.0), std or mix.std)
-    regime = replace(T.PACGAN if cfg.pop("base", "default") == "pacgan" else T.DEFAULT, **cfg)
+    regime = replace(T.PACGAN if cfg.pop("base", "default") == "pacgan" else T.UNROLLED_GAN, **cfg)
     import fastgan
 
     def after_init(cls, fn):

@@ -177,7 +177,6 @@ def _backends() -> list:
 def test_discriminator_step(backend, category):
     """discriminator_step (.backward() and backward=True) against the oracle."""
     def fuzz(draw):
-        __tracebackhide__ = True
         fc.check_disc(draw, backend)
     _fuzz(fuzz, EXAMPLES.get(category, []), draws(category), backend)()
 
@@ -187,7 +186,6 @@ def test_reference_semantics(category):
     """The reference backend itself: spectral norm's one power iteration per step (the oracle's
     composition) and the lazy phase (advances after a successful step; in state_dict)."""
     def fuzz(draw):
-        __tracebackhide__ = True
         fc.check_disc(draw, "reference")
     _fuzz(fuzz, EXAMPLES[category], draws(category), "reference")()
 
@@ -197,7 +195,6 @@ def test_reference_semantics(category):
 def test_generator_step(backend, category):
     """generator_step: its loss and d loss / d fake against the oracle; no .grad on D."""
     def fuzz(draw):
-        __tracebackhide__ = True
         fc.check_gen(draw, backend)
     _fuzz(fuzz, GEN_EXAMPLES.get(category, []), draws(category, generator=True), backend, 0.5)()
 
@@ -209,6 +206,5 @@ def test_unrolled_first_order(backend):
     @budget(backend, 0.5)
     @given(draw=draws("frozen"), optimizer=st.sampled_from(("adam", "sgd")), steps=st.integers(1, 2))
     def fuzz(draw, optimizer, steps):
-        __tracebackhide__ = True
         fc.check_unrolled(draw, backend, optimizer, steps)
     fuzz()

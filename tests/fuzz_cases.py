@@ -5,8 +5,8 @@ A :class:`Draw` is one complete problem, plain data with a readable repr: an
 parameters, spectral / weight norm on some layers (hook form or parametrization, train or eval
 mode), a subclass overriding ``forward`` or forward hooks, a loss (every ``fastgan.LOSSES``) and
 penalty (every ``PENALTIES``, random weight / center, lazy ``every``), several consecutive steps,
-the dtype, non-contiguous layouts of real / fake, NaN / Inf / extreme values, and a seed for the
-random numbers. Everything is built from the draw alone (:meth:`Draw.build`), so each backend
+the dtype, non-contiguous layouts of real / fake, NaN / Inf / extreme values, steps that add to
+a ``.grad`` already there, and a seed for the random numbers. Everything is built from the draw alone (:meth:`Draw.build`), so each backend
 gets its own identical discriminator (a fresh build, not ``copy.deepcopy``: a module with
 hook-form spectral norm holds a non-leaf ``weight`` after a forward, which deepcopy refuses).
 
@@ -14,7 +14,8 @@ The checks compare a fused backend with the oracle, and raise ``AssertionError``
 draw, the backend, the form (``.backward()`` or ``backward=True``), the step and what differed:
 
 - :func:`check_disc`: ``discriminator_step`` for ``draw.steps`` consecutive steps (one penalty
-  module per run, so its lazy phase carries over): the total and :class:`~fastgan.StepParts`,
+  module per run, so its lazy phase carries over): the total and :class:`~fastgan.StepParts`
+  (outputs ``total``, ``parts.loss``, ...),
   which parameters got a ``.grad`` (by name), every ``.grad``, the parameters (unchanged), the
   buffers (spectral norm's u / v), the penalty's lazy phase, that the phase survives
   ``state_dict()`` / ``load_state_dict()``, and, for WGAN-GP / DRAGAN, that a step which raises
@@ -40,7 +41,8 @@ composition in float32 against the float64 truth plus the float32 floor.
 **Overrides.** A subclass that overrides ``forward`` or a module with forward hooks must never
 silently take the fused path: a backend either matches the oracle (a generic path) or raises.
 
-Repro: every failure message ends with a line to paste into ``python`` in tests/.
+Repro: every failure message ends with a line to paste into ``python`` in tests/ (with
+``TRITON_INTERPRET=1`` for the triton backend on CPU).
 """
 from __future__ import annotations
 

@@ -61,7 +61,9 @@ from fastgan import fused as _fused
 
 # ------------------------------------------------------------------------------- the vocabulary --
 LOSS_NAMES = tuple(sorted(fastgan.LOSSES))
-PENALTY_NAMES = ("none", "r1", "r2", "gp", "dragan")
+PENALTY_NAMES = ("none", "r1", "r2", "gp", "dragan", "r1+r2", "r2+gp", "dragan+r1")
+"""One penalty, or a list of them joined by '+' (``penalty=[R1Penalty(), R2Penalty()]``, R3GAN's;
+at most one of WGAN-GP / DRAGAN, whose eps shapes differ)."""
 WIDTHS = (1, 2, 3, 5, 8, 17, 33)
 IN_FEATURES = (1, 2, 3, 5, 17)
 LAYOUTS = ("contiguous", "transposed", "sliced", "row_strided", "expanded")
@@ -106,7 +108,7 @@ class Draw:
 
     def __post_init__(self):
         paired = fastgan.LOSSES[self.loss].paired
-        if paired or self.penalty == "gp":
+        if paired or "gp" in self.penalty_names:
             object.__setattr__(self, "rows_fake", self.rows_real)
 
     # ---- building -------------------------------------------------------------------------
@@ -117,14 +119,21 @@ class Draw:
     def make_loss(self) -> fastgan.GANLoss:
         return fastgan.LOSSES[self.loss](reduction=self.reduction, **dict(self.loss_kwargs))
 
+    @property
+    def penalty_names(self) -> tuple[str, ...]:
+        return () if self.penalty == "none" else tuple(self.penalty.split("+"))
+
     def make_penalty(self):
-        if self.penalty == "none":
-            return None
-        if self.penalty == "r1":
+        """None, one penalty module, or a list of them (a fresh one per call: the phase is state)."""
+        pens = [self._penalty(name) for name in self.penalty_names]
+        return None if not pens else pens[0] if len(pens) == 1 else pens
+
+    def _penalty(self, name: str):
+        if name == "r1":
             return fastgan.R1Penalty(gamma=self.weight, every=self.every)
-        if self.penalty == "r2":
+        if name == "r2":
             return fastgan.R2Penalty(gamma=self.weight, every=self.every)
-        if self.penalty == "gp":
+        if name == "gp":
             return fastgan.GradientPenalty(weight=self.weight, center=self.center, every=self.every)
         return fastgan.DRAGANPenalty(weight=self.weight, center=self.center, every=self.every,
                                      scale=self.dragan_scale)
@@ -143,9 +152,9 @@ class Draw:
         real = torch.randn(n[0], self.in_features, generator=gen, dtype=torch.float64)
         fake = 0.8 * torch.randn(n[1], self.in_features, generator=gen, dtype=torch.float64) + 0.3
         eps = None
-        if self.penalty == "gp":
+        if "gp" in self.penalty_names:
             eps = torch.rand(self.rows_real, generator=gen, dtype=torch.float64)
-        elif self.penalty == "dragan":
+        elif "dragan" in self.penalty_names:
             eps = torch.rand(real.shape, generator=gen, dtype=torch.float64)
         params = list(D.parameters())
         with torch.no_grad():
@@ -337,6 +346,8 @@ def phase(penalty) -> tuple[bool, ...] | None:
     tiny linear D) compute the penalty. None without a penalty."""
     if penalty is None:
         return None
+    if isinstance(penalty, list):
+        return tuple(phase(p) for p in penalty)
     pen = copy.deepcopy(penalty)
     pen.weight, pen.center = 1.0, 0.0
     D = fastgan.MLPDiscriminator(1, (1,), negative_slope=1.0).double()
@@ -354,7 +365,8 @@ def phase_after_reload(draw: Draw, penalty) -> tuple[bool, ...] | None:
     if penalty is None:
         return None
     fresh = draw.make_penalty()
-    fresh.load_state_dict(penalty.state_dict())
+    for new, old in zip(fresh if isinstance(fresh, list) else [fresh], penalty if isinstance(penalty, list) else [penalty]):
+        new.load_state_dict(old.state_dict())
     return phase(fresh)
 
 
@@ -380,6 +392,14 @@ def _record_state(rec: StepRecord, D: nn.Module, draw: Draw, pen) -> None:
     rec.reload_phase = phase_after_reload(draw, pen)
 
 
+def _eps_penalty_due(pen) -> bool:
+    """Whether the penalty that takes eps (WGAN-GP / DRAGAN) computes on the next call."""
+    for p in pen if isinstance(pen, list) else [pen]:
+        if isinstance(p, (fastgan.GradientPenalty, fastgan.DRAGANPenalty)):
+            return phase(p)[0]
+    return False
+
+
 def _advance_power_iteration(D: nn.Module, x: torch.Tensor) -> None:
     with torch.no_grad():
         D(x)
@@ -394,7 +414,7 @@ def run_disc(draw: Draw, backend: str, form: str, dtype: torch.dtype | None = No
     records = []
     for step in range(draw.steps):
         rec = StepRecord()
-        if step == draw.fail_step and b.eps is not None and phase(pen)[0]:
+        if step == draw.fail_step and b.eps is not None and _eps_penalty_due(pen):
             before = phase(pen)
             try:
                 fastgan.discriminator_step(D, b.real, b.fake, loss=loss, penalty=pen, backend=backend,

@@ -14,13 +14,19 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fastgan-installed
 
-.PHONY: lab test clean
+.PHONY: lab test fuzz clean
 
 lab: $(STAMP)
 	$(BIN)/fastgan lab $(LAB_ARGS)
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The differential fuzzer (tests/test_fuzz.py) with a long budget: fresh random draws, failures kept in
+# build/hypothesis-fuzz for replay. make fuzz FASTGAN_FUZZ_EXAMPLES=200 for a shorter run.
+fuzz: $(STAMP)
+	TRITON_INTERPRET=1 FASTGAN_FUZZ_PROFILE=long FASTGAN_FUZZ_EXAMPLES=$${FASTGAN_FUZZ_EXAMPLES:-2000} \
+	  $(BIN)/python -m pytest tests/test_fuzz.py $(PYTEST_ARGS)
 
 $(STAMP): pyproject.toml setup.py CMakeLists.txt .ci/constraints.txt $(wildcard csrc/*)
 	@echo "creating $(VENV): torch and numpy, then fastgan with its C++ kernels compiled (a few minutes, once)"

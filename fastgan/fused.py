@@ -379,7 +379,7 @@ def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalties, backend
     params = step_spec.mlp_params(inner)
     calls = [(p, p.due_scale()) for p in penalties] or [(None, 0)]
     calls = calls[:1] + [(p, scale) for p, scale in calls[1:] if scale]
-    totals, stats = [], []
+    totals, stats, grads = [], [], None
     for i, (penalty, scale) in enumerate(calls):
         spec, real_p, fake_p, pen_p = step_spec.disc_step_operands(inner, real, fake, loss=loss, penalty=penalty,
                                                                    penalty_scale=scale, eps=eps, generator=generator,
@@ -389,13 +389,18 @@ def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalties, backend
         if backward:
             with torch.no_grad():
                 out = step_ops(backend)[0](**spec.op_args(real_p, fake_p, pen_p, *params))
-            _accumulate_grads(_flat(params), out[1:])
+                if grads is None:
+                    grads = list(out[1:])
+                else:  # one hand-over at the end: an effective weight's graph is walked once
+                    torch._foreach_add_(grads, list(out[1:]))
             stats.append(out[0])
             totals.append(out[0][0] + out[0][1])
         else:
             total, st = _DiscStepFn.apply(real_p, fake_p, pen_p, backend, spec, _layout(params), *_flat(params))
             totals.append(total)
             stats.append(st)
+    if grads is not None:
+        _accumulate_grads(_flat(params), grads)
     for penalty in penalties:
         penalty.advance()
     first = stats[0]

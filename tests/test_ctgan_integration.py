@@ -78,6 +78,17 @@ def test_converter_keeps_training_mode_and_dtype():
     assert to_ctgan_discriminator(ours.eval()).training is False
 
 
+def test_same_seed_same_initial_discriminator_as_ctgan():
+    model = CTGAN(discriminator_dim=(16, 12), pac=PAC, batch_size=2 * PAC, enable_gpu=False)
+    torch.manual_seed(3)
+    theirs = CTGANDiscriminator(7, (16, 12), pac=PAC)
+    torch.manual_seed(3)
+    ours = model._make_discriminator(7)
+    assert ours.training and (ours.dropout, ours.negative_slope, ours.pack) == (0.5, 0.2, PAC)
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(p, q)
+
+
 def test_converter_rejects_what_ctgan_cannot_hold():
     with pytest.raises(ValueError, match="negative_slope=0.2, dropout=0.5"):
         to_ctgan_discriminator(MLPDiscriminator(4, (8,), pack=2, dropout=0.0))
@@ -221,7 +232,7 @@ def test_fit_sample_save_load(tmp_path):
 
 def test_fit_on_a_table_without_discrete_columns():
     table = tiny_table()[["x", "y"]]
-    model = small_model()
+    model = small_model(verbose=True)  # ctgan's progress bar and its loss description
     model.fit(table)
     assert list(model.sample(5).columns) == ["x", "y"]
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import shlex
 import statistics
 import sys
@@ -132,6 +133,28 @@ def model_kwargs(args, epochs: int) -> dict:
 
 # ---- speed ------------------------------------------------------------------------------------
 
+def interleave(fns: dict, rounds: int, inner: int = 1, warmup: int = 1, scale: float = 1.0) -> dict:
+    """{name: {"wall": [...], "cpu": [...]}}: seconds per call (divided by ``inner`` and
+    ``scale``) of ``inner`` consecutive calls, by the wall clock and by this process's CPU time,
+    sampled in rounds that visit every function once in an order rotated each round (a shared
+    machine's drifts hit both alike). The CPU time is the robust figure on a loaded machine with
+    one thread; with several threads it also counts the threads' waits."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    out = {name: {"wall": [], "cpu": []} for name in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(inner):
+                fns[name]()
+            out[name]["wall"].append((time.perf_counter() - wall) / inner / scale)
+            out[name]["cpu"].append((time.process_time() - cpu) / inner / scale)
+    return out
+
+
 def discriminator_updates(args, table, discrete):
     """Per-update seconds: {(mode, what): {impl: Stats}} and the fastgan path per mode."""
     from ctgan.data_sampler import DataSampler
@@ -139,7 +162,6 @@ def discriminator_updates(args, table, discrete):
     from ctgan.synthesizers.ctgan import Discriminator, Generator
 
     import fastgan
-    from fastgan.bench import timing
     from fastgan.integrations.ctgan import CTGAN, from_ctgan_discriminator
 
     torch.manual_seed(0)
@@ -206,45 +228,38 @@ def discriminator_updates(args, table, discrete):
             paths[mode] = fastgan.fused.step_backend(ours, None, real_cat.device)
         for what, fns in steps.items():
             with quiet():
-                stats, errors = timing.interleaved(fns, torch.device("cpu"), repeats=args.repeats * 2,
-                                                   min_sample_s=0.05)
-            if errors:
-                raise RuntimeError(f"discriminator update ({mode}, {what}) failed: {errors}")
-            results[(mode, what)] = stats
+                results[(mode, what)] = interleave(fns, rounds=4 * args.repeats, inner=3, warmup=2)
     return results, paths, (data_dim, cond_dim), (transformer, data)
 
 
 def epoch_seconds(args, table, discrete, prefit):
     """Seconds per epoch of each implementation's loop (transformer excluded), interleaved."""
     impls = implementations()
-    samples = {name: [] for name in impls}
-    names = list(impls)
+    seeds = iter(range(10**6))
+
+    def fit(cls):
+        model = cls(**model_kwargs(args, args.epoch_epochs))
+        model.set_random_state(next(seeds))
+        model.fit(table, discrete)
+
     with quiet(), prefitted_transformer(*prefit):
-        for r in range(args.repeats + 1):  # the first round warms up and is dropped
-            for name in names[r % 2:] + names[:r % 2]:
-                model = impls[name](**model_kwargs(args, args.epoch_epochs))
-                model.set_random_state(r)
-                start = time.perf_counter()
-                model.fit(table, discrete)
-                if r:
-                    samples[name].append((time.perf_counter() - start) / args.epoch_epochs)
-    return samples
+        return interleave({name: (lambda cls=cls: fit(cls)) for name, cls in impls.items()},
+                          rounds=args.repeats, scale=args.epoch_epochs)
 
 
 def fit_seconds(args, table, discrete):
     """Seconds of the whole fit (transformer included) at --epochs epochs, interleaved."""
     impls = implementations()
-    samples = {name: [] for name in impls}
-    names = list(impls)
+    seeds = iter(range(10**6))
+
+    def fit(cls):
+        model = cls(**model_kwargs(args, args.epochs))
+        model.set_random_state(next(seeds))
+        model.fit(table, discrete)
+
     with quiet():
-        for r in range(args.fit_repeats):
-            for name in names[r % 2:] + names[:r % 2]:
-                model = impls[name](**model_kwargs(args, args.epochs))
-                model.set_random_state(r)
-                start = time.perf_counter()
-                model.fit(table, discrete)
-                samples[name].append(time.perf_counter() - start)
-    return samples
+        return interleave({name: (lambda cls=cls: fit(cls)) for name, cls in impls.items()},
+                          rounds=args.fit_repeats, warmup=0)
 
 
 # ---- quality ----------------------------------------------------------------------------------
@@ -298,9 +313,17 @@ def mean_se(values) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) / math.sqrt(len(values)):.4f}"
 
 
-def median_range(values, unit: float = 1.0, fmt: str = "{:.3f}") -> str:
-    xs = sorted(v * unit for v in values)
-    return f"{fmt.format(statistics.median(xs))} ({fmt.format(xs[0])}-{fmt.format(xs[-1])}, n={len(xs)})"
+def speed_cells(samples: dict, unit: float, fmt: str) -> str:
+    """'ctgan CPU | fastgan CPU | ratio | ctgan wall | fastgan wall | ratio' from :func:`interleave`'s samples."""
+    from fastgan.bench.timing import percentile
+    cells = []
+    for clock in ("cpu", "wall"):
+        a, b = samples["ctgan"][clock], samples["fastgan"][clock]
+        for xs in (a, b):
+            cells.append(f"{fmt.format(statistics.median(xs) * unit)} ({fmt.format(percentile(xs, 20) * unit)}-"
+                         f"{fmt.format(percentile(xs, 80) * unit)})")
+        cells.append(f"{statistics.median(a) / statistics.median(b):.2f}x")
+    return " | ".join(cells)
 
 
 def render(args, argv, info, speed, qual) -> str:
@@ -317,23 +340,22 @@ def render(args, argv, info, speed, qual) -> str:
                   f"discriminator), batch {args.batch}, pac 10, {args.threads} threads. fastgan's step path: "
                   f"training mode (dropout 0.5 on, CTGAN's model) **{paths['train']}**; eval mode (dropout off) "
                   f"**{paths['eval']}**.", "",
-                  "### Discriminator update (ms per update, median, p20-p80)", "",
-                  "| D mode | what | ctgan | fastgan | ctgan / fastgan |", "|---|---|---|---|---|"]
-        for (mode, what), stats in updates.items():
-            a, b = stats["ctgan"], stats["fastgan"]
+                  "### Discriminator update (ms per update: median, with p20-p80)", "",
+                  "| D mode | what | ctgan CPU | fastgan CPU | ratio (CPU) | ctgan wall | fastgan wall | ratio (wall) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for (mode, what), samples in updates.items():
             label = "train (dropout on)" if mode == "train" else "eval (dropout off)"
-            lines.append(f"| {label} | {what} | {a.median * 1e3:.2f} ({a.p20 * 1e3:.2f}-{a.p80 * 1e3:.2f}) | "
-                         f"{b.median * 1e3:.2f} ({b.p20 * 1e3:.2f}-{b.p80 * 1e3:.2f}) | {a.median / b.median:.2f}x |")
+            lines.append(f"| {label} | {what} | " + speed_cells(samples, 1e3, "{:.2f}") + " |")
         lines += ["", "'iteration': noise, condition, real batch, fakes and one update, as each loop runs it "
                   "(ctgan keeps the generator's graph and backpropagates into it; fastgan generates under no_grad). "
-                  "'fixed batch': the update alone on one batch.", "",
-                  "### Training loop and whole fit (seconds, median (min-max, n))", "",
-                  "| measure | ctgan | fastgan | ctgan / fastgan |", "|---|---|---|---|"]
+                  "'fixed batch': the update alone on one batch. CPU: this process's CPU time; wall: the wall "
+                  "clock. Ratio: ctgan / fastgan of the medians (above 1: fastgan is faster).", "",
+                  "### Training loop and whole fit (seconds: median, with p20-p80)", "",
+                  "| measure | ctgan CPU | fastgan CPU | ratio (CPU) | ctgan wall | fastgan wall | ratio (wall) |",
+                  "|---|---|---|---|---|---|---|"]
         for label, samples in ((f"s per epoch (loop only, {args.epoch_epochs} epochs per sample)", epochs),
                                (f"s per fit at {args.epochs} epochs (transformer included)", fits)):
-            a, b = samples["ctgan"], samples["fastgan"]
-            lines.append(f"| {label} | {median_range(a)} | {median_range(b)} | "
-                         f"{statistics.median(a) / statistics.median(b):.2f}x |")
+            lines.append(f"| {label} | " + speed_cells(samples, 1.0, "{:.3f}") + " |")
         lines.append("")
     if qual is not None:
         lines += ["## Quality (sdmetrics QualityReport, mean ± standard error over seeds)", "",
@@ -367,6 +389,7 @@ def main(argv=None) -> int:
     info.pop("triton", None)
     for package in ("ctgan", "sdmetrics", "rdt"):
         info[package] = machine._version(package)
+    info["load average at start (1, 5, 15 min)"] = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     speed = qual = None
     if not args.skip_speed:
         table, discrete = ctgan_data.mixed_table(args.rows, seed=0)
@@ -380,6 +403,7 @@ def main(argv=None) -> int:
     if not args.skip_quality:
         print("quality", file=sys.stderr)
         qual = quality(args)
+    info["load average at end (1, 5, 15 min)"] = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     text = render(args, argv, info, speed, qual)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)

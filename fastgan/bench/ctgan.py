@@ -337,7 +337,7 @@ def render(args, argv, info, speed, qual) -> str:
         updates, paths, dims, epochs, fits = speed
         lines += ["## Speed", "",
                   f"Generated mixed table, {args.rows} rows (data {dims[0]} + condition {dims[1]} columns into the "
-                  f"discriminator), batch {args.batch}, pac 10, {args.threads} threads. fastgan's step path: "
+                  f"discriminator), batch {args.batch}, pac 10, {args.threads} thread(s). fastgan's step path: "
                   f"training mode (dropout 0.5 on, CTGAN's model) **{paths['train']}**; eval mode (dropout off) "
                   f"**{paths['eval']}**.", "",
                   "### Discriminator update (ms per update: median, with p20-p80)", "",

@@ -230,10 +230,44 @@ def test_fit_sample_save_load(tmp_path):
     pd.testing.assert_frame_equal(loaded.sample(10), model.sample(10))
 
 
+def test_fit_trains_what_ctgan_trains(monkeypatch):
+    """With dropout off in both (masks cannot be matched), the same seed draws the same noise,
+    conditions, batches, Gumbel noise and interpolation weights in the same order, so the two
+    fits agree: the losses, the generator, the samples. The one loose tolerance: the bias of the
+    Linear before each BatchNorm has a zero gradient up to rounding, which Adam scales up to
+    steps of about lr; BatchNorm removes it from every output."""
+    import ctgan.synthesizers.ctgan as ctgan_module
+
+    import fastgan.integrations.ctgan as ours_module
+    monkeypatch.setattr(ctgan_module, "Dropout", lambda p: torch.nn.Dropout(0.0))
+    monkeypatch.setattr(ours_module, "CTGAN_DROPOUT", 0.0)
+    table = tiny_table()
+    models = []
+    for cls in (ctgan.CTGAN, CTGAN):
+        model = cls(embedding_dim=8, generator_dim=(16,), discriminator_dim=(16,), batch_size=2 * PAC, pac=PAC,
+                    epochs=2, enable_gpu=False)
+        model.set_random_state(0)
+        model.fit(table, ["c", "d"])
+        models.append(model)
+    theirs, ours = models
+    pd.testing.assert_frame_equal(ours.loss_values, theirs.loss_values, rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(ours._generator.state_dict().items(), theirs._generator.state_dict().values()):
+        if name.endswith("fc.bias"):
+            torch.testing.assert_close(a, b, rtol=0, atol=4 * 2e-4 * 2 * 3)  # 2 epochs x 3 steps of lr
+        elif name.endswith("running_mean"):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-3)  # the mean of the output: that bias
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    samples = [m.sample(30) for m in (theirs, ours)]
+    pd.testing.assert_frame_equal(samples[1], samples[0], rtol=1e-3, atol=1e-4)
+
+
 def test_fit_on_a_table_without_discrete_columns():
     table = tiny_table()[["x", "y"]]
-    model = small_model(verbose=True)  # ctgan's progress bar and its loss description
-    model.fit(table)
+    model = small_model(verbose=True, epochs=5)  # ctgan's progress bar and its loss description
+    with pytest.warns(DeprecationWarning, match="`epochs` argument in `fit` method has been deprecated"):
+        model.fit(table, epochs=1)  # as in ctgan: deprecated, and it wins over the constructor's
+    assert len(model.loss_values) == 1
     assert list(model.sample(5).columns) == ["x", "y"]
 
 

@@ -1,7 +1,10 @@
 # The two commands: `make lab` runs the main job (the mode-collapse lab), `make test` the tests.
 # Both create a virtual environment in $(VENV) on first use: torch (the CPU wheel, unless the
 # Python that creates it already has a CUDA torch, which the venv then reuses) and fastgan built
-# against it. The install is redone when the build files change.
+# against it, with the test, lab and ctgan extras. Every install is constrained to the torch already
+# there (.ci/constraints.txt pins the CPU wheel's version; with a CUDA torch, a pin to its own
+# version), so no dependency (ctgan asks for a bare torch) can pull another torch. The install is
+# redone when the build files change.
 #
 #   make lab                       # fastgan lab (add LAB_ARGS="--full" for the published length)
 #   make test                      # TRITON_INTERPRET=1 pytest (Triton kernels on CPU tensors)
@@ -33,12 +36,13 @@ $(STAMP): pyproject.toml setup.py CMakeLists.txt .ci/constraints.txt $(wildcard 
 	@if $(PYTHON) -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then \
 	  echo "using the CUDA torch of $(PYTHON)"; \
 	  $(PYTHON) -m venv --system-site-packages $(VENV) && \
-	  $(BIN)/python -m pip install -q --no-build-isolation -e ".[test,lab]" $(PIP_ARGS); \
+	  $(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-pin.txt && \
+	  $(BIN)/python -m pip install -q -c $(VENV)/torch-pin.txt --no-build-isolation -e ".[test,lab,ctgan]" $(PIP_ARGS); \
 	else \
 	  $(PYTHON) -m venv $(VENV) && \
 	  $(BIN)/python -m pip install -q --upgrade pip && \
 	  $(BIN)/python -m pip install -q -c .ci/constraints.txt $(PIP_ARGS) torch numpy "setuptools>=77" wheel && \
-	  $(BIN)/python -m pip install -q -c .ci/constraints.txt --no-build-isolation -e ".[test,lab]" $(PIP_ARGS); \
+	  $(BIN)/python -m pip install -q -c .ci/constraints.txt --no-build-isolation -e ".[test,lab,ctgan]" $(PIP_ARGS); \
 	fi
 	@touch $@
 

@@ -37,19 +37,21 @@ at::Tensor loss_term_forward_cpu(const at::Tensor& x_in, int64_t phi, double sig
     });
     return out;
   }
-  double total = 0.0;
+  at::Tensor out = at::empty({}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "loss_term_forward_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    total = at::parallel_reduce(
+    double total = at::parallel_reduce(
         0, n, kGrain, 0.0,
         [&](int64_t b, int64_t e, double acc) {
           for (int64_t i = b; i < e; ++i) acc += term_value<double>(t, double(xp[i]));
           return acc;
         },
         std::plus<double>());
+    if (reduction == REDUCE_MEAN) total /= double(n);
+    // a plain conversion: a total beyond the dtype's range is +-Inf there (as torch's sum), not an error
+    out.mutable_data_ptr<scalar_t>()[0] = static_cast<scalar_t>(total);
   });
-  if (reduction == REDUCE_MEAN) total /= double(n);
-  return at::scalar_tensor(total, x.options());
+  return out;
 }
 
 at::Tensor loss_term_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_in, int64_t phi, double sign,

@@ -163,6 +163,7 @@ struct Net {
   T b_out = T(0);
   T alpha = T(0);
   T one = T(1);                // see bias_leaky
+  T zero = T(0);               // see combine
   int64_t max_width = 0;       // max over H_1..H_L
   bool wide = false;           // weights above kWideBytes: tiled parallel products (see kWideBytes)
 };
@@ -260,15 +261,25 @@ FASTGAN_INLINE void apply_mask(T* __restrict__ u, const T* __restrict__ h, int64
   for (int64_t i = 0; i < n; ++i) u[i] *= h[i] > T(0) ? one : alpha;
 }
 
-// h_i <- c_i h_i + ubar_i (the weight-gradient operand of a penalised row).
-template <typename T>
+// The weight-gradient operand of a penalised row, in place of h_i: for W_l (h = h_{l-1}, ZERO_PATH)
+// c_i h_i + ubar_i plus autograd's 0 * h_i (the zero double backward of the LeakyReLU masks; 0 for a
+// finite h, NaN for an infinite one, as in the reference; `zero` is 0 read at run time, like
+// Net::one); for w_out (h = h_L) c_i h_i + ubar_i, or ubar_i alone on penalty-input rows (no loss
+// term: the reference never multiplies their h_L, so an infinite one leaves no NaN).
+template <typename T, bool ZERO_PATH>
 FASTGAN_INLINE void combine(T* __restrict__ h, const T* __restrict__ c, const T* __restrict__ ubar, int64_t rows,
-                            int64_t w) {
+                            int64_t w, T zero, bool no_loss = false) {
   for (int64_t i = 0; i < rows; ++i) {
     const T ci = c[i];
     T* r = h + i * w;
     const T* u = ubar + i * w;
-    for (int64_t j = 0; j < w; ++j) r[j] = ci * r[j] + u[j];
+    if (ZERO_PATH) {
+      for (int64_t j = 0; j < w; ++j) r[j] = ci * r[j] + u[j] + zero * r[j];
+    } else if (no_loss) {
+      for (int64_t j = 0; j < w; ++j) r[j] = u[j];
+    } else {
+      for (int64_t j = 0; j < w; ++j) r[j] = ci * r[j] + u[j];
+    }
   }
 }
 
@@ -449,6 +460,7 @@ FASTGAN_INLINE void disc_block(const DiscJob<T>& job, Workspace<T>& ws, int64_t 
       double sq = 0;
 #pragma omp simd reduction(+ : sq)
       for (int64_t j = 0; j < K; ++j) sq += double(g[j]) * double(g[j]);
+      sq = sq_norm_as_torch<T>(sq);
       pen_sum += penalty_value<double>(job.pen.kind, sq, job.pen.weight, job.pen.center);
       const T k = T(penalty_grad_factor<double>(job.pen.kind, sq, job.pen.weight, job.pen.center));
       for (int64_t j = 0; j < K; ++j) g[j] *= k;
@@ -460,11 +472,12 @@ FASTGAN_INLINE void disc_block(const DiscJob<T>& job, Workspace<T>& ws, int64_t 
       mm<T>(net.wide, false, true, np, wo, wi, T(1), ub_prev, wi, net.W[l], wi, T(0), ub, wo);
       FASTGAN_FOR_ROWS(net.wide, np, wo + wi, a, b, {
         apply_mask(ub + a * wo, ws.H[l] + (p0 + a) * wo, (b - a) * wo, net.one, net.alpha);
-        combine(ws.H[l - 1] + (p0 + a) * wi, c + p0 + a, ub_prev + a * wi, b - a, wi);
+        (combine<T, true>)(ws.H[l - 1] + (p0 + a) * wi, c + p0 + a, ub_prev + a * wi, b - a, wi, net.zero);
       });
       ub_prev = ub;
     }
-    FASTGAN_FOR_ROWS(net.wide, np, wl, a, b, combine(ws.H[L] + (p0 + a) * wl, c + p0 + a, ub_prev + a * wl, b - a, wl));
+    FASTGAN_FOR_ROWS(net.wide, np, wl, a, b, (combine<T, false>)(ws.H[L] + (p0 + a) * wl, c + p0 + a, ub_prev + a * wl, b - a, wl, net.zero,
+                                                        side == 2));
   }
   // weight gradients: one product per layer over all stacked rows
   if (net.wide) {  // vectors too as products, into dW[L + l] (db_l) and dW[0] (dw_out)

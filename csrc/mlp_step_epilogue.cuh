@@ -101,6 +101,7 @@ __global__ void loss_epilogue_kernel(LossParams<scalar_t, acc_t> p) {
       }
       p.c[i] = d;
       p.c[s.nr + i] = -d;
+      sums.c_sum += d - d;  // d loss / d b_out: 0, but NaN where d is NaN or Inf (as autograd's c_i + (-c_i))
     } else {
       p.c[i] = sums.add_row(s, i, p.logits[i] + bo);
     }

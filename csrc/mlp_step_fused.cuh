@@ -62,6 +62,7 @@ struct FusedParams {
   acc_t alpha;                 // LeakyReLU negative slope
   int64_t row_begin, row_end;  // stacked rows this pass walks, in tiles of `tile` rows
   int64_t pen_begin, pen_end;  // stacked penalty rows (empty range: no penalty)
+  float zero = 0.0f;           // 0, read at run time (never folded away: 0 * h is NaN for an infinite h)
   int pen_kind;                // PenaltyKind
   acc_t pen_weight, pen_center;
   int tile;                    // rows per tile (T)
@@ -372,7 +373,10 @@ __global__ void __launch_bounds__(kThreads, 1) fused_mlp_kernel(FusedParams<scal
         for (int k = lane; k < K; k += 32) u0[r * ld + k] *= f;
       }
       __syncthreads();
-      // ubar_l = (ubar_{l-1} W_l^T) * m_l; once ubar_{l-1} is known, h_{l-1} <- c h_{l-1} + ubar_{l-1}.
+      // ubar_l = (ubar_{l-1} W_l^T) * m_l; once ubar_{l-1} is known, h_{l-1} <- c h_{l-1} + ubar_{l-1},
+      // plus autograd's 0 * h_{l-1} on penalty rows (the zero double backward of the masks: 0 for a
+      // finite h, NaN for an infinite one, as in the reference).
+      const acc_t zero = p.zero;
       for (int l = 1; l <= L; ++l) {
         const acc_t* h = sH + l * T * ld;
         const acc_t* prev = sU + ((l - 1) & 1) * T * ld;
@@ -382,15 +386,18 @@ __global__ void __launch_bounds__(kThreads, 1) fused_mlp_kernel(FusedParams<scal
         const int W = width[l - 1];
         for (int e = threadIdx.x; e < T * W; e += blockDim.x) {
           const int r = e / W, k = e - r * W;
-          hp[r * ld + k] = sC[r] * hp[r * ld + k] + prev[r * ld + k];
+          const acc_t hv = hp[r * ld + k];
+          hp[r * ld + k] = sC[r] * hv + prev[r * ld + k] + (r >= pa && r < pb ? zero * hv : acc_t(0));
         }
         __syncthreads();
       }
       acc_t* hL = sH + L * T * ld;
       const acc_t* uL = sU + (L & 1) * T * ld;
+      // penalty-input rows (past the loss rows) have no loss term: their h_L is never multiplied
+      const int64_t loss_rows = p.loss.nr + p.loss.nf;
       for (int e = threadIdx.x; e < T * width[L]; e += blockDim.x) {
         const int r = e / width[L], j = e - r * width[L];
-        hL[r * ld + j] = sC[r] * hL[r * ld + j] + uL[r * ld + j];
+        hL[r * ld + j] = (r0 + r >= loss_rows && r >= pa && r < pb ? acc_t(0) : sC[r] * hL[r * ld + j]) + uL[r * ld + j];
       }
     } else {
       for (int l = 0; l <= L; ++l) {

@@ -60,15 +60,23 @@ __global__ void penalty_rows_kernel(scalar_t* __restrict__ g, int64_t rows, int6
 }
 
 // The weight-gradient operand, in place: h[i, j] <- c_i h[i, j] + (ubar[i - p0, j] if p0 <= i < p1).
+// On penalty rows, as autograd: of a dW operand (h_{l-1}, zero_path) plus 0 * h (the zero double
+// backward of the masks: NaN for an infinite h); of dw_out (h_L) on penalty-input rows (no_loss:
+// no loss term) ubar alone, their h_L never multiplied. `zero` is 0 passed at run time.
 template <typename scalar_t, typename acc_t>
 __global__ void fold_operand_kernel(scalar_t* __restrict__ h, const acc_t* __restrict__ c,
                                     const scalar_t* __restrict__ ubar, int64_t p0, int64_t p1, int64_t rows,
-                                    int64_t cols) {
+                                    int64_t cols, bool zero_path, bool no_loss, acc_t zero) {
   const int64_t n = rows * cols;
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = e / cols, j = e - i * cols;
-    acc_t v = c[i] * acc_t(h[e]);
-    if (ubar && i >= p0 && i < p1) v += acc_t(ubar[(i - p0) * cols + j]);
+    const acc_t hv = acc_t(h[e]);
+    const bool pen = ubar && i >= p0 && i < p1;
+    acc_t v = pen && no_loss ? acc_t(0) : c[i] * hv;
+    if (pen) {
+      v += acc_t(ubar[(i - p0) * cols + j]);
+      if (zero_path) v += zero * hv;
+    }
     h[e] = scalar_t(v);
   }
 }
@@ -217,7 +225,7 @@ std::vector<at::Tensor> disc_step(const Problem& pr, const contract::DiscArgs& a
   for (int l = 0; l <= L; ++l) {
     fold_operand_kernel<scalar_t, acc_t><<<blocks_for(h[l].numel(), kThreads), kThreads, 0, stream>>>(
         h[l].mutable_data_ptr<scalar_t>(), c, ubar.empty() ? nullptr : ubar[l].const_data_ptr<scalar_t>(), p0, p1, N,
-        pr.width(l));
+        pr.width(l), l < L, l == L && a.pen.side == 2, acc_t(0));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   const dim3 col_grid_out(unsigned((pr.width(L) + 31) / 32), unsigned((N + kColRows - 1) / kColRows));

@@ -23,25 +23,27 @@ template <typename scalar_t>
 double row_sq_norm(const scalar_t* row, int64_t d) {
   double s = 0.0;
   for (int64_t j = 0; j < d; ++j) s += double(row[j]) * double(row[j]);
-  return s;
+  return sq_norm_as_torch<scalar_t>(s);
 }
 
 at::Tensor penalty_forward_cpu(const at::Tensor& g_in, int64_t kind, double weight, double center) {
   check_penalty_args(g_in, kind);
   const at::Tensor g = g_in.contiguous();
   const int64_t rows = g.size(0), d = g.size(1);
-  double total = 0.0;
+  at::Tensor out = at::empty({}, g.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "penalty_forward_cpu", [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    total = at::parallel_reduce(
+    const double total = at::parallel_reduce(
         0, rows, std::max<int64_t>(1, 16384 / d), 0.0,
         [&](int64_t b, int64_t e, double acc) {
           for (int64_t r = b; r < e; ++r) acc += penalty_value<double>(int(kind), row_sq_norm(gp + r * d, d), weight, center);
           return acc;
         },
         std::plus<double>());
+    // a plain conversion: beyond the dtype's range is +-Inf (as in torch), not an error
+    out.mutable_data_ptr<scalar_t>()[0] = static_cast<scalar_t>(total / double(rows));
   });
-  return at::scalar_tensor(total / double(rows), g.options());
+  return out;
 }
 
 at::Tensor penalty_backward_cpu(const at::Tensor& grad_out, const at::Tensor& g_in, int64_t kind, double weight,

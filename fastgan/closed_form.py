@@ -127,9 +127,14 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
         dws = []
         for layer, w in enumerate(weights):
             b = hs[layer]  # owned (cat / in-place activation) and not read again: reuse it
-            b[pen] = torch.addcmul(ubar, b[pen], c_pen)  # c * h + ubar on penalised rows
+            bp = b[pen]
+            # c * h + ubar on penalised rows, plus autograd's 0 * h (the zero double backward of
+            # the LeakyReLU masks): NaN where h is infinite, as in the reference
+            b[pen] = torch.addcmul(ubar, bp, c_pen).add_(bp.mul(0))
             dws.append(xs[layer].t() @ b)
             ubar = _masked(ubar @ w.t(), hs[layer + 1][pen], alpha)
+        if side == 2:  # no loss term on penalty-input rows: the reference never multiplies their h_L
+            hs[-1][pen] = 0  # (c = 0 there, and 0 * an infinite h_L would be NaN)
         t = torch.where(on_pen > 0, c, on_pen.new_ones(()))  # delta_l = t * X_l
         dbs = [(t[:, None] * xl).sum(0) for xl in xs] if len(biases) else []  # a cascade sum, as autograd's
         dw_out = (c[:, None] * hs[-1]).sum(0) + ubar.sum(0)

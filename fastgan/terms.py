@@ -70,7 +70,7 @@ def term_derivative(x: torch.Tensor, t: Term) -> torch.Tensor:
     if t.phi == Phi.SOFTPLUS:
         d = torch.sigmoid(z)
     elif t.phi == Phi.RELU:
-        d = (z > 0).to(x.dtype)
+        d = (z <= 0).logical_not().to(x.dtype)  # 1 at NaN, as torch's relu backward
     elif t.phi == Phi.IDENTITY:
         d = torch.ones_like(x)
     else:
@@ -97,10 +97,11 @@ def penalty_rows(g: torch.Tensor, kind: PenaltyKind, weight: float, center: floa
 
 
 def penalty_row_gradient(g: torch.Tensor, kind: PenaltyKind, weight: float, center: float) -> torch.Tensor:
-    """d penalty_row / d g, differentiable; zero for rows with a zero norm."""
+    """d penalty_row / d g, differentiable; zero for rows with a zero norm (NaN where the norm is
+    NaN or Inf, as torch's norm backward)."""
     if kind == PenaltyKind.SQUARED:
         return weight * g
     n = torch.linalg.vector_norm(g, dim=1, keepdim=True)
-    nonzero = n > 0
+    nonzero = n != 0
     safe = torch.where(nonzero, n, torch.ones_like(n))
     return torch.where(nonzero, 2 * weight * (safe - center) / safe, torch.zeros_like(n)) * g

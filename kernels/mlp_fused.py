@@ -118,7 +118,8 @@ def _fused_backward_kernel(
     pen_ptr,                  # (P,) out: per-program penalty sums
     N, stride_x, P0, NP,      # penalty rows are [P0, P0 + NP)
     D0, D1, D2, D3, D4,       # widths as in the forward kernel
-    L: tl.constexpr, HB: tl.constexpr, HAS_PEN: tl.constexpr, KIND: tl.constexpr, LOWP: tl.constexpr,
+    L: tl.constexpr, HB: tl.constexpr, HAS_PEN: tl.constexpr, PEN_INPUT: tl.constexpr, KIND: tl.constexpr,
+    LOWP: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
     TILES: tl.constexpr,             # row tiles per program
 ):
@@ -166,7 +167,7 @@ def _fused_backward_kernel(
                 nrm = tl.sqrt(ss)
                 d = nrm - tl.load(params_ptr + 8)
                 p = weight * d * d
-                k = tl.where(nrm > 0, 2.0 * weight * d / tl.where(nrm > 0, nrm, 1.0), 0.0)
+                k = tl.where(nrm == 0, 0.0, 2.0 * weight * d / tl.where(nrm == 0, 1.0, nrm))  # NaN stays NaN
             pen += tl.where(on, p, 0.0)
             ub = g * tl.where(on, k, 0.0)[:, None]
         tl.debug_barrier()
@@ -176,8 +177,8 @@ def _fused_backward_kernel(
         for l in tl.static_range(L):
             vl = tl.load(v_ptr + l * N * HB + rows, mask=m_ok[:, None], other=0.0)
             b = c[:, None] * a
-            if HAS_PEN:
-                b += ub
+            if HAS_PEN:  # plus autograd's 0 * h on penalised rows (NaN where h is infinite, as there)
+                b += ub + tl.where(on[:, None], a * 0.0, 0.0)
             dwp = dw_ptr + (pid * L + l) * HB * HB + sq
             tl.store(dwp, tl.load(dwp) + _dot(tl.trans(vl), b, params_ptr, w1, LOWP, DOT_PRECISION))
             dbp = db_ptr + (pid * L + l) * HB + rc
@@ -189,6 +190,8 @@ def _fused_backward_kernel(
                 ub = _dot(ub, wt, params_ptr, w1, LOWP, DOT_PRECISION) * leaky_mask(a, alpha)
         b = c[:, None] * a
         if HAS_PEN:
+            if PEN_INPUT:  # penalty-input rows have no loss term: their h_L is never multiplied
+                b = tl.where(on[:, None], 0.0, b)
             b += ub
         dwo += tl.sum(b, axis=0)
         tl.debug_barrier()
@@ -224,7 +227,7 @@ def disc_step(ops, widths, hb, nr, nf, phi_r, phi_f, paired, p0, np_, penalty_si
     has_pen = penalty_side != -1
     _fused_backward_kernel[(progs,)](
         x, h, v, c, *ws, ops.w_out, ops.params, dw, db, dwo, pen, n, x.stride(0), p0, np_, *dims, L=L, HB=hb,
-        HAS_PEN=has_pen, KIND=int(penalty_kind) if has_pen else 0, LOWP=ops.lowp, DOT_PRECISION=ops.precision,
+        HAS_PEN=has_pen, PEN_INPUT=penalty_side == 2, KIND=int(penalty_kind) if has_pen else 0, LOWP=ops.lowp, DOT_PRECISION=ops.precision,
         BLOCK_M=block_m, TILES=per_prog, num_warps=warps)
     dw, db = dw.sum(0), db.sum(0)
     pdtype = ops.weights[0].dtype

@@ -140,7 +140,7 @@ def _wgrad_kernel(
     N, I, J, P0, NP, rows_per_split: tl.constexpr,
     stride_v, stride_h, stride_u,
     TUNE_KEY,     # tune_key(N, I, J): the autotuning key (unused in the body)
-    V_ONES: tl.constexpr, HAS_UBAR: tl.constexpr, HAS_DB: tl.constexpr,
+    V_ONES: tl.constexpr, HAS_UBAR: tl.constexpr, HAS_DB: tl.constexpr, PEN_INPUT: tl.constexpr,
     LOWP: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -163,10 +163,16 @@ def _wgrad_kernel(
         r_ok = (r0 + rr < rows_per_split) & (r < N)
         c = tl.load(c_ptr + r, mask=r_ok, other=0.0)
         tile = r_ok[:, None] & j_ok[None, :]
-        b = c[:, None] * tl.load(h_ptr + r[:, None] * stride_h + rj[None, :], mask=tile, other=0.0).to(acc_ty)
+        hv = tl.load(h_ptr + r[:, None] * stride_h + rj[None, :], mask=tile, other=0.0).to(acc_ty)
+        b = c[:, None] * hv
         if HAS_UBAR:
             pr = r - P0
             p_ok = r_ok & (pr >= 0) & (pr < NP)
+            if V_ONES:
+                if PEN_INPUT:  # penalty-input rows have no loss term: their h_L is never multiplied
+                    b = tl.where(p_ok[:, None], 0.0, b)
+            else:  # autograd's 0 * h on penalised rows (NaN where h is infinite, as there)
+                b += tl.where(p_ok[:, None], hv * 0.0, 0.0)
             b += tl.load(ubar_ptr + pr[:, None] * stride_u + rj[None, :], mask=p_ok[:, None] & j_ok[None, :],
                          other=0.0)
         if V_ONES:
@@ -255,7 +261,7 @@ def _split_rows(n):
     return max(1024, triton.next_power_of_2(triton.cdiv(n, 64)))  # <= 64 ranges; awaits H100 tuning
 
 
-def weight_grad(ops, v, h, c, ubar, p0, want_db):
+def weight_grad(ops, v, h, c, ubar, p0, want_db, pen_input=False):
     """(dW, db or None) = (sum V^T (c H + Ubar), sum c V); v None means the output layer (V = 1)."""
     n, j = h.shape
     i = 1 if v is None else v.shape[1]
@@ -268,7 +274,7 @@ def weight_grad(ops, v, h, c, ubar, p0, want_db):
         v if v is not None else h, h, c, ubar if ubar is not None else h, dw, db if want_db else dw, ops.params,
         ops.w_out, n, i, j, p0, ubar.shape[0] if ubar is not None else 0, rows_per_split,
         v.stride(0) if v is not None else 0, h.stride(0), ubar.stride(0) if ubar is not None else 0,
-        tune_key(n, i, j), V_ONES=v is None, HAS_UBAR=ubar is not None, HAS_DB=want_db, LOWP=ops.lowp,
+        tune_key(n, i, j), V_ONES=v is None, HAS_UBAR=ubar is not None, HAS_DB=want_db, PEN_INPUT=pen_input, LOWP=ops.lowp,
         DOT_PRECISION=ops.precision)
     pdtype = ops.weights[0].dtype
     return dw.sum(0).to(pdtype), (db.sum(0).to(pdtype) if want_db else None)
@@ -292,7 +298,7 @@ def disc_step(ops, widths, nr, nf, phi_r, phi_f, paired, p0, np_, penalty_side, 
         dw, db = weight_grad(ops, vs[l], hs[l], c, ubars[l], p0, bool(ops.biases))
         dws.append(dw)
         dbs.append(db)
-    dw_out, _ = weight_grad(ops, None, hs[-1], c, ubars[-1], p0, False)
+    dw_out, _ = weight_grad(ops, None, hs[-1], c, ubars[-1], p0, False, pen_input=penalty_side == 2)
     return dws, dbs, dw_out, sums, penalty
 
 

@@ -107,7 +107,7 @@ def _logit_loss_kernel(
         tl.store(part_ptr + pid * 4 + 0, tl.sum(val, axis=0))
         tl.store(part_ptr + pid * 4 + 1, tl.sum(tl.where(m_ok, o, zero), axis=0))
         tl.store(part_ptr + pid * 4 + 2, tl.sum(tl.where(m_ok, o2, zero), axis=0))
-        tl.store(part_ptr + pid * 4 + 3, tl.sum(zero, axis=0))  # c_i + c_{NR+i} = 0
+        tl.store(part_ptr + pid * 4 + 3, tl.sum(der - der, axis=0))  # c_i + c_{NR+i}: 0, or NaN as autograd's
     else:
         is_r = rm < NR
         is_f = (rm >= NR) & (rm < NR + NF)
@@ -154,7 +154,7 @@ def _penalty_kernel(
         n = tl.sqrt(ss)
         d = n - tl.load(params_ptr + 8)
         p = weight * d * d
-        k = tl.where(n > 0, 2.0 * weight * d / tl.where(n > 0, n, 1.0), zero)
+        k = tl.where(n == 0, zero, 2.0 * weight * d / tl.where(n == 0, 1.0, n))  # NaN stays NaN
     tl.store(part_ptr + pid, tl.sum(tl.where(m_ok, p, zero), axis=0))
     for j0 in range(0, J, BLOCK_J):
         cj = j0 + rj

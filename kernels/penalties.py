@@ -103,8 +103,9 @@ def _penalty_backward_kernel(
         k = go * factor
     else:
         n = tl.sqrt(_row_sq_norms(g_ptr, r, row_mask, features, ACC, BLOCK_R, BLOCK_F, F_CHUNKS))
-        safe = tl.where(n > 0.0, n, 1.0)
-        k = tl.where(n > 0.0, go * 2.0 * factor * (n - joined(center_hi, center_lo, ACC)) / safe, 0.0)
+        # 0 at n = 0 as torch's norm backward; NaN where n is NaN or Inf (NaN != 0)
+        safe = tl.where(n == 0.0, 1.0, n)
+        k = tl.where(n == 0.0, 0.0, go * 2.0 * factor * (n - joined(center_hi, center_lo, ACC)) / safe)
     cols = tl.arange(0, BLOCK_F)
     for i in range(F_CHUNKS):
         c = i * BLOCK_F + cols

@@ -43,7 +43,8 @@ class ResBlockDown(nn.Module):
 
 
 class ResidualD64(nn.Module):
-    """SNGAN/BigGAN-style residual D at 64x64: four down blocks, ReLU, spatial sum, linear."""
+    """SNGAN/BigGAN-style residual D (64x64 for benchmarks; any size divisible by 16): four down
+    blocks, ReLU, spatial sum, linear."""
 
     def __init__(self, width: int = 64):
         super().__init__()
@@ -96,15 +97,18 @@ class StyleBlock(nn.Module):
 
 
 class StyleGAN2D64(nn.Module):
-    """A StyleGAN2-style D at 64x64 from stock layers: fromRGB, residual blocks down to 4x4,
+    """A StyleGAN2-style D (64x64 by default) from stock layers: fromRGB, residual blocks down to 4x4,
     minibatch std (optional: ``mbstd_group=0`` skips it), conv, two linear layers."""
 
-    def __init__(self, width: int = 64, mbstd_group: int = 4):
+    def __init__(self, width: int = 64, mbstd_group: int = 4, resolution: int = 64):
         super().__init__()
         w = width
         self.from_rgb = nn.Sequential(nn.Conv2d(3, w, 1), nn.LeakyReLU(0.2))
-        self.blocks = nn.Sequential(StyleBlock(w, 2 * w), StyleBlock(2 * w, 4 * w), StyleBlock(4 * w, 4 * w),
-                                    StyleBlock(4 * w, 4 * w))
+        blocks, c = [], w
+        for i in range(int(math.log2(resolution)) - 2):
+            blocks.append(StyleBlock(c, min(4 * w, 2 * c)))
+            c = min(4 * w, 2 * c)
+        self.blocks = nn.Sequential(*blocks)
         self.mbstd = MinibatchStd(mbstd_group) if mbstd_group else nn.Identity()
         extra = 1 if mbstd_group else 0
         self.conv = nn.Conv2d(4 * w + extra, 4 * w, 3, 1, 1)
@@ -195,7 +199,7 @@ def spectral_hook32(width: int = 16) -> nn.Module:
 
 class Entry(NamedTuple):
     build: Callable[[int], nn.Module]
-    shape: tuple[int, ...]     # per sample
+    shape: tuple[int, ...]     # per sample, in the tests
     width: int                 # small width for tests
     pack: int = 1              # samples per row
     classes: int = 0           # > 0: conditional, D(x, y) with y in [0, classes)
@@ -203,8 +207,9 @@ class Entry(NamedTuple):
 
 ZOO: dict[str, Entry] = {
     "dcgan32": Entry(dcgan32, (3, 32, 32), 4),
-    "residual64": Entry(ResidualD64, (3, 64, 64), 4),
-    "stylegan2_64": Entry(StyleGAN2D64, (3, 64, 64), 4),
+    # the tests run the 64x64 architectures at 16x16 (the same layers; fp64 convolutions are slow)
+    "residual64": Entry(ResidualD64, (3, 16, 16), 4),
+    "stylegan2_64": Entry(lambda w: StyleGAN2D64(w, resolution=16), (3, 16, 16), 4),
     "projection32": Entry(ProjectionD, (3, 32, 32), 4, classes=5),
     "ctgan": Entry(lambda w: CTGANDiscriminator(7, (w, w), pac=10), (7,), 16, pack=10),
     "smooth32": Entry(smooth32, (3, 32, 32), 4),

@@ -61,7 +61,6 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd import forward_ad as fwAD
-from torch.fx.node import map_aggregate
 
 __all__ = ["Linearized", "LinearizationError", "StepState", "linearize"]
 
@@ -83,16 +82,93 @@ class StepState:
 
 # ------------------------------------------------------------------------------ helpers ----
 
-def _tensors(x) -> list:
-    out = []
-    map_aggregate(x, lambda a: out.append(a) if isinstance(a, torch.Tensor) else None)
-    return out
+def _has_tensor(x) -> bool:
+    if isinstance(x, torch.Tensor):
+        return True
+    if isinstance(x, (tuple, list)):
+        return any(_has_tensor(a) for a in x)
+    if isinstance(x, dict):
+        return any(_has_tensor(a) for a in x.values())
+    return False
 
 
 def _any_tangent(t) -> bool:
-    found = []
-    map_aggregate(t, lambda a: found.append(1) if a is not None else None)
-    return bool(found)
+    if t is None:
+        return False
+    if isinstance(t, (tuple, list)):
+        return any(_any_tangent(a) for a in t)
+    if isinstance(t, dict):
+        return any(_any_tangent(a) for a in t.values())
+    return True
+
+
+def _map_tensors(x, fn):
+    if isinstance(x, torch.Tensor):
+        return fn(x)
+    if isinstance(x, tuple):
+        return tuple(_map_tensors(a, fn) for a in x)
+    if isinstance(x, list):
+        return [_map_tensors(a, fn) for a in x]
+    return None
+
+
+class _Ref:
+    """A reference to the value of step ``i`` in an argument template."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i: int):
+        self.i = i
+
+
+class _SliceT:
+    __slots__ = ("start", "stop", "step")
+
+    def __init__(self, start, stop, step):
+        self.start, self.stop, self.step = start, stop, step
+
+
+def _template(arg, index: dict):
+    """fx arguments -> a template of _Ref / containers / constants (no fx objects)."""
+    if isinstance(arg, fx.Node):
+        return _Ref(index[arg])
+    if isinstance(arg, tuple):
+        return tuple(_template(a, index) for a in arg)
+    if isinstance(arg, list):
+        return [_template(a, index) for a in arg]
+    if isinstance(arg, dict):
+        return {k: _template(v, index) for k, v in arg.items()}
+    if isinstance(arg, slice):
+        return _SliceT(_template(arg.start, index), _template(arg.stop, index), _template(arg.step, index))
+    return arg
+
+
+def _fill(t, env: list):
+    """A template with every _Ref replaced by its value."""
+    if isinstance(t, _Ref):
+        return env[t.i]
+    if isinstance(t, tuple):
+        return tuple(_fill(a, env) for a in t)
+    if isinstance(t, list):
+        return [_fill(a, env) for a in t]
+    if isinstance(t, dict):
+        return {k: _fill(v, env) for k, v in t.items()}
+    if isinstance(t, _SliceT):
+        return slice(_fill(t.start, env), _fill(t.stop, env), _fill(t.step, env))
+    return t
+
+
+def _fill_tangent(t, tan: list):
+    """A template with every _Ref replaced by its tangent and constants by None."""
+    if isinstance(t, _Ref):
+        return tan[t.i]
+    if isinstance(t, tuple):
+        return tuple(_fill_tangent(a, tan) for a in t)
+    if isinstance(t, list):
+        return [_fill_tangent(a, tan) for a in t]
+    if isinstance(t, dict):
+        return {k: _fill_tangent(v, tan) for k, v in t.items()}
+    return None
 
 
 def _add(a, b):
@@ -711,13 +787,23 @@ def _fetch_attr(root: nn.Module, target: str):
 
 
 class Record:
-    """What one primal pass leaves for its tangent pass: every node's value and the rules' extras."""
+    """What one primal pass leaves for its tangent pass: every step's value and the rules' extras
+    (lists indexed by step)."""
 
     __slots__ = ("values", "extras")
 
-    def __init__(self):
-        self.values: dict[fx.Node, Any] = {}
-        self.extras: dict[fx.Node, Any] = {}
+    def __init__(self, values: list, extras: list):
+        self.values, self.extras = values, extras
+
+
+class _Step:
+    """One node of D's graph, free of fx objects (so torch.compile can trace the passes)."""
+
+    __slots__ = ("op", "target", "args", "kwargs", "module", "rule", "primal", "where")
+
+    def __init__(self, op, target, args, kwargs, module, rule, primal, where):
+        self.op, self.target, self.args, self.kwargs = op, target, args, kwargs
+        self.module, self.rule, self.primal, self.where = module, rule, primal, where
 
 
 class Linearized:
@@ -733,18 +819,41 @@ class Linearized:
         self.untraceable: dict[str, str] = {}
         self.root_leaf = False
         try:
-            self.graph = _Tracer(self.untraceable).trace(module)
+            graph = _Tracer(self.untraceable).trace(module)
         except Exception as err:  # noqa: BLE001
             self.root_leaf = True
-            self.graph = None
+            graph = None
             self.untraceable[type(module).__name__] = f"{type(err).__name__}: {err}"
-        self.modules = dict(module.named_modules())
-        self.nodes = list(self.graph.nodes) if self.graph is not None else []
-        self.placeholders = [n for n in self.nodes if n.op == "placeholder"]
+        modules = dict(module.named_modules())
+        nodes = list(graph.nodes) if graph is not None else []
+        index = {n: i for i, n in enumerate(nodes)}
+        self.placeholders: list[tuple[int, str, tuple]] = []
+        self.steps: list[_Step] = []
+        self.output = None
         self.fallbacks: list[str] = []
-        for n in self.nodes:
-            if n.op == "call_module" and _module_rule(self.modules[n.target]) is None:
-                self.fallbacks.append(_describe(n, self.modules))
+        for i, n in enumerate(nodes):
+            where = _describe(n, modules) if n.op.startswith("call_") else n.name
+            mod = rule = primal = None
+            if n.op == "placeholder":
+                self.placeholders.append((i, str(n.target).lstrip("*"), tuple(n.args)))
+            elif n.op == "output":
+                self.output = _template(n.args[0], index)
+            elif n.op == "call_module":
+                mod = modules[n.target]
+                rule, primal = _module_rule(mod), MODULE_PRIMALS.get(type(mod))
+                if rule is None:
+                    self.fallbacks.append(where)
+            elif n.op == "call_function":
+                rule, primal = FUNCTION_RULES.get(n.target), FUNCTION_PRIMALS.get(n.target)
+                if rule is None and n.target is not builtins.getattr:
+                    self.fallbacks.append(where)
+            elif n.op == "call_method":
+                rule = METHOD_RULES.get(n.target)
+                if rule is None and n.target not in _NO_TANGENT_METHODS:
+                    self.fallbacks.append(where)
+            self.steps.append(_Step(n.op, n.target, _template(n.args, index), _template(dict(n.kwargs), index),
+                                    mod, rule, primal, where))
+        self.n = len(nodes)
         for name, why in self.untraceable.items():
             warnings.warn(f"fastgan: {name} cannot be traced by torch.fx ({why}); its tangent uses "
                           "forward-mode AD (slower, and dropout inside it draws fresh masks)", stacklevel=3)
@@ -752,24 +861,24 @@ class Linearized:
     # ------------------------------------------------------------------------- primal ----
     def _bind(self, args: tuple, kwargs: dict) -> list:
         values = []
-        for i, node in enumerate(self.placeholders):
-            name = str(node.target).lstrip("*")
+        names = [name for _, name, _ in self.placeholders]
+        for i, (_, name, default) in enumerate(self.placeholders):
             if i < len(args):
                 values.append(args[i])
             elif name in kwargs:
                 values.append(kwargs[name])
-            elif node.args:
-                values.append(node.args[0])
+            elif default:
+                values.append(default[0])
             else:
                 raise TypeError(f"{type(self.module).__name__}.forward takes argument {name!r}: "
                                 "pass it in condition=")
-        extra = [k for k in kwargs if k not in {str(n.target) for n in self.placeholders}]
+        extra = [k for k in kwargs if k not in names]
         if extra or len(args) > len(self.placeholders):
             raise TypeError(f"{type(self.module).__name__}.forward does not take the extra arguments "
                             f"{extra or len(args) - len(self.placeholders)} given in condition=")
         return values
 
-    def _call_module(self, m: nn.Module, a, k, state: StepState):
+    def _call_module(self, m: nn.Module, primal, a, k, state: StepState):
         hooked = bool(m._forward_pre_hooks)
         if hooked and id(m) not in state.hooked:
             state.hooked.add(id(m))
@@ -777,119 +886,93 @@ class Linearized:
                 res = hook(m, a)
                 if res is not None:
                     a = res if isinstance(res, tuple) else (res,)
-        primal = MODULE_PRIMALS.get(type(m))
         if primal is not None:
             return primal(m, a, k)
         return (m.forward(*a, **k) if hooked else m(*a, **k)), None
 
     def primal(self, args: tuple, kwargs: dict, state: StepState):
-        """D(*args, **kwargs) node by node; returns (output, Record)."""
-        rec = Record()
+        """D(*args, **kwargs) step by step; returns (output, Record)."""
         if self.root_leaf:
-            rec.values["args"] = (args, kwargs)
-            return self.module(*args, **kwargs), rec
-        env = rec.values
-        for node, value in zip(self.placeholders, self._bind(args, kwargs)):
-            env[node] = value
-        load = env.__getitem__
-        for node in self.nodes:
-            op = node.op
-            if op == "placeholder":
+            return self.module(*args, **kwargs), Record([(args, kwargs)], [])
+        env: list = [None] * self.n
+        extras: list = [None] * self.n
+        for (i, _, _), value in zip(self.placeholders, self._bind(args, kwargs)):
+            env[i] = value
+        for i, st in enumerate(self.steps):
+            op = st.op
+            if op == "placeholder" or op == "output":
                 continue
             if op == "get_attr":
-                env[node] = _fetch_attr(self.module, node.target)
-            elif op == "output":
-                return fx.node.map_arg(node.args[0], load), rec
-            else:
-                a = fx.node.map_arg(node.args, load)
-                k = fx.node.map_arg(node.kwargs, load)
-                if op == "call_module":
-                    env[node], extra = self._call_module(self.modules[node.target], a, k, state)
-                    if extra is not None:
-                        rec.extras[node] = extra
-                elif op == "call_function":
-                    primal = FUNCTION_PRIMALS.get(node.target)
-                    if primal is not None:
-                        env[node], extra = primal(a, k)
-                        if extra is not None:
-                            rec.extras[node] = extra
-                    else:
-                        env[node] = node.target(*a, **k)
-                else:  # call_method
-                    env[node] = getattr(a[0], node.target)(*a[1:], **k)
-        raise RuntimeError("graph without output")
+                env[i] = _fetch_attr(self.module, st.target)
+                continue
+            a = _fill(st.args, env)
+            k = _fill(st.kwargs, env)
+            if op == "call_module":
+                env[i], extras[i] = self._call_module(st.module, st.primal, a, k, state)
+            elif op == "call_function":
+                if st.primal is not None:
+                    env[i], extras[i] = st.primal(a, k)
+                else:
+                    env[i] = st.target(*a, **k)
+            else:  # call_method
+                env[i] = getattr(a[0], st.target)(*a[1:], **k)
+        return _fill(self.output, env), Record(env, extras)
 
     # ------------------------------------------------------------------------ tangent ----
     def tangent(self, rec: Record, v: torch.Tensor):
         """The linearised D at the recorded point applied to ``v`` (a tangent of the first input;
         the other inputs are data). Differentiable with respect to D's parameters."""
         if self.root_leaf:
-            args, kwargs = rec.values["args"]
+            args, kwargs = rec.values[0]
             return self._forward_ad(lambda *a: self.module(*a, **kwargs), args,
                                     (v,) + (None,) * (len(args) - 1), type(self.module).__name__)
         env = rec.values
-        tan: dict[fx.Node, Any] = {self.placeholders[0]: v}
-        for p in self.placeholders[1:]:
-            tan[p] = None
-
-        def tload(x):
-            return tan.get(x) if isinstance(x, fx.Node) else None
-
-        for node in self.nodes:
-            op = node.op
-            if op in ("placeholder", "get_attr"):
-                tan.setdefault(node, None)
+        tan: list = [None] * self.n
+        tan[self.placeholders[0][0]] = v
+        for i, st in enumerate(self.steps):
+            op = st.op
+            if op == "placeholder" or op == "get_attr" or op == "output":
                 continue
-            if op == "output":
-                return map_aggregate(node.args[0], tload)
-            ta = map_aggregate(node.args, tload)
-            tk = map_aggregate(node.kwargs, tload)
+            ta = _fill_tangent(st.args, tan)
+            tk = _fill_tangent(st.kwargs, tan)
             if not (_any_tangent(ta) or _any_tangent(tk)):
-                tan[node] = None
                 continue
-            out = env[node]
-            if not _tensors(out):
-                tan[node] = None
+            out = env[i]
+            if not _has_tensor(out):
                 continue
-            a = fx.node.map_arg(node.args, env.__getitem__)
-            k = fx.node.map_arg(node.kwargs, env.__getitem__)
-            extra = rec.extras.get(node)
+            a = _fill(st.args, env)
+            k = _fill(st.kwargs, env)
             try:
-                tan[node] = self._tangent_node(node, a, k, ta, tk, out, extra)
+                tan[i] = self._tangent_step(st, a, k, ta, tk, out, rec.extras[i])
             except LinearizationError:
                 raise
             except Exception as err:  # noqa: BLE001 -- reported with the node's name
-                raise LinearizationError(_describe(node, self.modules), err) from err
-        raise RuntimeError("graph without output")
+                raise LinearizationError(st.where, err) from err
+        return _fill_tangent(self.output, tan)
 
-    def _tangent_node(self, node, a, k, ta, tk, out, extra):
-        op = node.op
+    def _tangent_step(self, st: _Step, a, k, ta, tk, out, extra):
+        op, rule = st.op, st.rule
         if op == "call_module":
-            m = self.modules[node.target]
-            rule = _module_rule(m)
+            m = st.module
             if rule is not None and not _any_tangent(ta[1:]) and not _any_tangent(tk):
                 return rule(m, a, k, ta[0], out, extra)
             fn = m.forward if m._forward_pre_hooks else m
-            return self._forward_ad(lambda *x: fn(*x, **k), a, ta, _describe(node, self.modules))
+            return self._forward_ad(lambda *x: fn(*x, **k), a, ta, st.where)
         if op == "call_function":
-            target = node.target
+            target = st.target
             if target is builtins.getattr:
                 if a[1] in ("T", "mT", "mH", "H", "real"):
                     return getattr(ta[0], a[1])
                 return None
-            rule = FUNCTION_RULES.get(target)
             if rule is not None:
                 return rule(a, k, ta, tk, out, extra)
-            return self._forward_ad(lambda *x: target(*x, **k), a, ta, _describe(node, self.modules),
-                                    kwargs_tangent=tk)
-        name = node.target
+            return self._forward_ad(lambda *x: target(*x, **k), a, ta, st.where, kwargs_tangent=tk)
+        name = st.target
         if name in _NO_TANGENT_METHODS:
             return None
-        rule = METHOD_RULES.get(name)
         if rule is not None:
             return rule(a, k, ta, tk, out, extra)
-        return self._forward_ad(lambda s, *x: getattr(s, name)(*x, **k), a, ta, _describe(node, self.modules),
-                                kwargs_tangent=tk)
+        return self._forward_ad(lambda s, *x: getattr(s, name)(*x, **k), a, ta, st.where, kwargs_tangent=tk)
 
     @staticmethod
     def _forward_ad(fn, a, ta, where: str, kwargs_tangent=None):
@@ -900,8 +983,7 @@ class Linearized:
                 duals = [fwAD.make_dual(p, t) if (t is not None and isinstance(p, torch.Tensor)) else p
                          for p, t in zip(a, ta)]
                 out = fn(*duals)
-                return map_aggregate(out, lambda o: fwAD.unpack_dual(o).tangent
-                                     if isinstance(o, torch.Tensor) else None)
+                return _map_tensors(out, lambda o: fwAD.unpack_dual(o).tangent)
         except Exception as err:  # noqa: BLE001
             raise LinearizationError(where, err) from err
 

@@ -44,8 +44,8 @@ from torch.nn.utils import parametrize
 
 from fastgan import _validate
 from fastgan.fused import StepParts
-from fastgan.linearize import LinearizationError, Linearized, StepState
-from fastgan.losses import GANLoss
+from fastgan.linearize import LinearizationError, Linearized, Record, StepState
+from fastgan.losses import GANLoss, apply_term
 from fastgan.penalties import GradientPenaltyBase
 from fastgan.step_spec import PenaltySide
 from fastgan.terms import PenaltyKind, penalty_rows
@@ -131,10 +131,47 @@ def _check_output(out, x: torch.Tensor, pack: int, name: str, D: nn.Module) -> t
 class _Side:
     """One penalised point set: its primal pass, its penalties and their row coefficients."""
 
-    __slots__ = ("x", "out", "rec", "penalties")
+    __slots__ = ("x", "out", "rec", "g", "penalties")
 
-    def __init__(self, x, out, rec):
-        self.x, self.out, self.rec, self.penalties = x, out, rec, []
+    def __init__(self, x, out, rec, g):
+        self.x, self.out, self.rec, self.g, self.penalties = x, out, rec, g, []
+
+
+def _forward(plan: Linearized, x: torch.Tensor, cond, state: StepState, want_g: bool):
+    """The primal pass at ``x`` and, if ``want_g``, ``g = grad_x sum(D(x))`` by a first-order
+    backward to the input only: ``torch.autograd.grad`` in eager mode (the graph is kept for the
+    loss's backward), ``torch.func.vjp`` under ``torch.compile`` (which does not trace
+    ``autograd.grad``). Returns (output, record, the input used, g or None)."""
+    if not want_g:
+        out, rec = plan.primal((x,) + cond[0], cond[1], state)
+        return out, rec, x, None
+    if torch.compiler.is_compiling():
+        skeleton = []
+
+        def f(x_):
+            out_, rec_ = plan.primal((x_,) + cond[0], cond[1], state)
+            tensors, skel = rec_.split()
+            skeleton.append(skel)
+            return out_, tensors
+        out, pullback, tensors = torch.func.vjp(f, x, has_aux=True)
+        (g,) = pullback(torch.ones_like(out))
+        return out, Record.join(tensors, skeleton[0]), x, g
+    x = x.requires_grad_(True)
+    out, rec = plan.primal((x,) + cond[0], cond[1], state)
+    (g,) = torch.autograd.grad(out.sum(), x, retain_graph=True)
+    return out, rec, x, g
+
+
+def _loss_value(loss: GANLoss, real_logits, fake_logits):
+    """``loss.discriminator_loss``; under ``torch.compile`` its terms in plain torch ops (the
+    backend choice reads a context variable, which dynamo does not trace)."""
+    if not torch.compiler.is_compiling():
+        return loss.discriminator_loss(real_logits, fake_logits)
+    t_real, t_fake = loss.discriminator_terms()
+    if loss.paired:
+        return apply_term(real_logits - fake_logits, t_real, loss.reduction, "torch")
+    return (apply_term(real_logits, t_real, loss.reduction, "torch")
+            + apply_term(fake_logits, t_fake, loss.reduction, "torch"))
 
 
 def _coefficients(g_rows: torch.Tensor, penalty: GradientPenaltyBase, scale: float):
@@ -158,17 +195,11 @@ def _run(inner: nn.Module, real, fake, loss, penalties, eps, generator, cond_rea
     sides = {PenaltySide(p.side) for p, _ in active}
     state = StepState()
     with torch.enable_grad(), parametrize.cached():
-        xr = real.detach()
-        if PenaltySide.REAL in sides:
-            xr = xr.requires_grad_(True)
-        out_r, rec_r = plan.primal((xr,) + cond_real[0], cond_real[1], state)
+        out_r, rec_r, xr, g_r = _forward(plan, real.detach(), cond_real, state, PenaltySide.REAL in sides)
         out_r = _check_output(out_r, xr, pack, "real", inner)
-        xf = fake.detach()
-        if PenaltySide.FAKE in sides:
-            xf = xf.requires_grad_(True)
-        out_f, rec_f = plan.primal((xf,) + cond_fake[0], cond_fake[1], state)
+        out_f, rec_f, xf, g_f = _forward(plan, fake.detach(), cond_fake, state, PenaltySide.FAKE in sides)
         out_f = _check_output(out_f, xf, pack, "fake", inner)
-        value = loss.discriminator_loss(out_r, out_f)
+        value = _loss_value(loss, out_r, out_f)
 
         groups: list[_Side] = []
         real_side = fake_side = None
@@ -176,20 +207,19 @@ def _run(inner: nn.Module, real, fake, loss, penalties, eps, generator, cond_rea
             side = PenaltySide(p.side)
             if side == PenaltySide.REAL:
                 if real_side is None:
-                    real_side = _Side(xr, out_r, rec_r)
+                    real_side = _Side(xr, out_r, rec_r, g_r)
                     groups.append(real_side)
                 real_side.penalties.append((p, s))
             elif side == PenaltySide.FAKE:
                 if fake_side is None:
-                    fake_side = _Side(xf, out_f, rec_f)
+                    fake_side = _Side(xf, out_f, rec_f, g_f)
                     groups.append(fake_side)
                 fake_side.penalties.append((p, s))
             else:
                 xp = p.penalty_input(real.detach(), fake.detach(), pack, eps=eps, generator=generator)
-                xp = xp.detach().requires_grad_(True)
-                out_p, rec_p = plan.primal((xp,) + cond_real[0], cond_real[1], state)
+                out_p, rec_p, xp, g_p = _forward(plan, xp.detach(), cond_real, state, True)
                 out_p = _check_output(out_p, xp, pack, "the penalty's points", inner)
-                grp = _Side(xp, out_p, rec_p)
+                grp = _Side(xp, out_p, rec_p, g_p)
                 grp.penalties.append((p, s))
                 groups.append(grp)
 
@@ -199,8 +229,7 @@ def _run(inner: nn.Module, real, fake, loss, penalties, eps, generator, cond_rea
             x = grp.x
             rows = x.shape[0] // pack
             if plan.double_backward is None:
-                (g,) = torch.autograd.grad(grp.out.sum(), x, retain_graph=True)
-                g_rows = g.reshape(rows, -1)
+                g_rows = grp.g.reshape(rows, -1)
                 values, coeff = [], 0
                 for p, s in grp.penalties:
                     v_p, c_p = _coefficients(g_rows, p, s)

@@ -795,6 +795,49 @@ class Record:
     def __init__(self, values: list, extras: list):
         self.values, self.extras = values, extras
 
+    def split(self):
+        """(tensors, skeleton): the record's tensors as a flat list and the rest with slots, so
+        that the tensors can leave a ``torch.func`` transform as its auxiliary output."""
+        tensors: list = []
+        return tensors, (_strip(self.values, tensors), _strip(self.extras, tensors))
+
+    @staticmethod
+    def join(tensors: list, skeleton) -> "Record":
+        values, extras = skeleton
+        return Record(_unstrip(values, tensors), _unstrip(extras, tensors))
+
+
+class _Slot:
+    __slots__ = ("k",)
+
+    def __init__(self, k: int):
+        self.k = k
+
+
+def _strip(x, tensors: list):
+    if isinstance(x, torch.Tensor):
+        tensors.append(x)
+        return _Slot(len(tensors) - 1)
+    if isinstance(x, tuple) and not isinstance(x, torch.Size):
+        return tuple(_strip(a, tensors) for a in x)
+    if isinstance(x, list):
+        return [_strip(a, tensors) for a in x]
+    if isinstance(x, _PoolIndices):
+        return _PoolIndices(_strip(x.idx, tensors), x.dims)
+    return x
+
+
+def _unstrip(x, tensors: list):
+    if isinstance(x, _Slot):
+        return tensors[x.k]
+    if isinstance(x, tuple) and not isinstance(x, torch.Size):
+        return tuple(_unstrip(a, tensors) for a in x)
+    if isinstance(x, list):
+        return [_unstrip(a, tensors) for a in x]
+    if isinstance(x, _PoolIndices):
+        return _PoolIndices(_unstrip(x.idx, tensors), x.dims)
+    return x
+
 
 class _Step:
     """One node of D's graph, free of fx objects (so torch.compile can trace the passes)."""

@@ -50,7 +50,7 @@ from fastgan.penalties import GradientPenaltyBase
 from fastgan.step_spec import PenaltySide
 from fastgan.terms import PenaltyKind, penalty_rows
 
-__all__ = ["discriminator_step", "linearized", "pack_of"]
+__all__ = ["discriminator_step", "linearized", "pack_of", "prepare"]
 
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
@@ -79,9 +79,19 @@ def linearized(module: nn.Module) -> Linearized:
     plans = _PLANS.setdefault(module, {})
     plan = plans.get(key)
     if plan is None:
+        if torch.compiler.is_compiling():
+            raise RuntimeError(f"the generic step traces {type(module).__name__} with torch.fx, which cannot run inside "
+                               "torch.compile: call fastgan.generic_step.prepare(D) (or run one eager step) first, "
+                               "in the train/eval mode the compiled step will use")
         plan = plans[key] = Linearized(module)
         plan.double_backward = None  # the node that sent it to double backward, once found
     return plan
+
+
+def prepare(module: nn.Module) -> Linearized:
+    """Trace D for the generic step now (needed before ``torch.compile`` of a step; eager steps
+    trace on first use). Unwraps DistributedDataParallel / DataParallel."""
+    return linearized(_unwrap(module))
 
 
 def _split_condition(condition, real, fake):
@@ -155,7 +165,9 @@ def _forward(plan: Linearized, x: torch.Tensor, cond, state: StepState, want_g: 
             return out_, tensors
         out, pullback, tensors = torch.func.vjp(f, x, has_aux=True)
         (g,) = pullback(torch.ones_like(out))
-        return out, Record.join(tensors, skeleton[0]), x, g
+        # the pullback is differentiable in D's parameters (the outer autograd level): v = c * g
+        # is held fixed, so cut that graph (no double backward)
+        return out, Record.join(tensors, skeleton[0]), x, g.detach()
     x = x.requires_grad_(True)
     out, rec = plan.primal((x,) + cond[0], cond[1], state)
     (g,) = torch.autograd.grad(out.sum(), x, retain_graph=True)

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import fastgan
+import fastgan.generic_step
 import harness
 import zoo
 from fastgan.generic_step import discriminator_step, pack_of
@@ -390,3 +391,98 @@ def test_inputs_and_state_untouched():
     assert torch.equal(real, r) and torch.equal(fake, f) and real.grad is None
     for k, v in D.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+# ---- torch.compile ----
+
+@pytest.mark.parametrize("compiler", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_fullgraph(compiler):
+    """The whole step compiles as one graph (no autograd.grad inside) and matches the reference."""
+    torch._dynamo.reset()
+    gp = fastgan.GradientPenalty(5.0, 0.8)
+    D, real, fake, _, eps = _problem("dcgan32", torch.float64, gp)
+    loss = fastgan.NonSaturatingLoss()
+    pens = [(fastgan.R1Penalty(3.0), 2), (gp, 1)]
+
+    def step(real_, fake_, eps_):
+        return discriminator_step(D, real_, fake_, loss=loss, penalties=pens, eps=eps_)[0]
+    want = _reference(copy.deepcopy(D), real, fake, loss, [(fastgan.R1Penalty(3.0), 2),
+                                                            (fastgan.GradientPenalty(5.0, 0.8), 1)], eps, None, 1)
+    fastgan.generic_step.prepare(D)  # fx tracing runs outside the compiled region
+    compiled = torch.compile(step, fullgraph=True, backend=compiler)
+    for _ in range(2):  # the second call reuses the graph
+        got = _grads(D, compiled(real, fake, eps))
+        harness.assert_close(got, want, None, torch.float64, f"compiled ({compiler})")
+
+
+# ---- DistributedDataParallel ----
+
+def _ddp_rank(rank: int, workdir: str) -> None:
+    import datetime
+    import os
+    import sys
+    import traceback
+    from pathlib import Path
+
+    import torch.distributed as dist
+    log = open(Path(workdir) / f"rank{rank}.log", "w", buffering=1)
+    sys.stdout = sys.stderr = log
+    try:
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", store=dist.FileStore(str(Path(workdir) / "store"), 2), rank=rank,
+                               world_size=2, timeout=datetime.timedelta(seconds=60))
+        try:
+            for name, pens in (("dcgan32", [(fastgan.R1Penalty(3.0), 1)]),
+                               ("residual64", [(fastgan.R1Penalty(1.0), 1), (fastgan.R2Penalty(2.0), 2)]),
+                               ("projection32", [(fastgan.GradientPenalty(4.0), 1)])):
+                D, real, fake, cond, _ = _problem(name, torch.float64, None)
+                eps = torch.rand(ROWS, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+                D_ref = copy.deepcopy(D)
+                ddp = nn.parallel.DistributedDataParallel(D)
+                loss = fastgan.NonSaturatingLoss()
+                total, _ = discriminator_step(D_ref, real, fake, loss=loss, penalties=pens, eps=eps, condition=cond)
+                want = _grads(D_ref, total)
+                h = slice(rank * ROWS // 2, (rank + 1) * ROWS // 2)
+                my_cond = None if cond is None else (cond[0][h], cond[1][h])
+                total, _ = discriminator_step(ddp, real[h], fake[h], loss=loss, penalties=pens, eps=eps[h],
+                                              condition=my_cond)
+                got = _grads(D, total)
+                got["total"], want["total"] = got["total"] * 0, want["total"] * 0  # per-rank values differ
+                harness.assert_close(got, want, None, torch.float64, f"DDP {name} rank {rank}")
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
+        (Path(workdir) / f"rank{rank}.ok").write_text("ok")
+    except BaseException:  # noqa: BLE001 -- reported through the log
+        traceback.print_exc(file=log)
+    finally:
+        log.flush()
+        os._exit(0)
+
+
+def test_ddp_matches_full_batch(tmp_path, monkeypatch):
+    """gloo, 2 CPU ranks of half the batch: DDP's averaged gradients equal the single-process
+    full batch's (the step runs inside the wrapper's forward, so DDP all-reduces it)."""
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+    from pathlib import Path
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_ddp_rank, args=(r, str(tmp_path)), daemon=True) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(240)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(10)
+    if not all((tmp_path / f"rank{r}.ok").exists() for r in range(2)):
+        logs = "\n".join(f"--- rank {r} ---\n" + ((tmp_path / f"rank{r}.log").read_text()
+                                                  if (tmp_path / f"rank{r}.log").exists() else "(no log)")
+                         for r in range(2))
+        pytest.fail("DDP ranks failed:\n" + logs, pytrace=False)

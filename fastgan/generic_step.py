@@ -52,15 +52,15 @@ from fastgan.terms import PenaltyKind, penalty_rows
 
 __all__ = ["discriminator_step", "linearized", "pack_of", "prepare"]
 
-_PLANS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_PLANS: dict[int, tuple | None] = {}
+"""id(module) -> (weak reference to it, {train/eval configuration: Linearized}), None once it died."""
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
-    return getattr(module, "module", module) if _is_wrapper(module) else module
-
-
-def _is_wrapper(module: nn.Module) -> bool:
-    return isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel))
+    """The module inside a DistributedDataParallel / DataParallel wrapper (else ``module``)."""
+    if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return module.module
+    return module
 
 
 def pack_of(module: nn.Module) -> int:
@@ -76,7 +76,10 @@ def linearized(module: nn.Module) -> Linearized:
     """The traced :class:`~fastgan.linearize.Linearized` of ``module`` (cached per module and
     per train/eval configuration of its submodules: fx bakes ``self.training`` branches in)."""
     key = tuple(m.training for m in module.modules())
-    plans = _PLANS.setdefault(module, {})
+    entry = _PLANS.get(id(module))
+    if entry is None or entry[0]() is not module:
+        entry = _PLANS[id(module)] = (weakref.ref(module, _forget(id(module))), {})
+    plans = entry[1]
     plan = plans.get(key)
     if plan is None:
         if torch.compiler.is_compiling():
@@ -86,6 +89,15 @@ def linearized(module: nn.Module) -> Linearized:
         plan = plans[key] = Linearized(module)
         plan.double_backward = None  # the node that sent it to double backward, once found
     return plan
+
+
+def _forget(key: int):
+    """A weakref callback that drops a dead module's plans but keeps its key: torch.compile guards
+    index the registry's keys, so keys are never removed (a reused id overwrites the entry)."""
+    def callback(_ref):
+        if key in _PLANS and _PLANS[key] is not None and _PLANS[key][0] is _ref:
+            _PLANS[key] = None
+    return callback
 
 
 def prepare(module: nn.Module) -> Linearized:
@@ -174,6 +186,16 @@ def _forward(plan: Linearized, x: torch.Tensor, cond, state: StepState, want_g: 
     return out, rec, x, g
 
 
+def _effective_weights(module: nn.Module) -> None:
+    """Compute every parametrized tensor once, now (inside ``parametrize.cached()``): the step's
+    passes then share it, spectral norm's power iteration advances once per step, and under
+    ``torch.compile`` the cached weight is made outside the ``torch.func.vjp`` transform."""
+    for m in module.modules():
+        if parametrize.is_parametrized(m):
+            for name in m.parametrizations:
+                getattr(m, name)
+
+
 def _loss_value(loss: GANLoss, real_logits, fake_logits):
     """``loss.discriminator_loss``; under ``torch.compile`` its terms in plain torch ops (the
     backend choice reads a context variable, which dynamo does not trace)."""
@@ -207,6 +229,7 @@ def _run(inner: nn.Module, real, fake, loss, penalties, eps, generator, cond_rea
     sides = {PenaltySide(p.side) for p, _ in active}
     state = StepState()
     with torch.enable_grad(), parametrize.cached():
+        _effective_weights(inner)
         out_r, rec_r, xr, g_r = _forward(plan, real.detach(), cond_real, state, PenaltySide.REAL in sides)
         out_r = _check_output(out_r, xr, pack, "real", inner)
         out_f, rec_f, xf, g_f = _forward(plan, fake.detach(), cond_fake, state, PenaltySide.FAKE in sides)
@@ -328,6 +351,8 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
     penalties = _check_args(D, real, fake, loss, penalties)
     cond_real, cond_fake = _split_condition(condition, real, fake)
     inner = _unwrap(D)
+    if not isinstance(D, nn.parallel.DistributedDataParallel):
+        D = inner  # DataParallel: the step runs on the wrapped module (no replicas)
     run = lambda: _run(inner, real, fake, loss, penalties, eps, generator, cond_real, cond_fake)  # noqa: E731
     if inner is not D:
         total, parts = _through_wrapper(D, inner, run)

@@ -54,6 +54,7 @@ import builtins
 import math
 import operator
 import warnings
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -858,7 +859,8 @@ class Linearized:
     """
 
     def __init__(self, module: nn.Module):
-        self.module = module
+        # weakly: the generic step caches plans in a WeakKeyDictionary keyed by the module
+        self._module = weakref.ref(module)
         self.untraceable: dict[str, str] = {}
         self.root_leaf = False
         try:
@@ -900,6 +902,10 @@ class Linearized:
         for name, why in self.untraceable.items():
             warnings.warn(f"fastgan: {name} cannot be traced by torch.fx ({why}); its tangent uses "
                           "forward-mode AD (slower, and dropout inside it draws fresh masks)", stacklevel=3)
+
+    @property
+    def module(self) -> nn.Module:
+        return self._module()
 
     # ------------------------------------------------------------------------- primal ----
     def _bind(self, args: tuple, kwargs: dict) -> list:

@@ -486,3 +486,22 @@ def test_ddp_matches_full_batch(tmp_path, monkeypatch):
                                                   if (tmp_path / f"rank{r}.log").exists() else "(no log)")
                          for r in range(2))
         pytest.fail("DDP ranks failed:\n" + logs, pytrace=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["spectral32", "projection32", "norms32", "stylegan2_64"])
+def test_compiled_zoo(name):
+    """Parametrizations (cached weights made outside torch.func.vjp), conditions, norms and
+    minibatch std under torch.compile(fullgraph=True) (aot_eager), R1 + R2, against eager."""
+    D, real, fake, cond, _ = _problem(name, torch.float64, None, train=True)
+    D_eager = copy.deepcopy(D)
+    loss = fastgan.NonSaturatingLoss()
+    pens = [(fastgan.R1Penalty(3.0), 1), (fastgan.R2Penalty(1.0), 2)]
+    fastgan.generic_step.prepare(D)
+    compiled = torch.compile(lambda r, f: discriminator_step(D, r, f, loss=loss, penalties=pens, condition=cond)[0],
+                             fullgraph=True, backend="aot_eager")
+    got = _grads(D, compiled(real, fake))
+    want = _ours(D_eager, real, fake, loss, pens, None, cond)
+    harness.assert_close(got, want, None, torch.float64, f"compiled {name}")
+    for b, b_eager in zip(D.buffers(), D_eager.buffers()):
+        torch.testing.assert_close(b, b_eager, rtol=1e-12, atol=0)  # spectral norm's u, v

@@ -26,6 +26,19 @@ DistributedDataParallel all-reduces them: a DDP-wrapped D runs the step inside i
 If a node of D has neither a rule nor working forward-mode AD, the step falls back to
 ``autograd.grad(create_graph=True)`` on the same passes, with one warning naming the node.
 
+Under ``torch.compile(fullgraph=True)``: call :func:`prepare` on D first (torch.fx tracing
+cannot run inside a compiled region); ``g`` then comes from ``torch.func.vjp`` (dynamo does not
+trace ``torch.autograd.grad``) and the loss's terms run as plain torch ops. Pass ``eps`` for
+WGAN-GP / DRAGAN (random draws inside a compiled graph follow the compiler's RNG). The
+forward-AD and double-backward fallbacks are eager-only (forward AD is not traced).
+
+State: parametrized weights (spectral / weight norm) are computed once per step, before the
+passes, inside ``torch.nn.utils.parametrize.cached()``; hook-based weight reparametrizations run
+their pre-hooks once per step. Buffers such as BatchNorm's running statistics are updated once
+per primal pass (the real and fake passes and one per built-point penalty): R1 and R2 add no
+pass. Forward (post) hooks of D's layers do not run. ``backward=True`` backpropagates to D's
+parameters only (``inputs=``), so no input gradient is computed.
+
 Conditions (conditional ``D(x, y)``): ``condition=(c_real, c_fake)`` (or
 ``{"real": ..., "fake": ...}``), each a tensor (one extra positional argument), a tuple
 (positional arguments) or a dict (keyword arguments) whose tensors have one row per sample. They

@@ -113,6 +113,28 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     dtype = torch.float32
     rows = []
+    info = machine.describe(device)
+    head = [
+        "# Generic discriminator step vs double backward",
+        "",
+        f"`python -m fastgan.bench.any_discriminator {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+        "",
+        f"torch {torch.__version__}, {dtype}, {torch.get_num_threads()} threads; interleaved medians of "
+        f"{args.repeats} rounds (ms per step: forward, penalties and every parameter gradient).",
+        "Peak memory: not measured on CPU (tracemalloc does not see tensor allocations).",
+        "",
+        "| config | provider | median ms | p20-p80 ms | vs double backward |",
+        "|---|---|---|---|---|",
+    ]
+
+    def write():
+        text = "\n".join(head + rows) + "\n"
+        if args.output:
+            Path(args.output).write_text(text)  # after every configuration: partial runs keep their rows
+        return text
+
     for config in args.configs.split(","):
         start = time.perf_counter()
         steps = providers(config, device, dtype, compiled=not args.no_compile)
@@ -132,24 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             note = f" (compile {compile_s:.0f} s)" if name == "fastgan_compiled" and compile_s else ""
             rows.append(f"| {config} | {name}{note} | {s.median * 1e3:.1f} | {s.p20 * 1e3:.1f}-{s.p80 * 1e3:.1f} | {speed} |")
         print(f"{config}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    info = machine.describe(device)
-    head = [
-        "# Generic discriminator step vs double backward",
-        "",
-        f"`python -m fastgan.bench.any_discriminator {' '.join(argv if argv is not None else sys.argv[1:])}`",
-        "",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
-        f"torch {torch.__version__}, {dtype}, {torch.get_num_threads()} threads; interleaved medians of "
-        f"{args.repeats} rounds (ms per step: forward, penalties and every parameter gradient).",
-        "Peak memory: not measured on CPU (tracemalloc does not see tensor allocations).",
-        "",
-        "| config | provider | median ms | p20-p80 ms | vs double backward |",
-        "|---|---|---|---|---|",
-    ]
-    text = "\n".join(head + rows) + "\n"
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text)
+        write()
+    print(write())
     return 0
 
 

@@ -252,12 +252,23 @@ def _t_conv_transpose(m, a, k, t, out, extra):
     return fn(t, m.weight, None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
 
 
+def _relu_tangent(t, x):
+    """``t`` where ``x > 0``, else 0: one kernel (ReLU's backward), differentiable in ``t``; the
+    primal enters detached (its mask is a constant)."""
+    return torch.ops.aten.threshold_backward(t, x.detach(), 0)
+
+
+def _leaky_tangent(t, x, slope):
+    """``t`` where ``x > 0``, else ``slope * t``: one kernel (LeakyReLU's backward)."""
+    return torch.ops.aten.leaky_relu_backward(t, x.detach(), slope, False)
+
+
 def _t_relu(m, a, k, t, out, extra):
-    return t * (a[0] > 0)
+    return _relu_tangent(t, a[0])
 
 
 def _t_leaky(m, a, k, t, out, extra):
-    return torch.where(a[0] > 0, t, t * m.negative_slope)
+    return _leaky_tangent(t, a[0], m.negative_slope)
 
 
 def _t_hardtanh(m, a, k, t, out, extra):
@@ -528,12 +539,12 @@ def _f_conv(fn):
 
 
 def _f_relu(a, k, ta, tk, out, extra):
-    return ta[0] * (a[0] > 0)
+    return _relu_tangent(ta[0], a[0])
 
 
 def _f_leaky(a, k, ta, tk, out, extra):
     slope = a[1] if len(a) > 1 else k.get("negative_slope", 0.01)
-    return torch.where(a[0] > 0, ta[0], ta[0] * slope)
+    return _leaky_tangent(ta[0], a[0], slope)
 
 
 def _f_clamp(a, k, ta, tk, out, extra):

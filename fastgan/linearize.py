@@ -633,10 +633,6 @@ def _f_einsum(a, k, ta, tk, out, extra):
     return r
 
 
-def _f_sum_mean(name):
-    return lambda a, k, ta, tk, out, extra: getattr(ta[0], name)(*a[1:], **k)
-
-
 # primal rules for functions that record something
 def _fp_dropout(fn):
     def primal(a, k):

@@ -92,8 +92,9 @@ def providers(config: str, device: torch.device, dtype: torch.dtype, compiled: b
     if compiled:
         D3, p3 = copy.deepcopy(D0), [(_penalty(n, w), 1) for n, w in pens]
         generic_step.prepare(D3)
+        torch._dynamo.reset()  # one configuration's graphs (no dynamic-shape recompiles across them)
         fn = torch.compile(lambda r, f: generic_step.discriminator_step(D3, r, f, loss=loss, penalties=p3)[0],
-                           fullgraph=True)
+                           fullgraph=True, dynamic=False)
 
         def compiled_step():
             D3.zero_grad(set_to_none=True)
@@ -139,11 +140,19 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         steps = providers(config, device, dtype, compiled=not args.no_compile)
         compile_s = None
+        compile_error = None
         if "fastgan_compiled" in steps:
             t0 = time.perf_counter()
-            steps["fastgan_compiled"]()
-            compile_s = time.perf_counter() - t0
+            try:
+                steps["fastgan_compiled"]()
+                compile_s = time.perf_counter() - t0
+            except Exception as e:  # reported in the table; the eager providers go on
+                compile_error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:100]}"
+                del steps["fastgan_compiled"]
         stats, errors = interleaved(steps, device, repeats=args.repeats, warmup=1, min_sample_s=0.0)
+        if compile_error:
+            errors["fastgan_compiled"] = compile_error
+            steps["fastgan_compiled"] = None
         base = stats.get("double_backward")
         for name in steps:
             if name in errors:

@@ -505,3 +505,49 @@ def test_compiled_zoo(name):
     harness.assert_close(got, want, None, torch.float64, f"compiled {name}")
     for b, b_eager in zip(D.buffers(), D_eager.buffers()):
         torch.testing.assert_close(b, b_eager, rtol=1e-12, atol=0)  # spectral norm's u, v
+
+
+class _Misc(nn.Module):
+    """Layers the zoo does not cover: transposed conv, max / adaptive pooling (pass 1's indices),
+    BatchNorm, padding, up-sampling, functional ReLU / dropout, more smooth activations, cat."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
+        self.up = nn.ConvTranspose2d(4, 3, 4, 2, 1)
+        self.bn = nn.BatchNorm2d(3)
+        self.pool = nn.MaxPool2d(2)
+        self.pad = nn.ZeroPad2d(1)
+        self.amax = nn.AdaptiveMaxPool2d(3)
+        self.aavg = nn.AdaptiveAvgPool2d(3)
+        self.acts = nn.Sequential(nn.ELU(), nn.Softplus(beta=2.0), nn.Hardtanh(-2.0, 2.0))
+        self.fc = nn.Linear(2 * 4 * 9, 1)
+
+    def forward(self, x):
+        h = nn.functional.relu(self.conv(x))
+        h = self.bn(self.up(h))
+        h = self.pool(nn.functional.dropout(h, 0.3, self.training and False))
+        h = self.acts(torch.cat([self.pad(h), torch.nn.functional.interpolate(h, scale_factor=1.25)], 1))
+        h = torch.cat([self.amax(h[:, :4]), self.aavg(h[:, 2:])], 1)
+        return self.fc(h.flatten(1)) * 0.5 - 1.0
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("pen_name", ["r1", "gp"])
+def test_misc_layers(pen_name, train, monkeypatch):
+    torch.manual_seed(0)
+    D = _Misc().double().train(train)
+    with torch.no_grad():
+        D.bn.running_mean.uniform_(-0.5, 0.5)
+        D.bn.running_var.uniform_(0.5, 2.0)
+    real, fake, _ = zoo.batch("dcgan32", ROWS)
+    real, fake = real[..., :8, :8].contiguous(), fake[..., :8, :8].contiguous()
+    pen = PENALTIES[pen_name]()
+    eps = _eps("dcgan32", pen, real, torch.float64)
+    loss = fastgan.WassersteinLoss()
+    want = _reference(copy.deepcopy(D), real, fake, loss, [(PENALTIES[pen_name](), SCALE)], eps, None, 1)
+    _no_double_backward(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=_FALLBACK)
+        got = _ours(D, real, fake, loss, [(pen, SCALE)], eps, None)
+    harness.assert_close(got, want, None, torch.float64, f"misc {pen_name} train={train}")

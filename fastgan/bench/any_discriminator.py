@@ -103,6 +103,22 @@ def providers(config: str, device: torch.device, dtype: torch.dtype, compiled: b
     return steps
 
 
+def _cpu_time(steps: dict, repeats: int):
+    """Interleaved medians of each step's process CPU time (one warm-up call each)."""
+    from fastgan.bench.timing import summarize
+    for step in steps.values():
+        step()
+    names = list(steps)
+    samples = {n: [] for n in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            c = time.process_time()
+            steps[n]()
+            samples[n].append(time.process_time() - c)
+    return {n: summarize(v) for n, v in samples.items()}, {}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", help="markdown file to write (also printed)")
@@ -110,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled provider")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="one thread, and time each step by the process's CPU time (time.process_time) instead "
+                         "of the wall clock: the work done, robust to other jobs on a shared machine")
     args = ap.parse_args(argv)
+    if args.cpu_time:
+        torch.set_num_threads(1)
     device = torch.device(args.device)
     dtype = torch.float32
     rows = []
@@ -123,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
         "",
         f"torch {torch.__version__}, {dtype}, {torch.get_num_threads()} threads; interleaved medians of "
-        f"{args.repeats} rounds (ms per step: forward, penalties and every parameter gradient).",
+        f"{args.repeats} rounds (ms per step: forward, penalties and every parameter gradient)"
+        + ("; **process CPU time**, not wall clock." if args.cpu_time else "; wall clock."),
         "Peak memory: not measured on CPU (tracemalloc does not see tensor allocations).",
         "",
         "| config | provider | median ms | p20-p80 ms | vs double backward |",
@@ -149,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # reported in the table; the eager providers go on
                 compile_error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:100]}"
                 del steps["fastgan_compiled"]
-        stats, errors = interleaved(steps, device, repeats=args.repeats, warmup=1, min_sample_s=0.0)
+        if args.cpu_time:
+            stats, errors = _cpu_time(steps, args.repeats)
+        else:
+            stats, errors = interleaved(steps, device, repeats=args.repeats, warmup=1, min_sample_s=0.0)
         if compile_error:
             errors["fastgan_compiled"] = compile_error
             steps["fastgan_compiled"] = None

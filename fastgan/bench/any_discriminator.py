@@ -1,0 +1,197 @@
+"""Benchmark: the generic discriminator step (fastgan.generic_step) against double backward.
+
+    python -m fastgan.bench.any_discriminator --output any_discriminator.md
+
+One training step of the discriminator (loss + penalties, every parameter gradient) on the
+zoo's conv discriminators (tests/zoo.py: the benchmark needs a source checkout), three providers:
+
+- ``double_backward``: ``loss.discriminator_loss(D(real), D(fake)) + scale * penalty(D, real,
+  fake)`` and ``.backward()`` (the penalty's ``autograd.grad(create_graph=True)``);
+- ``fastgan``: ``fastgan.generic_step.discriminator_step(..., backward=True)``, eager;
+- ``fastgan_compiled``: the same step under ``torch.compile(fullgraph=True)``, ``.backward()``
+  on its total.
+
+Times are interleaved medians (fastgan.bench.timing.interleaved: rotating rounds, so drifts of
+a shared machine hit every provider alike) with the 20th-80th percentile range. Peak memory is
+not measured on CPU (tracemalloc does not see tensor allocations); on CUDA the table gives
+``torch.cuda.max_memory_allocated`` per step.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import fastgan
+from fastgan.bench import machine
+from fastgan.bench.timing import interleaved
+
+_TESTS = Path(__file__).resolve().parents[2] / "tests"
+
+CONFIGS = {  # name: (zoo network, width, batch, resolution, loss, penalties as (name, weight))
+    "dcgan32-b64": ("dcgan32", 64, 64, 32, "non_saturating", [("r1", 10.0)]),
+    "dcgan32-b256": ("dcgan32", 64, 256, 32, "non_saturating", [("r1", 10.0)]),
+    "residual64-b32": ("residual64", 32, 32, 64, "non_saturating", [("r1", 10.0)]),
+    "stylegan2_64-b32": ("stylegan2_64", 32, 32, 64, "non_saturating", [("r1", 10.0)]),
+    "r3gan-residual64-b32": ("residual64", 32, 32, 64, "relativistic", [("r1", 1.0), ("r2", 1.0)]),
+}
+
+
+def _zoo():
+    if str(_TESTS) not in sys.path:
+        sys.path.insert(0, str(_TESTS))
+    import zoo
+    return zoo
+
+
+def _network(zoo, name: str, width: int, resolution: int):
+    if name == "stylegan2_64":
+        return zoo.StyleGAN2D64(width, resolution=resolution)
+    if name == "residual64":
+        return zoo.ResidualD64(width)
+    return zoo.ZOO[name].build(width)
+
+
+def _penalty(name: str, weight: float):
+    return {"r1": fastgan.R1Penalty, "r2": fastgan.R2Penalty}[name](weight)
+
+
+def providers(config: str, device: torch.device, dtype: torch.dtype, compiled: bool = True):
+    """{provider: step function} for one configuration (each on its own copy of D)."""
+    from fastgan import generic_step
+    zoo = _zoo()
+    net, width, batch, res, loss_name, pens = CONFIGS[config]
+    torch.manual_seed(0)
+    D0 = _network(zoo, net, width, res).to(device, dtype)
+    real = torch.randn(batch, 3, res, res, device=device, dtype=dtype)
+    fake = torch.randn(batch, 3, res, res, device=device, dtype=dtype)
+    loss = fastgan.LOSSES[loss_name]()
+    steps = {}
+
+    D1, p1 = copy.deepcopy(D0), [(_penalty(n, w), 1) for n, w in pens]
+
+    def double_backward():
+        D1.zero_grad(set_to_none=True)
+        total = loss.discriminator_loss(D1(real), D1(fake))
+        for p, s in p1:
+            total = total + s * p(D1, real, fake)
+        total.backward()
+    steps["double_backward"] = double_backward
+
+    D2, p2 = copy.deepcopy(D0), [(_penalty(n, w), 1) for n, w in pens]
+
+    def eager():
+        D2.zero_grad(set_to_none=True)
+        generic_step.discriminator_step(D2, real, fake, loss=loss, penalties=p2, backward=True)
+    steps["fastgan"] = eager
+
+    if compiled:
+        D3, p3 = copy.deepcopy(D0), [(_penalty(n, w), 1) for n, w in pens]
+        generic_step.prepare(D3)
+        torch._dynamo.reset()  # one configuration's graphs (no dynamic-shape recompiles across them)
+        fn = torch.compile(lambda r, f: generic_step.discriminator_step(D3, r, f, loss=loss, penalties=p3)[0],
+                           fullgraph=True, dynamic=False)
+
+        def compiled_step():
+            D3.zero_grad(set_to_none=True)
+            fn(real, fake).backward()
+        steps["fastgan_compiled"] = compiled_step
+    return steps
+
+
+def _cpu_time(steps: dict, repeats: int):
+    """Interleaved medians of each step's process CPU time (one warm-up call each)."""
+    from fastgan.bench.timing import summarize
+    for step in steps.values():
+        step()
+    names = list(steps)
+    samples = {n: [] for n in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            c = time.process_time()
+            steps[n]()
+            samples[n].append(time.process_time() - c)
+    return {n: summarize(v) for n, v in samples.items()}, {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--output", help="markdown file to write (also printed)")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {list(CONFIGS)}")
+    ap.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-compile", action="store_true", help="skip the compiled provider")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="one thread, and time each step by the process's CPU time (time.process_time) instead "
+                         "of the wall clock: the work done, robust to other jobs on a shared machine")
+    args = ap.parse_args(argv)
+    if args.cpu_time:
+        torch.set_num_threads(1)
+    device = torch.device(args.device)
+    dtype = torch.float32
+    rows = []
+    info = machine.describe(device)
+    head = [
+        "# Generic discriminator step vs double backward",
+        "",
+        f"`python -m fastgan.bench.any_discriminator {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+        "",
+        f"torch {torch.__version__}, {dtype}, {torch.get_num_threads()} threads; interleaved medians of "
+        f"{args.repeats} rounds (ms per step: forward, penalties and every parameter gradient)"
+        + ("; **process CPU time**, not wall clock." if args.cpu_time else "; wall clock."),
+        "Peak memory: not measured on CPU (tracemalloc does not see tensor allocations).",
+        "",
+        "| config | provider | median ms | p20-p80 ms | vs double backward |",
+        "|---|---|---|---|---|",
+    ]
+
+    def write():
+        text = "\n".join(head + rows) + "\n"
+        if args.output:
+            Path(args.output).write_text(text)  # after every configuration: partial runs keep their rows
+        return text
+
+    for config in args.configs.split(","):
+        start = time.perf_counter()
+        steps = providers(config, device, dtype, compiled=not args.no_compile)
+        compile_s = None
+        compile_error = None
+        if "fastgan_compiled" in steps:
+            t0 = time.perf_counter()
+            try:
+                steps["fastgan_compiled"]()
+                compile_s = time.perf_counter() - t0
+            except Exception as e:  # reported in the table; the eager providers go on
+                compile_error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:100]}"
+                del steps["fastgan_compiled"]
+        if args.cpu_time:
+            stats, errors = _cpu_time(steps, args.repeats)
+        else:
+            stats, errors = interleaved(steps, device, repeats=args.repeats, warmup=1, min_sample_s=0.0)
+        if compile_error:
+            errors["fastgan_compiled"] = compile_error
+            steps["fastgan_compiled"] = None
+        base = stats.get("double_backward")
+        for name in steps:
+            if name in errors:
+                rows.append(f"| {config} | {name} | error: {errors[name][:80]} | | |")
+                continue
+            s = stats[name]
+            speed = f"{base.median / s.median:.2f}x" if base else ""
+            note = f" (compile {compile_s:.0f} s)" if name == "fastgan_compiled" and compile_s else ""
+            rows.append(f"| {config} | {name}{note} | {s.median * 1e3:.1f} | {s.p20 * 1e3:.1f}-{s.p80 * 1e3:.1f} | {speed} |")
+        print(f"{config}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        write()
+    print(write())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -89,12 +89,14 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
                        penalty: GradientPenaltyBase | list[GradientPenaltyBase] | None = None,
                        backend: str | None = None,
                        eps: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                       return_parts: bool = False, backward: bool = False):
+                       return_parts: bool = False, backward: bool = False, condition=None):
     """One discriminator objective: ``loss(D(real), D(fake.detach())) + penalty(D, real, fake)``.
 
     Args:
-        D: the discriminator (``MLPDiscriminator`` takes the fused path; any module, or one
-            wrapped in DistributedDataParallel, works through the reference path).
+        D: the discriminator, possibly wrapped in DistributedDataParallel. An
+            ``MLPDiscriminator`` takes the fused closed-form step; any other module the
+            linearised step (:mod:`fastgan.generic_step`: exact penalties without double
+            backward); a module with hooks the reference path. :func:`explain` says which.
         real, fake: input batches; ``fake`` is treated as detached.
         loss: a :class:`~fastgan.GANLoss` (or its name).
         penalty: a gradient penalty module, a list of them (R3GAN's ``[R1Penalty(), R2Penalty()]``:
@@ -105,9 +107,12 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
         backward: also run the backward pass: the gradients are added to D's ``.grad`` (a
             parameter without ``.grad`` takes the kernel's buffer, no copy) as ``.backward()``
             would, without autograd, and the returned total is detached. The fastest form (one op
-            per step, no autograd graph), and capturable in a CUDA graph. Not under
-            DistributedDataParallel, whose all-reduce hooks into autograd: there call
-            ``.backward()`` on the result.
+            per step, no autograd graph), and capturable in a CUDA graph. The fused step does
+            not take it under DistributedDataParallel, whose all-reduce hooks into autograd:
+            there call ``.backward()`` on the result.
+        condition: for a conditional ``D(x, y)`` (linearised path only): ``(y_real, y_fake)``,
+            each a tensor, a tuple of positional or a dict of keyword arguments with one row per
+            sample; it travels with real and fake through every pass and into the penalties.
 
     Returns:
         The scalar total, or ``(total, parts)`` with ``return_parts=True``.
@@ -120,25 +125,36 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
     if loss.paired:
         _validate.same_shape("real", real, "fake", fake, f"{type(loss).__name__} pairs real and fake")
     inner = unwrap(D)
-    if backward and inner is not D:
+    chosen = step_plan(inner, backend, real.device)
+    if backward and inner is not D and chosen.path == "fused":
         raise ValueError(f"backward=True bypasses autograd, so {type(D).__name__} cannot all-reduce the "
                          "gradients; call .backward() on the returned total instead")
-    name = step_backend(inner, backend, real.device)
+    if condition is not None and chosen.path != "linearized":
+        raise ValueError(f"condition= needs the linearised step; this call takes the {chosen.path} path "
+                         f"({chosen.reason})")
     with _gradient_mode(backward):
         if backward and real.is_inference():
             real, fake = real.clone(), fake.clone()  # inference tensors cannot be saved for backward
         with parametrized.weights_once(D):
-            if name == "reference":
+            if chosen.path == "reference":
                 total, parts = _reference_step(D, real, fake, loss, penalties, eps, generator)
                 if backward:
                     total.backward()
                     total = total.detach()
+            elif chosen.path == "linearized":
+                from fastgan import generic_step
+                calls = [(p, p.due_scale()) for p in penalties]
+                total, parts = generic_step.discriminator_step(D, real, fake, loss=loss, penalties=calls, eps=eps,
+                                                               generator=generator, backward=backward,
+                                                               condition=condition)
+                for p in penalties:
+                    p.advance()
             else:
                 _check_params(inner, real)
                 # Through D's forward (fused=...), so DistributedDataParallel sees a forward and
                 # all-reduces the gradients the fused function hands to autograd.
-                run = functools.partial(_fused_step, fake=fake, loss=loss, penalties=penalties, backend=name,
-                                        eps=eps, generator=generator, backward=backward)
+                run = functools.partial(_fused_step, fake=fake, loss=loss, penalties=penalties,
+                                        backend=chosen.backend, eps=eps, generator=generator, backward=backward)
                 total, parts = D(real, fused=run)
     return (total, parts) if return_parts else total
 
@@ -160,35 +176,51 @@ class StepPlan(NamedTuple):
     """Which path :func:`discriminator_step` takes for a discriminator, and why
     (:func:`fastgan.explain`)."""
 
-    path: str      # "fused": closed-form kernels, no double backward; "reference": double backward
-    backend: str   # the backend that runs it ("reference" for the double-backward path)
+    path: str      # "fused" | "linearized" | "reference" (double backward)
+    backend: str   # the backend that runs it ("torch" for the linearised step's torch ops)
     reason: str
+
+
+LINEARIZED = ("the linearised step: exact penalties from a tangent pass, no double backward (a layer with no "
+              "tangent rule takes forward-mode AD; one that cannot be traced sends the step to double backward, "
+              "with a warning)")
 
 
 def plan(inner: nn.Module, backend: str | None, device: torch.device) -> StepPlan:
     """The path and backend of a step on the unwrapped discriminator ``inner`` (raises where an
-    explicit fused backend cannot run it)."""
+    explicit fused backend cannot run it).
+
+    - ``MLPDiscriminator`` that the kernels reproduce: the fused closed-form step;
+    - a module with hooks (which neither the kernels nor the traced step run): the reference path;
+    - any other module (and an MLPDiscriminator the kernels cannot reproduce): the linearised step;
+    - ``backend="reference"``: the reference path (double backward), always."""
+    asked = _dispatch.requested(backend)
+    hooks = hook_reason(inner)
     if isinstance(inner, MLPDiscriminator):
-        why = unfusable_reason(inner)
+        why = hooks or unfusable_reason(inner)
         if not why:
             name = resolve_backend(backend, str(device))
             if name == "reference":
                 return StepPlan("reference", name, "backend 'reference' was asked for")
             return StepPlan("fused", name, f"an MLPDiscriminator: the closed-form step on the {name!r} backend")
-        asked = _dispatch.requested(backend)
         if asked not in ("auto", "reference"):
             raise ValueError(f"backend={asked!r}: the fused step cannot run this {type(inner).__name__} ({why}); "
                              "use backend='reference' (autograd), or remove what the kernels cannot reproduce")
-        return StepPlan("reference", "reference", f"the fused step cannot run this {type(inner).__name__}: {why}")
-    if backend is not None and backend != "reference":
-        raise ValueError(f"backend={backend!r} needs an MLPDiscriminator (the fused step is closed-form "
-                         f"for it only); {type(inner).__name__} runs with backend='reference' or None")
-    return StepPlan("reference", "reference",
-                    f"{type(inner).__name__} is not an MLPDiscriminator: the penalty takes double backward")
+        subject = f"the fused step cannot run this {type(inner).__name__}: {why}"
+    else:
+        if backend is not None and backend != "reference":
+            raise ValueError(f"backend={backend!r} needs an MLPDiscriminator (the fused step is closed-form "
+                             f"for it only); {type(inner).__name__} runs with backend='reference' or None")
+        subject = f"{type(inner).__name__} is not an MLPDiscriminator"
+    if asked == "reference":
+        return StepPlan("reference", "reference", "backend 'reference' was asked for")
+    if hooks:
+        return StepPlan("reference", "reference", f"{subject} ({hooks}): the penalty takes double backward")
+    return StepPlan("linearized", "torch", f"{subject}: {LINEARIZED}")
 
 
 def explain(D: nn.Module, *, backend: str | None = None, device: torch.device | str | None = None) -> StepPlan:
-    """Which path :func:`discriminator_step` / :func:`generator_step` take for ``D`` and why.
+    """Which path :func:`discriminator_step` takes for ``D`` and why.
 
     >>> fastgan.explain(fastgan.MLPDiscriminator(2, (64, 64)))
     StepPlan(path='fused', backend='cpu', reason="an MLPDiscriminator: the closed-form step on the 'cpu' backend")
@@ -202,19 +234,24 @@ def explain(D: nn.Module, *, backend: str | None = None, device: torch.device | 
     return plan(inner, backend, torch.device(device))
 
 
-def step_backend(inner: nn.Module, backend: str | None, device: torch.device) -> str:
-    """The backend of a step (see :func:`plan`). An MLPDiscriminator the kernels cannot run (see
-    :func:`unfusable_reason`) takes the reference path with a one-time warning; any other
-    module with a one-time info-level log (logger ``fastgan``)."""
+def step_plan(inner: nn.Module, backend: str | None, device: torch.device) -> StepPlan:
+    """:func:`plan`, with a one-time warning when an MLPDiscriminator does not take the fused
+    path, and a one-time info-level log (logger ``fastgan``) when a step takes double backward."""
     chosen = plan(inner, backend, device)
-    if chosen.path == "reference" and _dispatch.requested(backend) != "reference":
+    if chosen.path != "fused" and _dispatch.requested(backend) != "reference":
         if isinstance(inner, MLPDiscriminator):
-            _warn_once(f"fastgan: {chosen.reason}; discriminator_step and generator_step take the reference "
-                       "(double-backward) path")
-        elif type(inner) not in _logged:
+            _warn_once(f"fastgan: {chosen.reason} (discriminator_step takes the {chosen.path} path)")
+        elif chosen.path == "reference" and type(inner) not in _logged:
             _logged.add(type(inner))
-            logger.info("fastgan: %s; discriminator_step takes the reference (double-backward) path", chosen.reason)
-    return chosen.backend
+            logger.info("fastgan: %s", chosen.reason)
+    return chosen
+
+
+def step_backend(inner: nn.Module, backend: str | None, device: torch.device) -> str:
+    """The backend of a generator step: the fused one, or 'reference' (the generator's step
+    needs no double backward, so any other discriminator runs through autograd)."""
+    chosen = step_plan(inner, backend, device)
+    return chosen.backend if chosen.path == "fused" else "reference"
 
 
 _HOOK_KINDS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -229,10 +266,33 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, UserWarning, stacklevel=4)
 
 
+def hook_reason(module: nn.Module) -> str:
+    """'' when no hook would run on a forward of ``module``; else which: global module hooks, or
+    forward / backward hooks on it or a submodule (the hook forms of spectral and weight norm
+    excepted: :mod:`fastgan.parametrized` runs them once per step)."""
+    from torch.nn.modules import module as torch_module
+    for kind in _HOOK_KINDS:
+        if getattr(torch_module, "_global" + kind, None):
+            return f"global module {kind[1:].replace('_', ' ')} are registered"
+    for name, m in module.named_modules():
+        for kind in _HOOK_KINDS:
+            hooks = getattr(m, kind)
+            if hooks and any(not isinstance(h, parametrized.WEIGHT_HOOKS) for h in hooks.values()):
+                return f"{_display(name)} has {kind[1:].replace('_', ' ')}"
+    return ""
+
+
+def _display(name: str) -> str:
+    """``layers.1`` as ``layers[1]``; the root as ``D``."""
+    if not name:
+        return "D"
+    return "D." + ".".join(f"[{part}]" if part.isdigit() else part for part in name.split(".")).replace(".[", "[")
+
+
 def unfusable_reason(inner: MLPDiscriminator) -> str:
     """'' when the fused kernels compute exactly what ``inner``'s forward computes; else why not:
-    a subclass that overrides ``forward``, a layer that is not a plain ``nn.Linear``, or hooks
-    on D or its layers (global module hooks included), whose effects the kernels would bypass.
+    a subclass that overrides ``forward``, a layer that is not a plain ``nn.Linear``, dropout in
+    training mode, or hooks (:func:`hook_reason`), whose effects the kernels would bypass.
     Parametrizations (spectral norm, weight norm, any ``torch.nn.utils.parametrize``) and the
     hook forms of spectral and weight norm are followed (:mod:`fastgan.parametrized`)."""
     cls = type(inner)
@@ -240,18 +300,10 @@ def unfusable_reason(inner: MLPDiscriminator) -> str:
         return f"{cls.__name__} overrides forward"
     if inner.dropout_active:
         return "dropout in training mode: the fused kernels take no dropout masks yet"
-    from torch.nn.modules import module as torch_module
-    for kind in _HOOK_KINDS:
-        if getattr(torch_module, "_global" + kind, None):
-            return f"global module {kind[1:].replace('_', ' ')} are registered"
     for name, m in _fused_modules(inner):
         if name and type(m).forward is not nn.Linear.forward:
             return f"{name} is a {type(m).__name__} whose forward is not nn.Linear's"
-        for kind in _HOOK_KINDS:
-            hooks = getattr(m, kind)
-            if hooks and any(not isinstance(h, parametrized.WEIGHT_HOOKS) for h in hooks.values()):
-                return f"{name or 'D'} has {kind[1:].replace('_', ' ')}"
-    return ""
+    return hook_reason(inner)
 
 
 def _fused_modules(inner: MLPDiscriminator):

@@ -59,7 +59,7 @@ from fastgan import _validate
 from fastgan.fused import StepParts
 from fastgan.linearize import LinearizationError, Linearized, Record, StepState
 from fastgan.losses import GANLoss, apply_term
-from fastgan.penalties import GradientPenaltyBase
+from fastgan.penalties import GradientPenaltyBase, discriminator_pack
 from fastgan.step_spec import PenaltySide
 from fastgan.terms import PenaltyKind, penalty_rows
 
@@ -76,13 +76,7 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return module
 
 
-def pack_of(module: nn.Module) -> int:
-    """Samples per discriminator row (PacGAN): D's ``pack``, else ``pac``, else 1."""
-    inner = _unwrap(module)
-    p = getattr(inner, "pack", None)
-    if p is None:
-        p = getattr(inner, "pac", 1)
-    return int(p)
+pack_of = discriminator_pack  # samples per discriminator row (PacGAN): D's ``pack``, else ``pac``, else 1
 
 
 def linearized(module: nn.Module) -> Linearized:

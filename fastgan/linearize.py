@@ -51,6 +51,7 @@ run once per step, at its first call (:class:`StepState`); other calls in the st
 from __future__ import annotations
 
 import builtins
+import inspect
 import math
 import operator
 import warnings
@@ -787,6 +788,19 @@ def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     return f"method .{node.target}() (node {node.name})"
 
 
+def _keyword_defaults(module: nn.Module) -> dict | None:
+    """forward's keyword-only parameters with their defaults, as fx concrete arguments: the step
+    never passes them (e.g. ``MLPDiscriminator.forward``'s ``fused=None``), and traced as proxies
+    they would take the branch a caller's value takes."""
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    found = {p.name: p.default for p in params
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
+    return found or None
+
+
 def _fetch_attr(root: nn.Module, target: str):
     obj = root
     for part in target.split("."):
@@ -871,7 +885,7 @@ class Linearized:
         self.untraceable: dict[str, str] = {}
         self.root_leaf = False
         try:
-            graph = _Tracer(self.untraceable).trace(module)
+            graph = _Tracer(self.untraceable).trace(module, concrete_args=_keyword_defaults(module))
         except Exception as err:  # noqa: BLE001
             self.root_leaf = True
             graph = None

@@ -6,6 +6,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_tracing
 
 from fastgan import _validate
 
@@ -64,7 +65,8 @@ class MLPDiscriminator(nn.Module):
         DistributedDataParallel wrapper all-reduces its gradients."""
         if fused is not None:
             return fused(self, x)
-        self.check_input(x)
+        if not is_fx_tracing():  # the linearised step traces forward (fx proxies have no shape)
+            self.check_input(x)
         h = x.reshape(x.shape[0] // self.pack, self.pack * self.in_features)
         for layer in self.layers:
             h = F.leaky_relu(layer(h), self.negative_slope)

@@ -20,24 +20,31 @@ def test_an_mlp_discriminator_takes_the_fused_path(backend):
 def test_what_the_kernels_cannot_run_is_explained():
     D = fastgan.MLPDiscriminator(2, (8,), dropout=0.5)
     plan = fastgan.explain(D)
-    assert (plan.path, plan.backend) == ("reference", "reference") and "dropout" in plan.reason
+    assert (plan.path, plan.backend) == ("linearized", "torch") and "dropout" in plan.reason
     assert fastgan.explain(D.eval()).path == "fused"  # no masks are drawn in eval mode
     hooked = fastgan.MLPDiscriminator(2, (8,))
     hooked.out.register_forward_hook(lambda *args: None)
-    assert "out has forward hooks" in fastgan.explain(hooked).reason
+    assert fastgan.explain(hooked).path == "reference" and "out has forward hooks" in fastgan.explain(hooked).reason
     assert fastgan.explain(fastgan.MLPDiscriminator(2, (8,)), backend="reference").reason.startswith("backend 'reference'")
 
 
-def test_any_other_module_is_explained_and_logged_once(monkeypatch, caplog):
-    monkeypatch.setattr(fused, "_logged", set())
+def test_any_other_module_takes_the_linearised_step():
     D = nn.Sequential(nn.Linear(2, 4), nn.LeakyReLU(0.2), nn.Linear(4, 1), nn.Flatten(0))
     plan = fastgan.explain(D)
-    assert plan.path == "reference" and "Sequential is not an MLPDiscriminator" in plan.reason
+    assert plan.path == "linearized" and "Sequential is not an MLPDiscriminator" in plan.reason
+    assert fastgan.explain(D, backend="reference").path == "reference"
+
+
+def test_a_fallback_to_double_backward_is_logged_once(monkeypatch, caplog):
+    monkeypatch.setattr(fused, "_logged", set())
+    D = nn.Sequential(nn.Linear(2, 4), nn.LeakyReLU(0.2), nn.Linear(4, 1), nn.Flatten(0))
+    D[0].register_forward_hook(lambda *args: None)
+    assert "[0] has forward hooks" in fastgan.explain(D).reason
     real, fake = torch.randn(6, 2), torch.randn(6, 2)
     with caplog.at_level(logging.INFO, logger="fastgan"):
         for _ in range(2):
             fastgan.discriminator_step(D, real, fake, loss="hinge", penalty=fastgan.R1Penalty())
-    notices = [r for r in caplog.records if "double-backward" in r.getMessage()]
+    notices = [r for r in caplog.records if "double backward" in r.getMessage()]
     assert len(notices) == 1 and notices[0].levelno == logging.INFO
 
 

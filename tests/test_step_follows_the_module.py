@@ -165,18 +165,21 @@ def _with_pre_hook(D):
     return D
 
 
-@pytest.mark.parametrize("make", [
-    lambda: Doubled(3, (8, 5)).to(F64),
-    lambda: NoFusedKeyword(3, (8, 5)).to(F64),
-    lambda: _with_layer_hook(_D()),
-    lambda: _with_pre_hook(_D()),
+@pytest.mark.parametrize("make, path", [
+    (lambda: Doubled(3, (8, 5)).to(F64), "linearized"),
+    (lambda: NoFusedKeyword(3, (8, 5)).to(F64), "linearized"),
+    (lambda: _with_layer_hook(_D()), "reference"),
+    (lambda: _with_pre_hook(_D()), "reference"),
 ], ids=["overridden forward", "forward without fused=", "layer forward hook", "D pre-hook"])
-def test_what_the_kernels_cannot_reproduce_takes_the_reference_path(make, monkeypatch):
+def test_what_the_kernels_cannot_reproduce_takes_another_exact_path(make, path, monkeypatch):
+    """Overridden forwards take the linearised step (which traces forward); hooks, which neither
+    the kernels nor the trace run, the reference path. Either way the gradients are the module's."""
     monkeypatch.setattr(fused, "_warned", set())
     torch.manual_seed(0)
     D = make()
     want = copy.deepcopy(D)
-    with pytest.warns(UserWarning, match="take the reference"):
+    assert fastgan.explain(D).path == path
+    with pytest.warns(UserWarning, match=f"takes the {path} path"):
         value = _run(D, None, backward=False)
     want_value = _run(want, "reference", backward=False)
     _assert_same(D, want, value, want_value)

@@ -1,6 +1,6 @@
 """The generic discriminator step (fastgan.generic_step) against the double-backward composition.
 
-For every discriminator of the zoo (tests/zoo.py) x penalty x loss, the value and every
+For every discriminator of the zoo (fastgan/bench/zoo.py) x penalty x loss, the value and every
 parameter gradient equal those of
 
     loss.discriminator_loss(D(real), D(fake)) + scale * penalty(D, real, fake, eps=eps)
@@ -24,7 +24,7 @@ from torch.nn.utils import parametrize
 import fastgan
 import fastgan.generic_step
 import harness
-import zoo
+from fastgan.bench import zoo
 from fastgan.generic_step import discriminator_step, pack_of
 from fastgan.step_spec import PenaltySide
 

@@ -3,7 +3,7 @@
     python -m fastgan.bench.any_discriminator --output any_discriminator.md
 
 One training step of the discriminator (loss + penalties, every parameter gradient) on the
-zoo's conv discriminators (tests/zoo.py: the benchmark needs a source checkout), three providers:
+zoo's conv discriminators (fastgan/bench/zoo.py), three providers:
 
 - ``double_backward``: ``loss.discriminator_loss(D(real), D(fake)) + scale * penalty(D, real,
   fake)`` and ``.backward()`` (the penalty's ``autograd.grad(create_graph=True)``);
@@ -30,7 +30,6 @@ import fastgan
 from fastgan.bench import machine
 from fastgan.bench.timing import interleaved
 
-_TESTS = Path(__file__).resolve().parents[2] / "tests"
 
 CONFIGS = {  # name: (zoo network, width, batch, resolution, loss, penalties as (name, weight))
     "dcgan32-b64": ("dcgan32", 64, 64, 32, "non_saturating", [("r1", 10.0)]),
@@ -42,9 +41,7 @@ CONFIGS = {  # name: (zoo network, width, batch, resolution, loss, penalties as 
 
 
 def _zoo():
-    if str(_TESTS) not in sys.path:
-        sys.path.insert(0, str(_TESTS))
-    import zoo
+    from fastgan.bench import zoo
     return zoo
 
 

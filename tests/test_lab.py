@@ -394,3 +394,130 @@ def test_cli_rejects_bad_options():
             cli.main(["--device", "cuda"])
     with pytest.raises(SystemExit):
         cli.main(["--steps", "0"])
+
+
+# ---- what the user sees: progress, help, the opening, the figures ------------------------------
+def _progress_lines(tty: bool):
+    import io
+    jobs = [("ring", "ns", 0), ("ring", "ns", 1)]
+    stream = io.StringIO()
+    progress = cli.Progress(jobs, 200, stream=stream, tty=tty)
+    for job in jobs:  # interleaved, as two workers report them
+        progress(job, 0)
+    for _ in range(4):
+        for job in jobs:
+            progress(job, 50)
+    progress.close()
+    return stream.getvalue()
+
+
+def test_progress_off_a_terminal_is_plain_lines_per_run():
+    """Not a terminal (a log, a pipe): no carriage return, every line names its run; each run
+    has a line at its start, at 25%, 50%, 75% and at its end (with its steps and rate)."""
+    text = _progress_lines(tty=False)
+    assert "\r" not in text and "\033" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    assert all(len(ln) < 100 for ln in lines)
+    for seed in (0, 1):
+        own = [ln for ln in lines if f"ring/ns/seed {seed}:" in ln]
+        assert own[0] == f"[{seed + 1}/2] ring/ns/seed {seed}: started, 200 steps"
+        assert [ln.split("(")[1].split(")")[0] for ln in own[1:]] == ["25%", "50%", "75%", "100%"]
+        assert all("steps/s" in ln for ln in own[1:]) and "step 200/200" in own[-1] and own[-1].endswith(" s")
+    assert len(lines) == 10
+
+
+def test_progress_on_a_terminal_leaves_one_line_per_run():
+    text = _progress_lines(tty=True)
+    kept = [ln.split("\r\033[K")[-1] for ln in text.split("\n")[:-1]]  # what stays on the screen
+    assert len(kept) == 2 and all("step 200/200 (100%)" in ln for ln in kept)
+    assert {ln.split(":")[0] for ln in kept} == {"[1/2] ring/ns/seed 0", "[2/2] ring/ns/seed 1"}
+    assert "\r\033[K[1/2] ring/ns/seed 0: step 100/200 (50%)" in text  # the live line, rewritten in place
+    assert text.endswith("s\n")  # nothing live is left on the screen
+
+
+def test_cli_progress_and_opening_in_a_log(tmp_path, capsys):
+    """Without --quiet and with stderr captured (not a terminal) the command writes plain
+    per-run lines to stderr and opens with two lines on stdout."""
+    args = ["--objectives", "ns", "ns-pack2", "--steps", "20", "--seeds", "1", "--jobs", "2", "--backend",
+            "reference", "--out", str(tmp_path / "lab")]
+    assert cli.main(args) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err
+    for name in ("[1/2] ring/ns/seed 0", "[2/2] ring/ns-pack2/seed 0"):
+        assert f"{name}: started, 20 steps" in captured.err
+        assert f"{name}: step 20/20 (100%)" in captured.err
+    out = captured.out.splitlines()
+    assert out[0].startswith("fastgan lab: 2 run(s) (ring; 2 objective(s) x 1 seed(s))") and "20 steps" in out[0]
+    assert out[1].startswith("Shortened from the published 400,000 steps") and "results.md" in out[1]
+    assert out[2].startswith("| data |")  # then the table: the long paragraph is in results.md only
+    assert "The networks are narrowed" in (tmp_path / "lab" / "results.md").read_text()
+
+
+def test_help_is_plain_text(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")  # argparse wraps the options' help to the terminal
+    with pytest.raises(SystemExit) as exit_:
+        cli.parse_args(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "``" not in text and "fastgan.lab." not in text
+    assert not any(name in text for name in ("PACGAN", "UNROLLED_GAN", "REGIMES", "DISCRIMINATORS"))
+    assert "--smoke" in text and "high-quality samples" in text and "examples:" in text
+    assert max(len(ln) for ln in text.splitlines()) <= 100
+
+
+def test_smoke_option():
+    args = cli.parse_args(["--smoke"])
+    assert (args.smoke, args.steps, args.seeds) == (True, 300, 1)
+    assert (cli.parse_args(["--smoke", "--steps", "40"]).steps, cli.parse_args(["--smoke", "--seeds", "3"]).seeds) \
+        == (40, 3)
+    assert (cli.parse_args([]).steps, cli.parse_args([]).seeds) == (None, None)
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--smoke", "--full"])
+
+
+def _kept_figure(monkeypatch):
+    """The figure a plots function draws (instead of closing it)."""
+    kept = []
+    monkeypatch.setattr(plots.plt, "close", kept.append)
+    return kept
+
+
+def test_hopping_ends_on_the_evaluation_batch(tmp_path, monkeypatch):
+    """The last panel of hopping.png shows the samples and metrics that lab.png and the results
+    show; every panel is drawn, in rows of at most four, above a key."""
+    torch.set_num_threads(1)
+    run = train_run(ring(), OBJECTIVES["ns"], 2, TINY, snapshots=8)
+    kept = _kept_figure(monkeypatch)
+    plots.hopping(run, ring(), tmp_path / "hopping.png")
+    fig = kept[0]
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert len(panels) == 8 and len({round(ax.get_position().y0, 3) for ax in panels}) == 2
+    m = run.metrics
+    assert panels[-1].get_title().startswith(f"step {TINY.steps} (final)\n{m.modes_captured}/8 modes, "
+                                             f"{m.high_quality_pct:.0f}% HQ")
+    lim = plots.limit(ring())
+    inside = run.samples[~(run.samples.abs() > lim).any(dim=1)]
+    assert torch.equal(torch.as_tensor(panels[-1].collections[0].get_offsets().data, dtype=torch.float32), inside)
+    key = [ax for ax in fig.axes if ax.get_legend() is not None]
+    assert len(key) == 1 and "3 std" in " ".join(t.get_text() for t in key[0].texts)
+    labels = [t.get_text() for t in key[0].get_legend().get_texts()]
+    assert labels[:2] == ["generator sample", "mode (a mixture mean)"]
+
+
+def test_lab_figure_has_a_key_and_no_empty_panel(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    objectives = ["ns", "ns-pack2", "ns-r1", "wgan-gp"]
+    runs = [train_run(ring(), OBJECTIVES[o], 0, replace(TINY, steps=4)) for o in objectives]
+    kept = _kept_figure(monkeypatch)
+    plots.figure({(r.dataset, r.objective): r for r in runs}, {"ring": ring()}, cli.summarise(runs), objectives,
+                 tmp_path / "lab.png", seeds=1)
+    fig = kept[0]
+    assert len(fig.axes) == len(objectives) + len(plots.BAR_METRICS) + 1 and all(ax.get_visible() for ax in fig.axes)
+    key = [ax for ax in fig.axes if ax.get_legend() is not None]
+    assert len(key) == 1
+    assert [t.get_text() for t in key[0].get_legend().get_texts()][-1] == "number of modes"
+    caption = " ".join(t.get_text() for t in key[0].texts).replace("\n", " ")
+    assert "HQ: high-quality samples, within 3 std of their nearest mode" in caption and "seed 0" in caption
+    titles = [ax.get_title() for ax in fig.axes]
+    assert all("seed 0" in t for t in titles[:len(objectives)])
+    assert all("mean ± s.e. over 1 seed" in t for t in titles[len(objectives):-1])

@@ -28,14 +28,15 @@ import json
 import math
 import multiprocessing
 import platform
+import shutil
 import sys
+import textwrap
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 import fastgan
 from fastgan import _dispatch, fused
@@ -43,8 +44,8 @@ from fastgan.cli import output_problem, positive_int
 from fastgan.lab import plots
 from fastgan.lab.data import DATASETS, get_dataset
 from fastgan.lab.metrics import mean_se
-from fastgan.lab.train import (DEFAULT_OBJECTIVES, DISCRIMINATORS, OBJECTIVES, REGIMES, get_objective, train_run,
-                               with_discriminator)
+from fastgan.lab.train import (DEFAULT_OBJECTIVES, DISCRIMINATORS, OBJECTIVES, PACGAN, PACGAN_FULL, REGIMES,
+                               UNROLLED_GAN, UNROLLED_GAN_FULL, get_objective, train_run, with_discriminator)
 
 METRICS = ("modes_captured", "high_quality_pct", "reverse_kl")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jensen_shannon")
@@ -56,11 +57,60 @@ NOTES = ("Modes captured: modes with at least one high-quality sample (within 3 
          "ms / step: wall time of one training step (all of its discriminator and generator updates; snapshots for the hopping figure included), mean over seeds.")
 OUTPUTS = ("results.md", "results.json", "lab.png", "hopping.png")
 SNAPSHOTS = 8  # samples kept over training for the hopping figure (data set ring, objective ns, seed 0)
+SMOKE = {"steps": 300, "seeds": 1}  # ``--smoke``: a quick check that everything runs (its numbers mean little)
 _queue = None  # a worker process's progress queue (set by _worker_init)
 
 
+def _paragraphs(*texts: str, width: int = 78) -> str:
+    """Plain-text help: each text wrapped on its own (``RawDescriptionHelpFormatter`` keeps the
+    line breaks); a text that starts with two spaces is a list item, its lines indented."""
+    out = []
+    for text in texts:
+        if text.startswith("  "):
+            head, _, rest = text.strip().partition("  ")
+            out.append(textwrap.fill(rest.strip(), width, initial_indent=f"  {head:<14}",
+                                     subsequent_indent=" " * 16))
+        else:
+            out.append(textwrap.fill(text, width))
+    return "\n".join(out)
+
+
+def _description() -> str:
+    return _paragraphs(
+        "Train small GANs on 2-D Gaussian mixtures (a ring of 8 modes, a 5 x 5 grid) with several "
+        "objectives and seeds, and measure mode collapse: modes captured, high-quality samples "
+        "(within 3 std of their nearest mode) and the reverse KL of the samples over the modes. "
+        "Prints the results table and writes results.md (every setting and the table), "
+        "results.json, lab.png (samples and metrics) and hopping.png (plain ns on the ring over "
+        "training) to the output folder.",
+        "",
+        "Regimes (--regime):",
+        f"  pacgan  (the default) PacGAN's 2-D experiment: a batch-norm ReLU generator from 2-D noise. "
+        f"The default run is narrowed (G {_layers(PACGAN.g_hidden)}, D {_layers(PACGAN.d_hidden)}) and "
+        f"shortened ({PACGAN.steps:,} steps, 2 seeds, the ring only) to fit two CPU cores in about five "
+        f"minutes; plain ns fills the modes unevenly there, R1 and WGAN-GP evenly. --full: the published "
+        f"{PACGAN_FULL.steps:,} steps of batch {PACGAN_FULL.batch} (a GPU job).",
+        f"  unrolled-gan  the small tanh MLPs of the unrolled-GAN and VEEGAN experiments "
+        f"({UNROLLED_GAN.steps:,} steps of batch {UNROLLED_GAN.batch}; --full: {UNROLLED_GAN_FULL.steps:,} "
+        f"of batch {UNROLLED_GAN_FULL.batch}); plain ns covers all eight ring modes there.")
+
+
+EPILOG = "\n".join([
+    "examples:",
+    "  fastgan lab                            the default run (make lab): about 5",
+    "                                         minutes on 2 cores",
+    "  fastgan lab --smoke                    a quick check that everything runs:",
+    f"                                         {SMOKE['steps']} steps, {SMOKE['seeds']} seed (the numbers mean little)",
+    "  fastgan lab --data grid --steps 20000  the 5 x 5 grid, at the length it needs",
+    "  fastgan lab --full --device cuda       the published length (a GPU job)",
+    "",
+    _paragraphs("Progress goes to stderr, one line per run: on a terminal a live line, elsewhere "
+                "(a log) plain lines at each run's start, every 25% of its steps and its end. "
+                "--quiet leaves it out.")])
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastgan lab", description=__doc__,
+    p = argparse.ArgumentParser(prog="fastgan lab", description=_description(), epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", choices=sorted(DATASETS), default=None,
                    help="data sets (default: ring; ring grid with --full)")
@@ -91,7 +141,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=positive_int, default=2,
                    help="runs trained in parallel worker processes (default 2, one per core of "
                         "the target machine; results do not depend on it)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"a quick check that everything runs: --steps {SMOKE['steps']} --seeds {SMOKE['seeds']} "
+                        "unless they are given (not with --full)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
 
@@ -118,6 +171,12 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Nam
     that fails)."""
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available here")
+    if args.smoke:
+        if args.full:
+            p.error("--smoke: not with --full (--smoke is a short run, --full the published length)")
+        for name, value in SMOKE.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
     try:  # canonical names (ns-unrolled -> ns-unrolled-5), as the results show them
         args.objectives = [get_objective(name).name for name in args.objectives]
     except ValueError as e:
@@ -168,12 +227,90 @@ def table(summary, mixtures, seeds: int) -> str:
     return "\n".join(lines) + f"\n\nMean ± standard error over {seeds} seed(s).\n\n" + NOTES
 
 
+def run_name(job) -> str:
+    """A run's name in the progress lines: data/objective/seed N."""
+    ds, obj, seed = job
+    return f"{ds}/{obj}/seed {seed}"
+
+
+class Progress:
+    """Per-run progress on ``stream`` (stderr): ``progress(job, n)`` reports ``n`` more steps of
+    the run ``job`` (``n = 0``: it started). Every line names its run (data/objective/seed), its
+    steps and its rate.
+
+    On a terminal one live line shows the runs in progress (rewritten in place) and each run
+    leaves one line when it ends. Elsewhere (a log, a pipe) the lines are plain, without
+    carriage returns: one when a run starts, one at each 25% of its steps (its end included)."""
+
+    QUARTERS = 4
+
+    def __init__(self, jobs, steps: int, stream=None, enabled: bool = True, tty: bool | None = None):
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = enabled
+        self.tty = bool(self.stream.isatty()) if tty is None else tty
+        self.steps = steps
+        self.label = {job: f"[{i}/{len(jobs)}] {run_name(job)}" for i, job in enumerate(jobs, 1)}
+        self.done = dict.fromkeys(self.label, 0)
+        self.started: dict = {}
+        self.live = False  # a live line is on the terminal
+
+    def __call__(self, job, n: int) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if job not in self.started:
+            self.started[job] = now
+            if not self.tty:
+                self._line(f"{self.label[job]}: started, {self.steps:,} steps")
+        before = self.done[job]
+        self.done[job] = after = min(self.steps, before + n)
+        if after == self.steps and before < self.steps:
+            self._line(self._status(job, now) + f", {now - self.started[job]:.1f} s")
+        elif not self.tty and after * self.QUARTERS // self.steps > before * self.QUARTERS // self.steps:
+            self._line(self._status(job, now))
+        if self.tty:
+            self._redraw(now)
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self.live:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.live = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _status(self, job, now: float) -> str:
+        done, elapsed = self.done[job], now - self.started[job]
+        rate = f", {done / elapsed:.0f} steps/s" if done and elapsed > 0 else ""
+        return f"{self.label[job]}: step {done:,}/{self.steps:,} ({100 * done // self.steps}%){rate}"
+
+    def _line(self, text: str) -> None:
+        self.stream.write(("\r\033[K" if self.tty and self.live else "") + text + "\n")
+        self.stream.flush()
+        self.live = False
+
+    def _redraw(self, now: float) -> None:
+        running = [job for job in self.started if self.done[job] < self.steps]
+        if not running:
+            return
+        width = shutil.get_terminal_size().columns - 1
+        text = " | ".join(self._status(job, now) for job in running)
+        self.stream.write("\r\033[K" + text[:width])
+        self.stream.flush()
+        self.live = True
+
+
 def _run_one(job, regime, backend, threads, device, progress):
     ds, obj, seed = job
     torch.set_num_threads(threads)
     snapshots = SNAPSHOTS if (ds, obj, seed) == ("ring", "ns", 0) else 0
-    return train_run(get_dataset(ds), get_objective(obj), seed, regime, backend, device, on_step=progress,
-                     snapshots=snapshots)
+    progress(job, 0)
+    return train_run(get_dataset(ds), get_objective(obj), seed, regime, backend, device,
+                     on_step=lambda n: progress(job, n), snapshots=snapshots)
 
 
 def _worker_init(queue):
@@ -182,12 +319,13 @@ def _worker_init(queue):
 
 
 def _worker(job, regime, backend, threads):
-    return _run_one(job, regime, backend, threads, "cpu", _queue.put)
+    return _run_one(job, regime, backend, threads, "cpu", lambda job, n: _queue.put((job, n)))
 
 
 def run_all(jobs, regime, backend, threads: int, processes: int, progress, device: str = "cpu") -> list:
     """Train every (dataset, objective, seed) job, in order of ``jobs``; on the CPU with
-    ``processes > 1`` in forked worker processes that report finished steps through a queue."""
+    ``processes > 1`` in forked worker processes that report through a queue. ``progress(job, n)``:
+    ``n`` more steps of ``job`` done (0 when it starts)."""
     if processes == 1 or len(jobs) == 1 or device != "cpu":
         return [_run_one(job, regime, backend, threads, device, progress) for job in jobs]
     ctx = multiprocessing.get_context("fork")
@@ -199,11 +337,11 @@ def run_all(jobs, regime, backend, threads: int, processes: int, progress, devic
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             while not queue.empty():
-                progress(queue.get())
+                progress(*queue.get())
             for f in done:
                 f.result()  # raise a worker's exception here
         while not queue.empty():
-            progress(queue.get())
+            progress(*queue.get())
         return [f.result() for f in futures]
 
 
@@ -226,16 +364,15 @@ def main(argv: list[str] | None = None) -> int:
     device = _device(args)
     mixtures = {name: get_dataset(name) for name in args.data}
     length = scope(regime, published, n_seeds, args.data)
-    print(length)
     jobs = [(ds, obj, s) for ds in args.data for obj in args.objectives for s in range(n_seeds)]
+    print(opening(regime, published, len(jobs), args, n_seeds, device), flush=True)
 
     started = time.perf_counter()
     # torch.optim's first optimiser imports torch._dynamo (seconds); do it once, before the
     # workers fork, so that it is not billed to the first run's wall time
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
-    with tqdm(total=len(jobs) * regime.steps, unit="step", disable=args.quiet, dynamic_ncols=True,
-              desc="fastgan lab") as bar:
-        results = run_all(jobs, regime, backend, args.threads, args.jobs, bar.update, device)
+    with Progress(jobs, regime.steps, enabled=not args.quiet) as progress:
+        results = run_all(jobs, regime, backend, args.threads, args.jobs, progress, device)
     total = time.perf_counter() - started
 
     summary = summarise(results)
@@ -261,13 +398,25 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
     first = {(r.dataset, r.objective): r for r in results if r.seed == 0}
     written = [args.out / name for name in OUTPUTS[:3]]
-    plots.figure(first, mixtures, summary, list(args.objectives), written[-1])
+    plots.figure(first, mixtures, summary, list(args.objectives), written[-1], seeds=n_seeds)
     hopping = first.get(("ring", "ns"))
     if hopping is not None and hopping.history:
         written.append(args.out / OUTPUTS[3])
         plots.hopping(hopping, mixtures["ring"], written[-1])
     print("wrote " + ", ".join(map(str, written)))
     return 0
+
+
+def opening(regime, published, runs: int, args: argparse.Namespace, seeds: int, device: str) -> str:
+    """The two lines the command opens with (the full settings and ``scope`` go to results.md)."""
+    what = (f"fastgan lab: {runs} run(s) ({' and '.join(args.data)}; {len(args.objectives)} objective(s) x "
+            f"{seeds} seed(s)) on {device}, {regime.name}: {regime.steps:,} steps of batch {regime.batch}.")
+    if (regime.steps, regime.batch) == (published.steps, published.batch):
+        length = "The published length."
+    else:
+        length = (f"Shortened{' (--smoke)' if args.smoke else ''} from the published {published.steps:,} steps "
+                  f"(--full): compare these numbers only with each other.")
+    return f"{what}\n{length} Every setting: {args.out / 'results.md'}."
 
 
 def scope(regime, published, seeds: int, data: list[str]) -> str:

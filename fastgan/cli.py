@@ -102,7 +102,7 @@ def output_problem(folder: Path, files: list[str] = ()) -> str:
     return ""
 
 
-EXTRA_NEEDS = {"lab": ("matplotlib", "tqdm"), "bench": ("tqdm",)}
+EXTRA_NEEDS = {"lab": ("matplotlib",), "bench": ("tqdm",)}
 """What each command imports beyond the library's own dependencies (the ``lab`` extra)."""
 
 

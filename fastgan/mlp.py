@@ -6,7 +6,11 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.fx._symbolic_trace import is_fx_tracing
+
+try:  # torch >= 2.10 distinguishes symbolic tracing from export / compile
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
+except ImportError:  # pragma: no cover - older torch
+    from torch.fx._symbolic_trace import is_fx_tracing
 
 from fastgan import _validate
 

@@ -240,7 +240,9 @@ def step_plan(inner: nn.Module, backend: str | None, device: torch.device) -> St
     chosen = plan(inner, backend, device)
     if chosen.path != "fused" and _dispatch.requested(backend) != "reference":
         if isinstance(inner, MLPDiscriminator):
-            _warn_once(f"fastgan: {chosen.reason} (discriminator_step takes the {chosen.path} path)")
+            why = unfusable_reason(inner)
+            _warn_once(f"fastgan: the fused kernels cannot run this {type(inner).__name__} ({why}); "
+                       f"discriminator_step takes the {chosen.path} path (fastgan.explain(D) says more)")
         elif chosen.path == "reference" and type(inner) not in _logged:
             _logged.add(type(inner))
             logger.info("fastgan: %s", chosen.reason)

@@ -30,7 +30,7 @@ from fastgan.penalties import (
 )
 
 from fastgan.unrolled import UnrolledDiscriminator, unrolled_generator_step
-from fastgan import divergences, reference, step_spec
+from fastgan import divergences, reference
 
 __version__ = "0.1.0"
 
@@ -50,5 +50,5 @@ __all__ = [
     "MLPDiscriminator", "StepParts", "StepPlan", "discriminator_step", "explain", "generator_step",
     "PENALTIES", "DRAGANPenalty", "GradientPenalty", "GradientPenaltyBase", "R1Penalty", "R2Penalty",
     "UnrolledDiscriminator", "unrolled_generator_step", "GraphedStep",
-    "divergences", "reference", "step_spec",
+    "divergences", "reference",
 ]

@@ -36,7 +36,7 @@ from torch import nn
 
 from fastgan import _dispatch, _native, _validate, closed_form, parametrized, step_spec
 from fastgan.losses import GANLoss, get_loss
-from fastgan.mlp import MLPDiscriminator
+from fastgan.mlp import MLPDiscriminator, dropout_generator
 from fastgan.penalties import GradientPenaltyBase, discriminator_pack
 
 
@@ -100,7 +100,8 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
         penalty: a gradient penalty module, a list of them (R3GAN's ``[R1Penalty(), R2Penalty()]``:
             their sum), or None; each one's ``every=k`` lazy schedule is honoured.
         backend: see :mod:`fastgan._dispatch`.
-        eps, generator: passed to the penalties (WGAN-GP's per-row eps, DRAGAN's noise).
+        eps, generator: passed to the penalties (WGAN-GP's per-row eps, DRAGAN's noise);
+            ``generator`` also draws D's dropout masks (None: torch's default generator).
         return_parts: also return :class:`StepParts` (detached) for logging.
         backward: also run the backward pass: the gradients are added to D's ``.grad`` (a
             parameter without ``.grad`` takes the kernel's buffer, no copy) as ``.backward()``
@@ -111,6 +112,14 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
 
     Returns:
         The scalar total, or ``(total, parts)`` with ``return_parts=True``.
+
+    Dropout (an MLPDiscriminator with ``dropout > 0`` in training mode): the step draws what the
+    reference's separate ``D(...)`` calls would, in their order, from ``generator`` (or torch's
+    default): the real rows' masks (per hidden layer, in layer order), the fake rows' masks, then
+    for each due penalty its random numbers (WGAN-GP's eps, DRAGAN's noise) followed by the masks
+    of its own pass. A penalty is the gradient of its own pass's draw, so R1 / R2 are not taken
+    on the loss pass: they penalise the real / fake rows under masks of their own. With the same
+    RNG state the fused and reference paths see the same masks and agree. Eval mode draws nothing.
     """
     loss = get_loss(loss)
     check_step_args(D, real, fake, loss, penalty, eps, generator)
@@ -174,6 +183,15 @@ def plan(inner: nn.Module, backend: str | None, device: torch.device) -> StepPla
             name = resolve_backend(backend, str(device))
             if name == "reference":
                 return StepPlan("reference", name, "backend 'reference' was asked for")
+            if inner.dropout_active and name not in DROPOUT_BACKENDS:
+                if _dispatch.requested(backend) != "auto":
+                    raise ValueError(f"backend={name!r} takes no dropout masks yet ({type(inner).__name__} has "
+                                     f"dropout={inner.dropout} in training mode); use one of {DROPOUT_BACKENDS}, "
+                                     "backend='reference', or D.eval()")
+                fallback = DROPOUT_BACKENDS[0]
+                return StepPlan("fused", fallback, f"an MLPDiscriminator with dropout in training mode: the "
+                                f"closed-form step on the {fallback!r} backend (the {name!r} backend takes no "
+                                "dropout masks yet)")
             return StepPlan("fused", name, f"an MLPDiscriminator: the closed-form step on the {name!r} backend")
         asked = _dispatch.requested(backend)
         if asked not in ("auto", "reference"):
@@ -217,6 +235,10 @@ def step_backend(inner: nn.Module, backend: str | None, device: torch.device) ->
     return chosen.backend
 
 
+# The backends whose mlp_disc_step / mlp_gen_step take dropout masks (masks_* arguments); a
+# training-mode dropout D under "auto" runs on the first of them where the chosen one takes none.
+DROPOUT_BACKENDS = ("torch",)
+
 _HOOK_KINDS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _warned: set[str] = set()
 _logged: set[type] = set()
@@ -238,8 +260,6 @@ def unfusable_reason(inner: MLPDiscriminator) -> str:
     cls = type(inner)
     if cls.forward is not MLPDiscriminator.forward:
         return f"{cls.__name__} overrides forward"
-    if inner.dropout_active:
-        return "dropout in training mode: the fused kernels take no dropout masks yet"
     from torch.nn.modules import module as torch_module
     for kind in _HOOK_KINDS:
         if getattr(torch_module, "_global" + kind, None):
@@ -262,7 +282,7 @@ def _fused_modules(inner: MLPDiscriminator):
 
 
 def _reference_step(D, real, fake, loss, penalties, eps, generator):
-    with _dispatch.use_backend("reference"):
+    with _dispatch.use_backend("reference"), dropout_generator(generator):
         real_logits = D(real.detach())  # data, as on the fused path: no gradient into real
         fake_logits = D(fake.detach())
         value = loss.discriminator_loss(real_logits, fake_logits)
@@ -275,9 +295,12 @@ def _reference_step(D, real, fake, loss, penalties, eps, generator):
 
 
 def generator_step(D: nn.Module, fake: torch.Tensor, *, loss: GANLoss | str, real: torch.Tensor | None = None,
-                   backend: str | None = None) -> torch.Tensor:
+                   backend: str | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """The generator's loss ``loss.generator_loss(D(fake), D(real))``; ``.backward()`` sends
-    d loss / d fake into the generator and computes no discriminator gradients."""
+    d loss / d fake into the generator and computes no discriminator gradients.
+
+    With D's dropout active the step draws the masks of ``D(fake)``, then (paired losses) of
+    ``D(real)``, from ``generator`` (None: torch's default), as the reference's calls would."""
     loss = get_loss(loss)
     if loss.paired and real is None:
         raise ValueError(f"{type(loss).__name__} pairs real and fake: pass real= to generator_step")
@@ -286,6 +309,7 @@ def generator_step(D: nn.Module, fake: torch.Tensor, *, loss: GANLoss | str, rea
     if loss.reduction == "none":
         raise ValueError("generator_step needs a scalar loss: use reduction 'mean' or 'sum'")
     _validate.tensors(fake=fake, real=real if loss.paired else None)
+    _validate.generator(generator)
     inner = unwrap(D)
     if isinstance(inner, MLPDiscriminator):
         inner.check_input(fake, "fake")
@@ -294,14 +318,16 @@ def generator_step(D: nn.Module, fake: torch.Tensor, *, loss: GANLoss | str, rea
             _validate.same_shape("real", real, "fake", fake, f"{type(loss).__name__} pairs real and fake")
     name = step_backend(inner, backend, fake.device)
     if name == "reference":
-        return _reference_generator_step(inner, fake, real, loss)
+        with dropout_generator(generator):
+            return _reference_generator_step(inner, fake, real, loss)
     with parametrized.weights_once(inner, grad=False), torch.no_grad():
         params = step_spec.mlp_params(inner)  # effective weights, computed once
     _check_params(inner, fake, params)
-    spec, fake_p, real_p = step_spec.gen_step_operands(inner, fake, loss=loss, real=real, allow_tf32=_allow_tf32())
-    # D's parameters are constants here: they travel inside a non-tensor argument, which autograd
-    # does not track (no detach per parameter, no graph edges to D).
-    return _GenStepFn.apply(fake_p, real_p, name, spec, params)
+    spec, fake_p, real_p, masks = step_spec.gen_step_operands(inner, fake, loss=loss, real=real,
+                                                              allow_tf32=_allow_tf32(), generator=generator)
+    # D's parameters (and the dropout masks) are constants here: they travel inside a non-tensor
+    # argument, which autograd does not track (no detach per parameter, no graph edges to D).
+    return _GenStepFn.apply(fake_p, real_p, name, spec, (params, masks))
 
 
 def _reference_generator_step(inner, fake, real, loss):
@@ -379,16 +405,18 @@ def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalties, backend
     params = step_spec.mlp_params(inner)
     calls = [(p, p.due_scale()) for p in penalties] or [(None, 0)]
     calls = calls[:1] + [(p, scale) for p, scale in calls[1:] if scale]
-    totals, stats, grads = [], [], None
+    totals, stats, grads, loss_masks = [], [], None, None
     for i, (penalty, scale) in enumerate(calls):
-        spec, real_p, fake_p, pen_p = step_spec.disc_step_operands(inner, real, fake, loss=loss, penalty=penalty,
-                                                                   penalty_scale=scale, eps=eps, generator=generator,
-                                                                   allow_tf32=_allow_tf32())
+        spec, real_p, fake_p, pen_p, masks = step_spec.disc_step_operands(
+            inner, real, fake, loss=loss, penalty=penalty, penalty_scale=scale, eps=eps, generator=generator,
+            allow_tf32=_allow_tf32(), loss_masks=loss_masks)
+        if masks is not None:
+            loss_masks = masks[:2]  # one draw for the loss pass; each further penalty draws its own
         if i:
             spec = dataclasses.replace(spec, term_real=(), term_fake=(), paired=False)  # the loss is in call 0
         if backward:
             with torch.no_grad():
-                out = step_ops(backend)[0](**spec.op_args(real_p, fake_p, pen_p, *params))
+                out = step_ops(backend)[0](**spec.op_args(real_p, fake_p, pen_p, *params, masks=masks))
                 if grads is None:
                     grads = list(out[1:])
                 else:  # one hand-over at the end: an effective weight's graph is walked once
@@ -396,7 +424,8 @@ def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalties, backend
             stats.append(out[0])
             totals.append(out[0][0] + out[0][1])
         else:
-            total, st = _DiscStepFn.apply(real_p, fake_p, pen_p, backend, spec, _layout(params), *_flat(params))
+            total, st = _DiscStepFn.apply(real_p, fake_p, pen_p, backend, spec, (_layout(params), masks),
+                                          *_flat(params))
             totals.append(total)
             stats.append(st)
     if grads is not None:
@@ -460,8 +489,9 @@ class _DiscStepFn(torch.autograd.Function):
     logit)."""
 
     @staticmethod
-    def forward(ctx, real, fake, pen, backend, spec, layout, *params):
-        out = step_ops(backend)[0](**spec.op_args(real, fake, pen, *_split(params, layout)))
+    def forward(ctx, real, fake, pen, backend, spec, layout_masks, *params):
+        layout, masks = layout_masks  # the masks are constants (drawn before the op)
+        out = step_ops(backend)[0](**spec.op_args(real, fake, pen, *_split(params, layout), masks=masks))
         stats = out[0]
         ctx.save_for_backward(*out[1:])
         ctx.mark_non_differentiable(stats)
@@ -477,8 +507,9 @@ class _GenStepFn(torch.autograd.Function):
     backward scales it. ``params`` (D's, as ``(weights, biases, w_out, b_out)``) are constants."""
 
     @staticmethod
-    def forward(ctx, fake, real, backend, spec, params):
-        stats, d_fake = step_ops(backend)[1](**spec.op_args(fake, real, *params))
+    def forward(ctx, fake, real, backend, spec, params_masks):
+        params, masks = params_masks
+        stats, d_fake = step_ops(backend)[1](**spec.op_args(fake, real, *params, masks=masks))
         ctx.save_for_backward(d_fake)
         return stats[0]
 

@@ -108,8 +108,8 @@ def _loss_and_slopes(o_real, o_fake, t_real, t_fake, paired):
 
 def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, negative_slope,
                   term_real, term_fake, paired, penalty_side, penalty_kind, penalty_weight,
-                  penalty_center, allow_tf32, path="auto", tensor_cores=False, masks_real=(), masks_fake=(),
-                  masks_penalty=()):
+                  penalty_center, allow_tf32, masks_real=(), masks_fake=(), masks_penalty=(), path="auto",
+                  tensor_cores=False):
     """The fused discriminator step (contract in ``csrc/bindings.cpp``).
 
     Returns ``[stats, dW_1..dW_L, db_1..db_L (if biases), dw_out, db_out (if b_out)]`` with
@@ -179,8 +179,8 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
     return [stats] + grads
 
 
-def mlp_gen_step(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, allow_tf32, path="auto",
-                 tensor_cores=False, masks_fake=(), masks_real=()):
+def mlp_gen_step(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, allow_tf32, masks_fake=(),
+                 masks_real=(), path="auto", tensor_cores=False):
     """The generator's side: ``loss = sum_j term(f_j)`` (or ``sum_j term(r_j - f_j)`` when
     ``paired``). Returns ``[stats = (loss, mean fake logit), d loss / d fake]``, the latter
     ``c * g`` row by row."""

@@ -188,7 +188,7 @@ def plan(inner: nn.Module, backend: str | None, device: torch.device) -> StepPla
                     raise ValueError(f"backend={name!r} takes no dropout masks yet ({type(inner).__name__} has "
                                      f"dropout={inner.dropout} in training mode); use one of {DROPOUT_BACKENDS}, "
                                      "backend='reference', or D.eval()")
-                fallback = DROPOUT_BACKENDS[0]
+                fallback = "torch"  # closed form in torch operations: any device
                 return StepPlan("fused", fallback, f"an MLPDiscriminator with dropout in training mode: the "
                                 f"closed-form step on the {fallback!r} backend (the {name!r} backend takes no "
                                 "dropout masks yet)")
@@ -237,7 +237,7 @@ def step_backend(inner: nn.Module, backend: str | None, device: torch.device) ->
 
 # The backends whose mlp_disc_step / mlp_gen_step take dropout masks (masks_* arguments); a
 # training-mode dropout D under "auto" runs on the first of them where the chosen one takes none.
-DROPOUT_BACKENDS = ("torch",)
+DROPOUT_BACKENDS = ("torch", "cpu")
 
 _HOOK_KINDS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _warned: set[str] = set()

@@ -16,8 +16,8 @@ describe the configuration (docs/DESIGN.md section 4):
 - ``masks_real``, ``masks_fake``, ``masks_penalty`` (``mlp_gen_step``: ``masks_fake``,
   ``masks_real``): dropout multipliers, one ``(rows, width_l)`` tensor per hidden layer
   (0 or 1/(1-p), drawn by :func:`fastgan.mlp.dropout_masks`), ``h_l = leaky(z_l) * m_l``;
-  passed only while D's dropout is active (the keys are absent otherwise, so a backend that
-  takes no masks cannot receive them silently). With dropout each ``D(...)`` call draws its own
+  empty lists without active dropout; a backend that takes no masks yet raises when given any
+  (and :func:`fastgan.fused.plan` never sends it a dropout D). With dropout each ``D(...)`` call draws its own
   masks, so R1/R2 are not taken on the loss pass: they become side INPUT with the real / fake
   rows as the penalty's points and masks of their own (this translation is done here).
 
@@ -91,8 +91,7 @@ class GenStepSpec:
 
 
 def _with_masks(masks, names, args: dict) -> dict:
-    if masks is not None and any(len(m) for m in masks):
-        args.update((name, list(m)) for name, m in zip(names, masks))
+    args.update((name, list(m) if masks is not None else []) for name, m in zip(names, masks or [()] * len(names)))
     return args
 
 

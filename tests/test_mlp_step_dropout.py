@@ -74,6 +74,22 @@ def test_step_matches_the_reference_with_the_same_masks(backend, dtype, loss, pe
     harness.assert_close(got, want, base, dtype, f"{backend} {loss} {pen_name}")
 
 
+@pytest.mark.parametrize("pen_name", ["r1", "gp", "r1+r2"])
+@pytest.mark.parametrize("dtype", harness.DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("backend", MASK_BACKENDS)
+def test_wide_networks_match_the_reference(backend, dtype, pen_name):
+    """Widths whose weights take the native kernels' wide path (tiled products, row-split steps)."""
+    D = make_D(torch.float64, hidden=(384, 384), pack=1, p=0.5)
+    real, fake = inputs(torch.float64, rows=40)
+
+    def reference(D, real, fake):
+        return disc_run(D, real, fake, "non_saturating", PENALTIES[pen_name], "reference", True)
+
+    want, base = harness.expected(reference, (D, real, fake), dtype)
+    got = disc_run(D.to(dtype), real.to(dtype), fake.to(dtype), "non_saturating", PENALTIES[pen_name], backend, True)
+    harness.assert_close(got, want, base, dtype, f"{backend} wide {pen_name}")
+
+
 @pytest.mark.parametrize("dtype", harness.DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("loss", harness.LOSS_NAMES)
 @pytest.mark.parametrize("backend", MASK_BACKENDS)

@@ -220,6 +220,14 @@ def test_a_backend_without_masks_is_never_handed_any(name):
     real, fake = inputs(torch.float64)
     with pytest.raises(ValueError, match="dropout"):
         fastgan.discriminator_step(D, real, fake, loss="hinge", backend=name)
+    with pytest.raises(ValueError, match="dropout"):
+        fastgan.generator_step(D, fake, loss="hinge", backend=name)
+    # the op itself refuses masks rather than ignoring them
+    args = step_spec.disc_step_op_args(D, real, fake, loss=fastgan.get_loss("hinge"), penalty=fastgan.R1Penalty())
+    args = {k: ([t.detach() for t in v] if k in ("weights", "biases") else v) for k, v in args.items()}
+    args["w_out"], args["b_out"] = args["w_out"].detach(), args["b_out"].detach()
+    with pytest.raises((ValueError, RuntimeError), match="dropout"):
+        fused.step_ops(name)[0](**args)
 
 
 @pytest.mark.parametrize("backend", MASK_BACKENDS)

@@ -25,17 +25,25 @@ TORCH_LIBRARY(fastgan, m) {
   // raises where the network does not fit it) | "wide" (products + epilogues) for the cuda and
   // triton backends (cpu and torch have one path and take "auto" only); tensor_cores: the cuda
   // fused kernel runs its products on tensor cores (3xTF32 for fp32 unless allow_tf32, else TF32).
+  // Dropout: masks_real / masks_fake / masks_penalty are [] (no dropout) or one contiguous
+  // (rows of that block, H_l) multiplier tensor per hidden layer (0 or 1/(1-p), the rows' dtype
+  // and device): h_l = leaky(z_l) * m_l, and every activation-derivative factor is leaky'(z_l) * m_l.
+  // masks_real and masks_fake come together; masks_penalty exactly with them when penalty_side == 2.
+  // A backend that takes no masks yet raises when given any. (A list argument takes no default in a
+  // schema, so every caller passes the three lists; fastgan.step_spec always does.)
   // Returns [stats = (loss, penalty, mean real logit, mean fake logit),
   //          dW_1..dW_L, db_1..db_L (if biases), dw_out, db_out (if b_out)].
   m.def("mlp_disc_step(Tensor real, Tensor fake, Tensor? penalty_input, Tensor[] weights, Tensor[] biases, "
         "Tensor w_out, Tensor? b_out, float negative_slope, float[] term_real, float[] term_fake, bool paired, "
         "int penalty_side, int penalty_kind, float penalty_weight, float penalty_center, bool allow_tf32, "
-        "str path=\"auto\", bool tensor_cores=False) -> Tensor[]");
-  // Generator side: loss = sum of term over fake logits (or over r - f when paired, which needs
-  // real). Returns [stats = (loss, mean fake logit), d loss / d fake (fake's shape)].
-  m.def("mlp_gen_step(Tensor fake, Tensor? real, Tensor[] weights, Tensor[] biases, Tensor w_out, "
-        "Tensor? b_out, float negative_slope, float[] term, bool paired, bool allow_tf32, str path=\"auto\", "
+        "Tensor[] masks_real, Tensor[] masks_fake, Tensor[] masks_penalty, str path=\"auto\", "
         "bool tensor_cores=False) -> Tensor[]");
+  // Generator side: loss = sum of term over fake logits (or over r - f when paired, which needs
+  // real). masks_fake / masks_real: dropout as above (masks_real exactly with masks_fake when
+  // paired). Returns [stats = (loss, mean fake logit), d loss / d fake (fake's shape)].
+  m.def("mlp_gen_step(Tensor fake, Tensor? real, Tensor[] weights, Tensor[] biases, Tensor w_out, "
+        "Tensor? b_out, float negative_slope, float[] term, bool paired, bool allow_tf32, Tensor[] masks_fake, "
+        "Tensor[] masks_real, str path=\"auto\", bool tensor_cores=False) -> Tensor[]");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

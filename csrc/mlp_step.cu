@@ -257,11 +257,17 @@ std::vector<at::Tensor> mlp_disc_step_cuda(const at::Tensor& real, const at::Ten
                                            c10::ArrayRef<double> term_real, c10::ArrayRef<double> term_fake,
                                            bool paired, int64_t penalty_side, int64_t penalty_kind,
                                            double penalty_weight, double penalty_center, bool allow_tf32,
-                                           c10::string_view path, bool tensor_cores) {
+                                           at::TensorList masks_real, at::TensorList masks_fake,
+                                           at::TensorList masks_penalty, c10::string_view path, bool tensor_cores) {
   const Path forced = contract::parse_path(path, at::kCUDA);
   const contract::DiscArgs a =
       contract::parse_disc(real, fake, penalty_input, weights, biases, w_out, b_out, negative_slope, term_real,
                            term_fake, paired, penalty_side, penalty_kind, penalty_weight, penalty_center, at::kCUDA);
+  // Dropout masks are not implemented in the CUDA kernels yet: never run without them silently.
+  TORCH_CHECK(!contract::parse_disc_masks(masks_real, masks_fake, masks_penalty, real, fake, penalty_input, a.net,
+                                          at::kCUDA),
+              contract::prefix(at::kCUDA), "the cuda backend takes no dropout masks yet (masks_real / masks_fake "
+              "must be []); use the torch or cpu backend");
   const c10::cuda::CUDAGuard guard(real.device());
   const Problem pr = cuda_mlp::make_problem(a.net, real, fake, penalty_input ? *penalty_input : at::Tensor(), weights,
                                             biases, w_out, b_out);
@@ -284,10 +290,14 @@ std::vector<at::Tensor> mlp_gen_step_cuda(const at::Tensor& fake, const std::opt
                                           at::TensorList weights, at::TensorList biases, const at::Tensor& w_out,
                                           const std::optional<at::Tensor>& b_out, double negative_slope,
                                           c10::ArrayRef<double> term, bool paired, bool allow_tf32,
+                                          at::TensorList masks_fake, at::TensorList masks_real,
                                           c10::string_view path, bool tensor_cores) {
   const Path forced = contract::parse_path(path, at::kCUDA);
   const contract::GenArgs a =
       contract::parse_gen(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, at::kCUDA);
+  TORCH_CHECK(!contract::parse_gen_masks(masks_fake, masks_real, fake, real, paired, a.net, at::kCUDA),
+              contract::prefix(at::kCUDA), "the cuda backend takes no dropout masks yet (masks_fake must be []); "
+              "use the torch or cpu backend");
   const c10::cuda::CUDAGuard guard(fake.device());
   const Problem pr = cuda_mlp::make_problem(a.net, paired ? *real : at::Tensor(), fake, at::Tensor(), weights, biases,
                                             w_out, b_out);

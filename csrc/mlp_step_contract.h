@@ -9,6 +9,9 @@
 //   rows:         (rows >= 1, K), one floating dtype and one device for every tensor
 //   network:      weights[l] (H_{l+1}, H_l) with H_0 = K, biases [] or one (H_{l+1},) per layer,
 //                 w_out (1, H_L), b_out (1,) or None, negative_slope >= 0
+//   masks_*:      dropout multipliers: [] or one contiguous (rows of that block, H_l) tensor per
+//                 hidden layer like the rows; real and fake together, penalty exactly with them
+//                 when penalty_side == 2 (parse_masks)
 #pragma once
 #include <ATen/ATen.h>
 
@@ -149,6 +152,39 @@ inline Network check_network(const at::Tensor& x, at::TensorList weights, at::Te
   return net;
 }
 
+// Dropout masks of one block of rows: [] (returns false) or one contiguous (rows, H_l) tensor per
+// hidden layer like `first`.
+inline bool parse_masks(at::TensorList masks, const char* name, int64_t rows, const Network& net,
+                        const at::Tensor& first, at::DeviceType dev) {
+  if (masks.empty()) return false;
+  TORCH_CHECK(int64_t(masks.size()) == net.depth(), prefix(dev), name, " must be [] or one mask per hidden layer (",
+              net.depth(), "), got ", masks.size());
+  for (int l = 0; l < net.depth(); ++l) {
+    const std::string mname = std::string(name) + "[" + std::to_string(l) + "]";
+    check_like(masks[l], mname, first, dev);
+    TORCH_CHECK(masks[l].dim() == 2 && masks[l].size(0) == rows && masks[l].size(1) == net.width[l + 1], prefix(dev),
+                mname, " must have shape (", rows, ", ", net.width[l + 1], ") (rows of its block, the layer's width), got ",
+                masks[l].sizes());
+    TORCH_CHECK(masks[l].is_contiguous(), prefix(dev), mname, " must be contiguous");
+  }
+  return true;
+}
+
+// Which mask lists are given, checked for consistency: all of a step's blocks, or none.
+inline bool parse_disc_masks(at::TensorList masks_real, at::TensorList masks_fake, at::TensorList masks_penalty,
+                             const at::Tensor& real, const at::Tensor& fake,
+                             const std::optional<at::Tensor>& penalty_input, const Network& net, at::DeviceType dev) {
+  const bool r = parse_masks(masks_real, "masks_real", real.size(0), net, real, dev);
+  const bool f = parse_masks(masks_fake, "masks_fake", fake.size(0), net, real, dev);
+  TORCH_CHECK(r == f, prefix(dev), "masks_real and masks_fake must be given together (dropout on both passes), got ",
+              r ? "masks_real only" : "masks_fake only");
+  const bool p = penalty_input ? parse_masks(masks_penalty, "masks_penalty", penalty_input->size(0), net, real, dev)
+                               : !masks_penalty.empty();
+  TORCH_CHECK(p == (r && penalty_input.has_value()), prefix(dev), "masks_penalty must be given exactly when "
+              "penalty_side == 2 and masks_real / masks_fake are given, got ", masks_penalty.size(), " masks");
+  return r;
+}
+
 inline DiscArgs parse_disc(const at::Tensor& real, const at::Tensor& fake, const std::optional<at::Tensor>& penalty_input,
                            at::TensorList weights, at::TensorList biases, const at::Tensor& w_out,
                            const std::optional<at::Tensor>& b_out, double negative_slope,
@@ -183,6 +219,16 @@ inline DiscArgs parse_disc(const at::Tensor& real, const at::Tensor& fake, const
   a.rows[1] = fake.size(0);
   a.rows[2] = penalty_input ? penalty_input->size(0) : 0;
   return a;
+}
+
+// The generator step's masks: masks_fake, and masks_real exactly with it on a paired loss.
+inline bool parse_gen_masks(at::TensorList masks_fake, at::TensorList masks_real, const at::Tensor& fake,
+                            const std::optional<at::Tensor>& real, bool paired, const Network& net, at::DeviceType dev) {
+  const bool f = parse_masks(masks_fake, "masks_fake", fake.size(0), net, fake, dev);
+  const bool r = paired ? parse_masks(masks_real, "masks_real", real->size(0), net, fake, dev) : !masks_real.empty();
+  TORCH_CHECK(r == (f && paired), prefix(dev), "masks_real must be given exactly when masks_fake is and the loss is "
+              "paired, got ", masks_real.size(), " masks");
+  return f;
 }
 
 inline GenArgs parse_gen(const at::Tensor& fake, const std::optional<at::Tensor>& real, at::TensorList weights,

@@ -10,6 +10,9 @@
 //   v_L = m_L * w_out, v_{l-1} = (v_l W_l) * m_{l-1}, g = v_1 W_1        (input gradient)
 //   ubar_0 = k(|g|) g, ubar_l = (ubar_{l-1} W_l^T) * m_l               (penalty adjoint)
 //   dW_l += v_l^T (c h_{l-1} + ubar_{l-1}), db_l += c v_l, dw_out += c h_L + ubar_L, db_out += c
+// Dropout (mask lists given): h_l = leaky(z_l) * d_l with d_l the multiplier tensor of the row's
+// block, and every factor m_l above becomes m_l * d_l (applied as (u * d_l) * m_l, autograd's order).
+// Each block copies its rows' masks next to its activations (M[l], stacked like H[l]).
 // Rows without a penalty carry c in the chain (c v_l is the ordinary backward delta) and use
 // h_{l-1} itself as the right operand, so every layer takes ONE weight-gradient product.
 //
@@ -193,6 +196,8 @@ struct Workspace {
   std::vector<T> buf;
   std::vector<T*> H, V;  // H[0..L] (S x width[l]; H[0] holds the input rows), V[1..L]
   T *G = nullptr, *UB0 = nullptr, *UB1 = nullptr, *o = nullptr, *c = nullptr;
+  std::vector<T> mbuf;   // dropout only: M[1..L] (S x width[l]), the block's stacked masks
+  std::vector<T*> M;
 
   static int64_t elems_per_row(const Net<T>& net) {
     int64_t e = 2 * net.width[0] + 2 * net.max_width + 2;  // H[0], G, UB0/1, o, c
@@ -200,9 +205,16 @@ struct Workspace {
     return e;
   }
   // S stacked rows, of which at most P carry a penalty (the UB buffers hold only those)
-  Workspace(const Net<T>& net, int64_t S, int64_t P)
+  Workspace(const Net<T>& net, int64_t S, int64_t P, bool dropout = false)
       : buf(size_t(S * (elems_per_row(net) - 2 * net.max_width) + 2 * P * net.max_width)), H(net.L + 1),
-        V(net.L + 1) {
+        V(net.L + 1), M(net.L + 1, nullptr) {
+    if (dropout) {
+      int64_t n = 0;
+      for (int64_t l = 1; l <= net.L; ++l) n += S * net.width[l];
+      mbuf.resize(size_t(n));
+      T* q = mbuf.data();
+      for (int64_t l = 1; l <= net.L; ++l) { M[l] = q; q += S * net.width[l]; }
+    }
     T* p = buf.data();
     auto take = [&](int64_t n) { T* q = p; p += n; return q; };
     for (int64_t l = 0; l <= net.L; ++l) H[l] = take(S * net.width[l]);
@@ -216,10 +228,14 @@ struct Workspace {
 };
 
 // Rows of one block, stacked: [0, n[0]) real, then n[1] fake, then n[2] penalty-input rows.
+// Dropout: mk[s] (nullptr: none) holds side s's mask base pointers by layer (index 1..L), whose
+// rows for this block start at row r0[s].
 template <typename T>
 struct Block {
   const T* x[3];
   int64_t n[3];
+  const T* const* mk[3] = {nullptr, nullptr, nullptr};
+  int64_t r0[3] = {0, 0, 0};
   int64_t rows() const { return n[0] + n[1] + n[2]; }
 };
 
@@ -255,10 +271,22 @@ FASTGAN_INLINE void bias_leaky(T* __restrict__ h, int64_t rows, int64_t w, const
   }
 }
 
-// u *= m where m = 1 if h > 0 else alpha (h > 0 exactly when z > 0, as alpha >= 0).
+// u *= m where m = 1 if h > 0 else alpha (h > 0 exactly when z > 0, as alpha >= 0); with dropout
+// multipliers d (non-null) u = (u * d) * m (h = 0 where d = 0, and then u * d = 0 already).
 template <typename T>
-FASTGAN_INLINE void apply_mask(T* __restrict__ u, const T* __restrict__ h, int64_t n, T one, T alpha) {
+FASTGAN_INLINE void apply_mask(T* __restrict__ u, const T* __restrict__ h, int64_t n, T one, T alpha,
+                               const T* __restrict__ d = nullptr) {
+  if (d) {
+    for (int64_t i = 0; i < n; ++i) u[i] = (u[i] * d[i]) * (h[i] > T(0) ? one : alpha);
+    return;
+  }
   for (int64_t i = 0; i < n; ++i) u[i] *= h[i] > T(0) ? one : alpha;
+}
+
+// h *= d (dropout after the activation)
+template <typename T>
+FASTGAN_INLINE void apply_drop(T* __restrict__ h, const T* __restrict__ d, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) h[i] *= d[i];
 }
 
 // The weight-gradient operand of a penalised row, in place of h_i: for W_l (h = h_{l-1}, ZERO_PATH)
@@ -305,10 +333,24 @@ FASTGAN_INLINE void forward(const Net<T>& net, Workspace<T>& ws, const Block<T>&
     if (blk.n[s]) std::memcpy(ws.H[0] + r0 * K, blk.x[s], sizeof(T) * blk.n[s] * K);
     r0 += blk.n[s];
   }
+  const bool drop = blk.mk[0] != nullptr || blk.mk[1] != nullptr;
+  if (drop) {  // the block's masks, stacked like its rows
+    for (int64_t l = 1; l <= net.L; ++l) {
+      const int64_t wo = net.width[l];
+      int64_t q = 0;
+      for (int s = 0; s < 3; ++s) {
+        if (blk.n[s]) std::memcpy(ws.M[l] + q * wo, blk.mk[s][l] + blk.r0[s] * wo, sizeof(T) * blk.n[s] * wo);
+        q += blk.n[s];
+      }
+    }
+  }
   for (int64_t l = 1; l <= net.L; ++l) {
     const int64_t wi = net.width[l - 1], wo = net.width[l];
     mm<T>(net.wide, false, true, S, wo, wi, T(1), ws.H[l - 1], wi, net.W[l], wi, T(0), ws.H[l], wo);
-    FASTGAN_FOR_ROWS(net.wide, S, wo, a, b, bias_leaky(ws.H[l] + a * wo, b - a, wo, net.b[l], net.one, net.alpha));
+    FASTGAN_FOR_ROWS(net.wide, S, wo, a, b, {
+      bias_leaky(ws.H[l] + a * wo, b - a, wo, net.b[l], net.one, net.alpha);
+      if (drop) apply_drop(ws.H[l] + a * wo, ws.M[l] + a * wo, (b - a) * wo);
+    });
   }
   const int64_t wl = net.width[net.L];
   FASTGAN_FOR_ROWS(net.wide, S, wl, a, b, logits(net, ws, a, b));
@@ -324,6 +366,11 @@ FASTGAN_INLINE void v_top(const Net<T>& net, Workspace<T>& ws, int64_t r0, int64
     const T sa = s * net.alpha;
     const T* __restrict__ h = ws.H[net.L] + i * wl;
     T* __restrict__ v = ws.V[net.L] + i * wl;
+    if (ws.M[net.L]) {  // dropout: ((s w) d) m, autograd's order
+      const T* __restrict__ d = ws.M[net.L] + i * wl;
+      for (int64_t j = 0; j < wl; ++j) v[j] = ((s * net.w_out[j]) * d[j]) * (h[j] > T(0) ? net.one : net.alpha);
+      continue;
+    }
     for (int64_t j = 0; j < wl; ++j) v[j] = (h[j] > T(0) ? s : sa) * net.w_out[j];
   }
 }
@@ -336,7 +383,7 @@ FASTGAN_INLINE void v_chain(const Net<T>& net, Workspace<T>& ws, int64_t r0, int
     mm<T>(net.wide, false, false, n, wi, wo, T(1), ws.V[l] + r0 * wo, wo, net.W[l], wi, T(0), ws.V[l - 1] + r0 * wi, wi);
     FASTGAN_FOR_ROWS(net.wide, n, wi, a, b,
                      apply_mask(ws.V[l - 1] + (r0 + a) * wi, ws.H[l - 1] + (r0 + a) * wi, (b - a) * wi, net.one,
-                                net.alpha));
+                                net.alpha, ws.M[l - 1] ? ws.M[l - 1] + (r0 + a) * wi : nullptr));
   }
 }
 
@@ -402,6 +449,7 @@ struct DiscJob {
   PenaltySpec pen;
   int64_t Rb;         // rows per side in a block
   GradLayout lay;
+  const T* const* mk[3] = {nullptr, nullptr, nullptr};  // dropout: per side, mask pointers by layer (1..L)
 };
 
 // One block: forward, c, the V chain, the penalty adjoint, and its share of every gradient,
@@ -416,6 +464,8 @@ FASTGAN_INLINE void disc_block(const DiscJob<T>& job, Workspace<T>& ws, int64_t 
   for (int s = 0; s < 3; ++s) {
     blk.n[s] = std::clamp<int64_t>(job.N[s] - bi * Rb, 0, Rb);
     blk.x[s] = blk.n[s] ? job.x[s] + bi * Rb * K : nullptr;
+    blk.mk[s] = job.mk[s];
+    blk.r0[s] = bi * Rb;
   }
   const int64_t S = blk.rows(), nr = blk.n[0], nf = blk.n[1];
   forward(net, ws, blk);
@@ -471,7 +521,8 @@ FASTGAN_INLINE void disc_block(const DiscJob<T>& job, Workspace<T>& ws, int64_t 
       T* ub = (l & 1) ? ws.UB0 : ws.UB1;
       mm<T>(net.wide, false, true, np, wo, wi, T(1), ub_prev, wi, net.W[l], wi, T(0), ub, wo);
       FASTGAN_FOR_ROWS(net.wide, np, wo + wi, a, b, {
-        apply_mask(ub + a * wo, ws.H[l] + (p0 + a) * wo, (b - a) * wo, net.one, net.alpha);
+        apply_mask(ub + a * wo, ws.H[l] + (p0 + a) * wo, (b - a) * wo, net.one, net.alpha,
+                   ws.M[l] ? ws.M[l] + (p0 + a) * wo : nullptr);
         (combine<T, true>)(ws.H[l - 1] + (p0 + a) * wi, c + p0 + a, ub_prev + a * wi, b - a, wi, net.zero);
       });
       ub_prev = ub;
@@ -571,7 +622,7 @@ void disc_kernel(const DiscJob<T>& job, double stats[4], std::vector<T*>& grads)
   const bool simd = cpu_has_simd_target();
 
   auto run_chunks = [&](int64_t cb, int64_t ce) {
-    Workspace<T> ws(net, sides * job.Rb, job.pen.side == -1 ? 0 : job.Rb);
+    Workspace<T> ws(net, sides * job.Rb, job.pen.side == -1 ? 0 : job.Rb, job.mk[0] != nullptr);
     for (int64_t ch = cb; ch < ce; ++ch) {
       T* const* dw = dW.data() + ch * np;
       double* vslot = vslots.data() + ch * lay.vsize;
@@ -624,12 +675,15 @@ std::vector<at::Tensor> mlp_disc_step_cpu(const at::Tensor& real_in, const at::T
                                           c10::ArrayRef<double> term_real, c10::ArrayRef<double> term_fake,
                                           bool paired, int64_t penalty_side, int64_t penalty_kind,
                                           double penalty_weight, double penalty_center, bool allow_tf32,
-                                          c10::string_view path, bool tensor_cores) {
+                                          at::TensorList masks_real, at::TensorList masks_fake,
+                                          at::TensorList masks_penalty, c10::string_view path, bool tensor_cores) {
   (void)allow_tf32, (void)tensor_cores;  // CPU products are always full precision
   contract::check_single_path(path, at::kCPU);
   const contract::DiscArgs args = contract::parse_disc(real_in, fake_in, penalty_input, weights, biases, w_out, b_out,
                                                        negative_slope, term_real, term_fake, paired, penalty_side,
                                                        penalty_kind, penalty_weight, penalty_center, at::kCPU);
+  const bool dropout = contract::parse_disc_masks(masks_real, masks_fake, masks_penalty, real_in, fake_in,
+                                                  penalty_input, args.net, at::kCPU);
   const Term tr = args.term_real, tf = args.term_fake;
   const bool has_tr = args.has_real, has_tf = args.has_fake;
   const PenaltySpec pen = args.pen;
@@ -647,6 +701,12 @@ std::vector<at::Tensor> mlp_disc_step_cpu(const at::Tensor& real_in, const at::T
   const std::vector<at::Tensor> ws_ = prep_list(weights), bs_ = prep_list(biases);
   const at::Tensor wo_ = prep(w_out);
   const c10::optional<at::Tensor> bo_ = b_out.has_value() ? c10::optional<at::Tensor>(prep(*b_out)) : c10::nullopt;
+  std::vector<at::Tensor> mks[3];
+  if (dropout) {
+    mks[0] = prep_list(masks_real);
+    mks[1] = prep_list(masks_fake);
+    mks[2] = prep_list(masks_penalty);
+  }
 
   std::vector<at::Tensor> outs;
   for (const auto& w : ws_) outs.push_back(at::empty_like(w));
@@ -666,6 +726,13 @@ std::vector<at::Tensor> mlp_disc_step_cpu(const at::Tensor& real_in, const at::T
                           block_rows(net, penalty_side == 2 ? 3 : 2,
                                      std::max({real.size(0), fake.size(0), pin.defined() ? pin.size(0) : 0})),
                           grad_layout(net, !bs_.empty())};
+    std::vector<const scalar_t*> mptr[3];
+    for (int s = 0; s < 3 && dropout; ++s) {
+      if (mks[s].empty()) continue;
+      mptr[s].push_back(nullptr);
+      for (const auto& m : mks[s]) mptr[s].push_back(m.const_data_ptr<scalar_t>());
+      job.mk[s] = mptr[s].data();
+    }
     std::vector<scalar_t*> grads;
     for (auto& t : outs) grads.push_back(t.mutable_data_ptr<scalar_t>());
     disc_kernel<scalar_t>(job, stats, grads);
@@ -693,6 +760,8 @@ struct GenJob {
   bool paired;
   int64_t Rb;
   T* dfake;       // (N, K) output
+  const T* const* mk_fake = nullptr;  // dropout: mask pointers by layer (1..L)
+  const T* const* mk_real = nullptr;  // (paired)
 };
 
 // One block: forward (real rows too when paired), c, the V chain scaled by c, dfake = c g.
@@ -701,7 +770,9 @@ FASTGAN_INLINE void gen_block(const GenJob<T>& job, Workspace<T>& ws, int64_t bi
   const Net<T>& net = *job.net;
   const int64_t K = net.width[0], Rb = job.Rb, n = std::min(Rb, job.N - bi * Rb);
   Block<T> blk{{job.paired ? job.real + bi * Rb * K : nullptr, job.fake + bi * Rb * K, nullptr},
-               {job.paired ? n : 0, n, 0}};
+               {job.paired ? n : 0, n, 0},
+               {job.mk_real, job.mk_fake, nullptr},
+               {bi * Rb, bi * Rb, 0}};
   forward(net, ws, blk);
   const int64_t f0 = blk.n[0], S = blk.rows();
   double loss = 0, sum_f = 0;
@@ -739,11 +810,13 @@ std::vector<at::Tensor> mlp_gen_step_cpu(const at::Tensor& fake_in, const c10::o
                                          at::TensorList weights, at::TensorList biases, const at::Tensor& w_out,
                                          const c10::optional<at::Tensor>& b_out, double negative_slope,
                                          c10::ArrayRef<double> term, bool paired, bool allow_tf32,
+                                         at::TensorList masks_fake, at::TensorList masks_real,
                                          c10::string_view path, bool tensor_cores) {
   (void)allow_tf32, (void)tensor_cores;
   contract::check_single_path(path, at::kCPU);
   const contract::GenArgs args =
       contract::parse_gen(fake_in, real_in, weights, biases, w_out, b_out, negative_slope, term, paired, at::kCPU);
+  const bool dropout = contract::parse_gen_masks(masks_fake, masks_real, fake_in, real_in, paired, args.net, at::kCPU);
   const Term t = args.term;
   const bool has_t = args.has_term;
   const at::ScalarType dtype = fake_in.scalar_type();
@@ -758,6 +831,11 @@ std::vector<at::Tensor> mlp_gen_step_cpu(const at::Tensor& fake_in, const c10::o
   const c10::optional<at::Tensor> bo_ = b_out.has_value() ? c10::optional<at::Tensor>(prep(*b_out)) : c10::nullopt;
   at::Tensor dfake = at::empty_like(fake);
   double loss = 0, sum_f = 0;
+  std::vector<at::Tensor> mks[2];  // fake, real
+  if (dropout) {
+    for (const auto& m : masks_fake) mks[0].push_back(prep(m));
+    for (const auto& m : masks_real) mks[1].push_back(prep(m));
+  }
 
   AT_DISPATCH_FLOATING_TYPES(fake.scalar_type(), "mlp_gen_step_cpu", [&] {
     using T = scalar_t;
@@ -768,11 +846,21 @@ std::vector<at::Tensor> mlp_gen_step_cpu(const at::Tensor& fake_in, const c10::o
     const int64_t Rb = block_rows(net, sides, Nf);
     const int64_t nblocks = (Nf + Rb - 1) / Rb;
     std::vector<double> block_stats(size_t(nblocks * 2), 0.0);
-    const GenJob<T> job{&net, fake.const_data_ptr<T>(), paired ? real.const_data_ptr<T>() : nullptr, Nf,
-                        has_t ? &t : nullptr, paired, Rb, dfake.mutable_data_ptr<T>()};
+    GenJob<T> job{&net, fake.const_data_ptr<T>(), paired ? real.const_data_ptr<T>() : nullptr, Nf,
+                  has_t ? &t : nullptr, paired, Rb, dfake.mutable_data_ptr<T>()};
+    std::vector<const T*> mptr[2];
+    for (int s = 0; s < 2 && dropout; ++s) {
+      if (mks[s].empty()) continue;
+      mptr[s].push_back(nullptr);
+      for (const auto& m : mks[s]) mptr[s].push_back(m.const_data_ptr<T>());
+    }
+    if (dropout) {
+      job.mk_fake = mptr[0].data();
+      job.mk_real = paired ? mptr[1].data() : nullptr;
+    }
     const bool simd = cpu_has_simd_target();
     auto run_blocks = [&](int64_t bb, int64_t be) {
-      Workspace<T> ws(net, sides * Rb, 0);
+      Workspace<T> ws(net, sides * Rb, 0, dropout);
       for (int64_t bi = bb; bi < be; ++bi) {
         if (simd) gen_block_simd(job, ws, bi, &block_stats[bi * 2]);
         else gen_block_base(job, ws, bi, &block_stats[bi * 2]);

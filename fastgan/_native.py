@@ -44,7 +44,7 @@ def _register_fakes() -> None:
     @torch.library.register_fake(lib + "mlp_disc_step")
     def _(real, fake, penalty_input, weights, biases, w_out, b_out, negative_slope, term_real,
           term_fake, paired, penalty_side, penalty_kind, penalty_weight, penalty_center, allow_tf32,
-          path="auto", tensor_cores=False):
+          masks_real, masks_fake, masks_penalty, path="auto", tensor_cores=False):
         outs = [real.new_empty((4,))]
         outs += [torch.empty_like(w) for w in weights]
         outs += [torch.empty_like(b) for b in biases]
@@ -54,6 +54,6 @@ def _register_fakes() -> None:
         return outs
 
     @torch.library.register_fake(lib + "mlp_gen_step")
-    def _(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, allow_tf32, path="auto",
-          tensor_cores=False):
+    def _(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, allow_tf32, masks_fake, masks_real,
+          path="auto", tensor_cores=False):
         return [fake.new_empty((2,)), torch.empty_like(fake)]

@@ -15,6 +15,10 @@ derivative ``c_i = d loss / d o_i``:
   ``B_l = h_{l-1}`` on unpenalised rows, ``c * h_{l-1} + ubar_{l-1}`` on penalised ones;
   ``db_l = sum_i c_i v_l,i``, ``dw = sum_i c_i h_L,i + sum ubar_L``, ``dc = sum_i c_i``.
 
+Dropout (``masks_*``: one multiplier tensor per hidden layer, 0 or 1/(1-p)): ``h_l =
+leaky_relu(z_l) * d_l`` and every activation-derivative factor becomes ``m_l * d_l`` (the chain,
+the adjoint and so the products above); the masks are constants, so nothing else changes.
+
 Real, fake and penalty-input rows are stacked into one matrix so each layer costs one
 product per pass. ``allow_tf32`` and ``tensor_cores`` are accepted for the common signature; plain
 torch products follow ``torch.backends.cuda.matmul.allow_tf32`` (which the caller derived
@@ -46,21 +50,42 @@ def _check_path(path: str) -> None:
         raise ValueError(f"path must be 'auto' (the torch backend has one path), got {path!r}")
 
 
-def _forward(x, weights, biases, w_out, b_out, alpha):
-    """Activations ``[h_0 = x, h_1, ..., h_L]`` and the logits (rows,)."""
+def _dropped(x: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
+    return x if drop is None else x * drop
+
+
+def _stacked_masks(parts, names, rows, widths, like: torch.Tensor):
+    """Per-layer masks over the stacked rows (``parts``: one mask list per block of rows, each
+    empty or one (rows, width_l) tensor per hidden layer), or ``[None] * layers`` without dropout."""
+    if not any(len(m) for m in parts):
+        return [None] * len(widths)
+    for name, m, n in zip(names, parts, rows):
+        if len(m) != len(widths):
+            raise ValueError(f"{name} must hold one mask per hidden layer ({len(widths)}), got {len(m)}")
+        for i, t in enumerate(m):
+            if tuple(t.shape) != (n, widths[i]) or t.dtype != like.dtype or t.device != like.device:
+                raise ValueError(f"{name}[{i}] must be a ({n}, {widths[i]}) {like.dtype} tensor on {like.device}, "
+                                 f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+    return [torch.cat([m[i] for m in parts]) if len(parts) > 1 else parts[0][i] for i in range(len(widths))]
+
+
+def _forward(x, weights, biases, w_out, b_out, alpha, drops):
+    """Activations ``[h_0 = x, h_1, ..., h_L]`` (dropped out) and the logits (rows,)."""
     hs = [x]
     for i, w in enumerate(weights):
         z = torch.addmm(biases[i], hs[-1], w.t()) if len(biases) else hs[-1] @ w.t()
-        hs.append(F.leaky_relu(z, alpha, inplace=True))
+        h = F.leaky_relu(z, alpha, inplace=True)
+        hs.append(h if drops[i] is None else h.mul_(drops[i]))
     o = hs[-1] @ w_out[0]
     return hs, (o + b_out if b_out is not None else o)
 
 
-def _down_chain(seed, hs, weights, w_out, alpha):
-    """``X_L = seed * w * m_L``, ``X_{l-1} = (X_l W_l) * m_{l-1}``; returns ``[X_1..X_L]``."""
-    xs = [_masked(seed[:, None] * w_out, hs[-1], alpha)]
+def _down_chain(seed, hs, weights, w_out, alpha, drops):
+    """``X_L = seed * w * m_L``, ``X_{l-1} = (X_l W_l) * m_{l-1}`` (``m`` times the dropout
+    multiplier); returns ``[X_1..X_L]``."""
+    xs = [_masked(_dropped(seed[:, None] * w_out, drops[-1]), hs[-1], alpha)]
     for layer in range(len(weights) - 1, 0, -1):  # W_L .. W_2
-        xs.append(_masked(xs[-1] @ weights[layer], hs[layer], alpha))
+        xs.append(_masked(_dropped(xs[-1] @ weights[layer], drops[layer - 1]), hs[layer], alpha))
     return xs[::-1]
 
 
@@ -83,7 +108,8 @@ def _loss_and_slopes(o_real, o_fake, t_real, t_fake, paired):
 
 def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, negative_slope,
                   term_real, term_fake, paired, penalty_side, penalty_kind, penalty_weight,
-                  penalty_center, allow_tf32, path="auto", tensor_cores=False):
+                  penalty_center, allow_tf32, masks_real=(), masks_fake=(), masks_penalty=(), path="auto",
+                  tensor_cores=False):
     """The fused discriminator step (contract in ``csrc/bindings.cpp``).
 
     Returns ``[stats, dW_1..dW_L, db_1..db_L (if biases), dw_out, db_out (if b_out)]`` with
@@ -92,7 +118,8 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
     ``sum_i term_real(r_i - f_i)`` when ``paired``) and the penalty is
     ``sum_rows penalty_weight * |g|^2 / 2`` (kind 0) or ``* (|g| - center)^2`` (kind 1) of the
     input gradients ``g`` of the rows picked by ``penalty_side`` (-1 none, 0 real, 1 fake,
-    2 ``penalty_input``).
+    2 ``penalty_input``). ``masks_real`` / ``masks_fake`` / ``masks_penalty``: dropout
+    multipliers per hidden layer for each block of rows (all empty: no dropout).
     """
     _check_path(path)
     alpha = float(negative_slope)
@@ -100,14 +127,19 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
     side = int(penalty_side)
     rows = [real, fake] + ([penalty_input] if side == 2 else [])
     x = torch.cat(rows)
-    hs, o = _forward(x, weights, biases, w_out, b_out, alpha)
+    parts = [masks_real, masks_fake] + ([masks_penalty] if side == 2 else [])
+    if len(masks_penalty) and side != 2:
+        raise ValueError("masks_penalty is given but penalty_side is not 2 (penalty_input)")
+    drops = _stacked_masks(parts, ("masks_real", "masks_fake", "masks_penalty"), [r.shape[0] for r in rows],
+                           [w.shape[0] for w in weights], x)
+    hs, o = _forward(x, weights, biases, w_out, b_out, alpha, drops)
     o_real, o_fake = o[:nr], o[nr:nr + nf]
     loss, c_real, c_fake = _loss_and_slopes(o_real, o_fake, _term(term_real), _term(term_fake), paired)
     parts = [c_real, c_fake] + ([o.new_zeros(penalty_input.shape[0])] if side == 2 else [])
     c = torch.cat(parts)  # d loss / d o per stacked row (0 on penalty-input rows)
 
     if side < 0:
-        xs = _down_chain(c, hs, weights, w_out, alpha)  # X_l = delta_l
+        xs = _down_chain(c, hs, weights, w_out, alpha, drops)  # X_l = delta_l
         penalty = o.new_zeros(())
         dws = [xl.t() @ h for xl, h in zip(xs, hs[:-1])]
         dbs = [xl.sum(0) for xl in xs] if len(biases) else []
@@ -118,7 +150,7 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
         on_pen = torch.zeros_like(c)
         on_pen[pen] = 1
         seed = torch.where(on_pen > 0, on_pen, c)  # 1: X_l = v_l on penalised rows, else delta_l
-        xs = _down_chain(seed, hs, weights, w_out, alpha)
+        xs = _down_chain(seed, hs, weights, w_out, alpha, drops)
         g = xs[0][pen] @ weights[0]
         kind = PenaltyKind(int(penalty_kind))
         penalty = penalty_rows(g, kind, float(penalty_weight), float(penalty_center)).sum()
@@ -132,7 +164,8 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
             # the LeakyReLU masks): NaN where h is infinite, as in the reference
             b[pen] = torch.addcmul(ubar, bp, c_pen).add_(bp.mul(0))
             dws.append(xs[layer].t() @ b)
-            ubar = _masked(ubar @ w.t(), hs[layer + 1][pen], alpha)
+            d = drops[layer]
+            ubar = _masked(_dropped(ubar @ w.t(), None if d is None else d[pen]), hs[layer + 1][pen], alpha)
         if side == 2:  # no loss term on penalty-input rows: the reference never multiplies their h_L
             hs[-1][pen] = 0  # (c = 0 there, and 0 * an infinite h_L would be NaN)
         t = torch.where(on_pen > 0, c, on_pen.new_ones(()))  # delta_l = t * X_l
@@ -146,8 +179,8 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
     return [stats] + grads
 
 
-def mlp_gen_step(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, allow_tf32, path="auto",
-                 tensor_cores=False):
+def mlp_gen_step(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, allow_tf32, masks_fake=(),
+                 masks_real=(), path="auto", tensor_cores=False):
     """The generator's side: ``loss = sum_j term(f_j)`` (or ``sum_j term(r_j - f_j)`` when
     ``paired``). Returns ``[stats = (loss, mean fake logit), d loss / d fake]``, the latter
     ``c * g`` row by row."""
@@ -155,14 +188,20 @@ def mlp_gen_step(fake, real, weights, biases, w_out, b_out, negative_slope, term
     alpha = float(negative_slope)
     nf = fake.shape[0]
     x = torch.cat([fake, real]) if paired else fake
-    hs, o = _forward(x, weights, biases, w_out, b_out, alpha)
+    if len(masks_real) and not paired:
+        raise ValueError("masks_real is given but the loss is not paired")
+    parts = [masks_fake, masks_real] if paired else [masks_fake]
+    drops = _stacked_masks(parts, ("masks_fake", "masks_real"), [fake.shape[0]] + ([real.shape[0]] if paired else []),
+                           [w.shape[0] for w in weights], x)
+    hs, o = _forward(x, weights, biases, w_out, b_out, alpha, drops)
     t = _term(term)
     o_fake = o[:nf]
     if paired:
         d = o[nf:] - o_fake
         loss, c = term_value(d, t).sum(), -term_derivative(d, t)
         hs = [h[:nf] for h in hs]
+        drops = [None if d is None else d[:nf] for d in drops]
     else:
         loss, c = term_value(o_fake, t).sum(), term_derivative(o_fake, t)
-    xs = _down_chain(c, hs, weights, w_out, alpha)
+    xs = _down_chain(c, hs, weights, w_out, alpha, drops)
     return [torch.stack([loss, o_fake.mean()]), xs[0] @ weights[0]]

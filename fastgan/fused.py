@@ -36,7 +36,7 @@ from torch import nn
 
 from fastgan import _dispatch, _native, _validate, closed_form, parametrized, step_spec
 from fastgan.losses import GANLoss, get_loss
-from fastgan.mlp import MLPDiscriminator
+from fastgan.mlp import MLPDiscriminator, dropout_generator
 from fastgan.penalties import GradientPenaltyBase, discriminator_pack
 
 
@@ -102,7 +102,8 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
         penalty: a gradient penalty module, a list of them (R3GAN's ``[R1Penalty(), R2Penalty()]``:
             their sum), or None; each one's ``every=k`` lazy schedule is honoured.
         backend: see :mod:`fastgan._dispatch`.
-        eps, generator: passed to the penalties (WGAN-GP's per-row eps, DRAGAN's noise).
+        eps, generator: passed to the penalties (WGAN-GP's per-row eps, DRAGAN's noise);
+            ``generator`` also draws D's dropout masks (None: torch's default generator).
         return_parts: also return :class:`StepParts` (detached) for logging.
         backward: also run the backward pass: the gradients are added to D's ``.grad`` (a
             parameter without ``.grad`` takes the kernel's buffer, no copy) as ``.backward()``
@@ -116,6 +117,14 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
 
     Returns:
         The scalar total, or ``(total, parts)`` with ``return_parts=True``.
+
+    Dropout (an MLPDiscriminator with ``dropout > 0`` in training mode): the step draws what the
+    reference's separate ``D(...)`` calls would, in their order, from ``generator`` (or torch's
+    default): the real rows' masks (per hidden layer, in layer order), the fake rows' masks, then
+    for each due penalty its random numbers (WGAN-GP's eps, DRAGAN's noise) followed by the masks
+    of its own pass. A penalty is the gradient of its own pass's draw, so R1 / R2 are not taken
+    on the loss pass: they penalise the real / fake rows under masks of their own. With the same
+    RNG state the fused and reference paths see the same masks and agree. Eval mode draws nothing.
     """
     loss = get_loss(loss)
     check_step_args(D, real, fake, loss, penalty, eps, generator)
@@ -202,6 +211,15 @@ def plan(inner: nn.Module, backend: str | None, device: torch.device) -> StepPla
             name = resolve_backend(backend, str(device))
             if name == "reference":
                 return StepPlan("reference", name, "backend 'reference' was asked for")
+            if inner.dropout_active and name not in DROPOUT_BACKENDS:
+                if _dispatch.requested(backend) != "auto":
+                    raise ValueError(f"backend={name!r} takes no dropout masks yet ({type(inner).__name__} has "
+                                     f"dropout={inner.dropout} in training mode); use one of {DROPOUT_BACKENDS}, "
+                                     "backend='reference', or D.eval()")
+                fallback = "torch"  # closed form in torch operations: any device
+                return StepPlan("fused", fallback, f"an MLPDiscriminator with dropout in training mode: the "
+                                f"closed-form step on the {fallback!r} backend (the {name!r} backend takes no "
+                                "dropout masks yet)")
             return StepPlan("fused", name, f"an MLPDiscriminator: the closed-form step on the {name!r} backend")
         if asked not in ("auto", "reference"):
             raise ValueError(f"backend={asked!r}: the fused step cannot run this {type(inner).__name__} ({why}); "
@@ -256,6 +274,10 @@ def step_backend(inner: nn.Module, backend: str | None, device: torch.device) ->
     return chosen.backend if chosen.path == "fused" else "reference"
 
 
+# The backends whose mlp_disc_step / mlp_gen_step take dropout masks (masks_* arguments); a
+# training-mode dropout D under "auto" runs on the first of them where the chosen one takes none.
+DROPOUT_BACKENDS = ("torch", "cpu")
+
 _HOOK_KINDS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _warned: set[str] = set()
 _logged: set[type] = set()
@@ -293,15 +315,13 @@ def _display(name: str) -> str:
 
 def unfusable_reason(inner: MLPDiscriminator) -> str:
     """'' when the fused kernels compute exactly what ``inner``'s forward computes; else why not:
-    a subclass that overrides ``forward``, a layer that is not a plain ``nn.Linear``, dropout in
-    training mode, or hooks (:func:`hook_reason`), whose effects the kernels would bypass.
+    a subclass that overrides ``forward``, a layer that is not a plain ``nn.Linear``, or hooks
+    (:func:`hook_reason`), whose effects the kernels would bypass.
     Parametrizations (spectral norm, weight norm, any ``torch.nn.utils.parametrize``) and the
     hook forms of spectral and weight norm are followed (:mod:`fastgan.parametrized`)."""
     cls = type(inner)
     if cls.forward is not MLPDiscriminator.forward:
         return f"{cls.__name__} overrides forward"
-    if inner.dropout_active:
-        return "dropout in training mode: the fused kernels take no dropout masks yet"
     for name, m in _fused_modules(inner):
         if name and type(m).forward is not nn.Linear.forward:
             return f"{name} is a {type(m).__name__} whose forward is not nn.Linear's"
@@ -316,7 +336,7 @@ def _fused_modules(inner: MLPDiscriminator):
 
 
 def _reference_step(D, real, fake, loss, penalties, eps, generator):
-    with _dispatch.use_backend("reference"):
+    with _dispatch.use_backend("reference"), dropout_generator(generator):
         real_logits = D(real.detach())  # data, as on the fused path: no gradient into real
         fake_logits = D(fake.detach())
         value = loss.discriminator_loss(real_logits, fake_logits)
@@ -329,9 +349,12 @@ def _reference_step(D, real, fake, loss, penalties, eps, generator):
 
 
 def generator_step(D: nn.Module, fake: torch.Tensor, *, loss: GANLoss | str, real: torch.Tensor | None = None,
-                   backend: str | None = None) -> torch.Tensor:
+                   backend: str | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """The generator's loss ``loss.generator_loss(D(fake), D(real))``; ``.backward()`` sends
-    d loss / d fake into the generator and computes no discriminator gradients."""
+    d loss / d fake into the generator and computes no discriminator gradients.
+
+    With D's dropout active the step draws the masks of ``D(fake)``, then (paired losses) of
+    ``D(real)``, from ``generator`` (None: torch's default), as the reference's calls would."""
     loss = get_loss(loss)
     if loss.paired and real is None:
         raise ValueError(f"{type(loss).__name__} pairs real and fake: pass real= to generator_step")
@@ -340,6 +363,7 @@ def generator_step(D: nn.Module, fake: torch.Tensor, *, loss: GANLoss | str, rea
     if loss.reduction == "none":
         raise ValueError("generator_step needs a scalar loss: use reduction 'mean' or 'sum'")
     _validate.tensors(fake=fake, real=real if loss.paired else None)
+    _validate.generator(generator)
     inner = unwrap(D)
     if isinstance(inner, MLPDiscriminator):
         inner.check_input(fake, "fake")
@@ -348,14 +372,16 @@ def generator_step(D: nn.Module, fake: torch.Tensor, *, loss: GANLoss | str, rea
             _validate.same_shape("real", real, "fake", fake, f"{type(loss).__name__} pairs real and fake")
     name = step_backend(inner, backend, fake.device)
     if name == "reference":
-        return _reference_generator_step(inner, fake, real, loss)
+        with dropout_generator(generator):
+            return _reference_generator_step(inner, fake, real, loss)
     with parametrized.weights_once(inner, grad=False), torch.no_grad():
         params = step_spec.mlp_params(inner)  # effective weights, computed once
     _check_params(inner, fake, params)
-    spec, fake_p, real_p = step_spec.gen_step_operands(inner, fake, loss=loss, real=real, allow_tf32=_allow_tf32())
-    # D's parameters are constants here: they travel inside a non-tensor argument, which autograd
-    # does not track (no detach per parameter, no graph edges to D).
-    return _GenStepFn.apply(fake_p, real_p, name, spec, params)
+    spec, fake_p, real_p, masks = step_spec.gen_step_operands(inner, fake, loss=loss, real=real,
+                                                              allow_tf32=_allow_tf32(), generator=generator)
+    # D's parameters (and the dropout masks) are constants here: they travel inside a non-tensor
+    # argument, which autograd does not track (no detach per parameter, no graph edges to D).
+    return _GenStepFn.apply(fake_p, real_p, name, spec, (params, masks))
 
 
 def _reference_generator_step(inner, fake, real, loss):
@@ -433,16 +459,19 @@ def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalties, backend
     params = step_spec.mlp_params(inner)
     calls = [(p, p.due_scale()) for p in penalties] or [(None, 0)]
     calls = calls[:1] + [(p, scale) for p, scale in calls[1:] if scale]
-    totals, stats, grads = [], [], None
+    totals, stats, grads, loss_masks = [], [], None, None
     for i, (penalty, scale) in enumerate(calls):
-        spec, real_p, fake_p, pen_p = step_spec.disc_step_operands(inner, real, fake, loss=loss, penalty=penalty,
-                                                                   penalty_scale=scale, eps=eps, generator=generator,
-                                                                   allow_tf32=_allow_tf32())
-        if i:
-            spec = dataclasses.replace(spec, term_real=(), term_fake=(), paired=False)  # the loss is in call 0
+        spec, real_p, fake_p, pen_p, masks = step_spec.disc_step_operands(
+            inner, real, fake, loss=loss, penalty=penalty, penalty_scale=scale, eps=eps, generator=generator,
+            allow_tf32=_allow_tf32(), loss_masks=loss_masks)
+        if masks is not None:
+            loss_masks = masks[:2]  # one draw for the loss pass; each further penalty draws its own
+        if i:  # the loss is in call 0; this call carries one penalty and only the rows it penalises
+            spec = dataclasses.replace(spec, term_real=(), term_fake=(), paired=False)
+            real_p, fake_p, masks = _penalised_rows_only(spec.penalty_side, real_p, fake_p, pen_p, masks)
         if backward:
             with torch.no_grad():
-                out = step_ops(backend)[0](**spec.op_args(real_p, fake_p, pen_p, *params))
+                out = step_ops(backend)[0](**spec.op_args(real_p, fake_p, pen_p, *params, masks=masks))
                 if grads is None:
                     grads = list(out[1:])
                 else:  # one hand-over at the end: an effective weight's graph is walked once
@@ -450,7 +479,8 @@ def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalties, backend
             stats.append(out[0])
             totals.append(out[0][0] + out[0][1])
         else:
-            total, st = _DiscStepFn.apply(real_p, fake_p, pen_p, backend, spec, _layout(params), *_flat(params))
+            total, st = _DiscStepFn.apply(real_p, fake_p, pen_p, backend, spec, (_layout(params), masks),
+                                          *_flat(params))
             totals.append(total)
             stats.append(st)
     if grads is not None:
@@ -462,6 +492,17 @@ def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalties, backend
         return totals[0], StepParts(*first.unbind())
     penalty_sum = sum(st[1] for st in stats)
     return sum(totals[1:], totals[0]), StepParts(first[0], penalty_sum, first[2], first[3])
+
+
+def _penalised_rows_only(side: int, real_p, fake_p, pen_p, masks):
+    """A further penalty's call: the rows it does not penalise replaced by the ones it does, so
+    that nothing of theirs (a non-finite row through the kernels' ``0 * h`` terms) reaches a
+    call whose loss terms are empty, as it would not reach the penalty on its own."""
+    pick = {step_spec.PenaltySide.REAL: 0, step_spec.PenaltySide.FAKE: 1, step_spec.PenaltySide.INPUT: 2}[side]
+    rows = (real_p, fake_p, pen_p)[pick]
+    if masks is not None:
+        masks = (masks[pick], masks[pick], masks[2])
+    return rows, rows, masks
 
 
 def _flat(params) -> list:
@@ -514,8 +555,9 @@ class _DiscStepFn(torch.autograd.Function):
     logit)."""
 
     @staticmethod
-    def forward(ctx, real, fake, pen, backend, spec, layout, *params):
-        out = step_ops(backend)[0](**spec.op_args(real, fake, pen, *_split(params, layout)))
+    def forward(ctx, real, fake, pen, backend, spec, layout_masks, *params):
+        layout, masks = layout_masks  # the masks are constants (drawn before the op)
+        out = step_ops(backend)[0](**spec.op_args(real, fake, pen, *_split(params, layout), masks=masks))
         stats = out[0]
         ctx.save_for_backward(*out[1:])
         ctx.mark_non_differentiable(stats)
@@ -531,8 +573,9 @@ class _GenStepFn(torch.autograd.Function):
     backward scales it. ``params`` (D's, as ``(weights, biases, w_out, b_out)``) are constants."""
 
     @staticmethod
-    def forward(ctx, fake, real, backend, spec, params):
-        stats, d_fake = step_ops(backend)[1](**spec.op_args(fake, real, *params))
+    def forward(ctx, fake, real, backend, spec, params_masks):
+        params, masks = params_masks
+        stats, d_fake = step_ops(backend)[1](**spec.op_args(fake, real, *params, masks=masks))
         ctx.save_for_backward(d_fake)
         return stats[0]
 

@@ -1,6 +1,8 @@
 """``MLPDiscriminator``: the plain-PyTorch MLP discriminator that the fused step accelerates."""
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Callable, Sequence
 
 import torch
@@ -28,6 +30,14 @@ class MLPDiscriminator(nn.Module):
     kept values scaled by 1/(1-p)); ctgan's discriminator is ``MLPDiscriminator(d, (256, 256),
     pack=10, dropout=0.5)``. ``forward`` is ordinary PyTorch and serves as
     the reference for :func:`fastgan.discriminator_step`.
+
+    Dropout masks: each forward in training mode draws one multiplier tensor per hidden layer
+    (``(rows, width_l)``, 0 or 1/(1-p)), in layer order, with :func:`dropout_masks` (torch's
+    RNG: the default generator of the input's device, or the one set by
+    :func:`dropout_generator`), and computes ``h_l = leaky_relu(z_l) * m_l``. The fused steps
+    draw through the same helper in the order the equivalent ``D(...)`` calls would (real rows,
+    fake rows, then each penalty's points), so with the same RNG state both paths see the same
+    masks. Eval mode (or ``dropout=0``) draws nothing.
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int] = (256, 256), negative_slope: float = 0.2,
@@ -72,10 +82,11 @@ class MLPDiscriminator(nn.Module):
         if not is_fx_tracing():  # the linearised step traces forward (fx proxies have no shape)
             self.check_input(x)
         h = x.reshape(x.shape[0] // self.pack, self.pack * self.in_features)
-        for layer in self.layers:
+        masks = dropout_masks(self, h.shape[0], like=h)
+        for i, layer in enumerate(self.layers):
             h = F.leaky_relu(layer(h), self.negative_slope)
-            if self.dropout:
-                h = F.dropout(h, self.dropout, self.training)
+            if masks:
+                h = h * masks[i]
         return self.out(h).squeeze(1)
 
     @property
@@ -86,3 +97,40 @@ class MLPDiscriminator(nn.Module):
     def extra_repr(self) -> str:
         return f"pack={self.pack}, negative_slope={self.negative_slope}" + (
             f", dropout={self.dropout}" if self.dropout else "")
+
+
+_rng = threading.local()
+
+
+@contextlib.contextmanager
+def dropout_generator(generator: torch.Generator | None):
+    """Within the block, :func:`dropout_masks` draws from ``generator`` (None: the default
+    generator of the device; an outer block's generator stays in force). The reference step enters
+    it with ``discriminator_step``'s ``generator`` so that its ``D(...)`` calls draw as the fused
+    step does."""
+    if generator is None:
+        yield
+        return
+    previous = getattr(_rng, "generator", None)
+    _rng.generator = generator
+    try:
+        yield
+    finally:
+        _rng.generator = previous
+
+
+def dropout_masks(D: MLPDiscriminator, rows: int, *, like: torch.Tensor,
+                  generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """The dropout multipliers of one forward of ``D`` over ``rows`` packed rows: one ``(rows,
+    width_l)`` tensor per hidden layer, drawn in layer order as ``torch.empty(rows, width_l)
+    .bernoulli_(1 - p, generator)`` and divided by ``1 - p`` (what ``F.dropout`` draws), with
+    ``like``'s dtype and device. An empty list when dropout is off (eval mode or ``p = 0``):
+    nothing is drawn. ``generator``: None takes :func:`dropout_generator`'s, else the device's
+    default generator."""
+    if not D.dropout_active:
+        return []
+    if generator is None:
+        generator = getattr(_rng, "generator", None)
+    keep = 1.0 - D.dropout
+    return [torch.empty(rows, width, dtype=like.dtype, device=like.device).bernoulli_(keep, generator=generator)
+            .div_(keep) for width in D.hidden]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from fastgan import _dispatch, _validate
+from fastgan.mlp import dropout_generator
 from fastgan.reference import penalties as reference
 from fastgan.step_spec import PenaltySide
 from fastgan.terms import PenaltyKind, penalty_row_gradient, penalty_rows
@@ -150,7 +151,8 @@ class GradientPenaltyBase(nn.Module):
             value = torch.zeros((), device=real.device, dtype=real.dtype)
         else:
             x = self.penalty_input(real, fake, pack, eps=eps, generator=generator)
-            g = reference.input_gradient(discriminator, x, pack)
+            with dropout_generator(generator):  # D's dropout masks after eps / noise, from the same stream
+                g = reference.input_gradient(discriminator, x, pack)
             value = scale * penalty_from_gradient(g, self.kind, self.weight, self.center, self.backend)
         self.advance()
         return value

@@ -122,14 +122,22 @@ def _check_network(x, weights, biases, w_out, b_out, negative_slope):
     return widths
 
 
+def _no_masks(*masks) -> None:
+    if any(len(m) for m in masks):
+        raise ValueError("the triton backend takes no dropout masks yet (masks_* must be empty); "
+                         "use the torch or cpu backend")
+
+
 def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, negative_slope, term_real, term_fake,
                   paired, penalty_side, penalty_kind, penalty_weight, penalty_center, allow_tf32,
-                  path="auto", tensor_cores=False, *, poison=False):
+                  masks_real=(), masks_fake=(), masks_penalty=(), path="auto", tensor_cores=False, *, poison=False):
     """The discriminator step; see the ``mlp_disc_step`` schema in csrc/bindings.cpp.
 
     Returns [stats = (loss, penalty, mean real logit, mean fake logit), dW_1..dW_L,
     db_1..db_L (if biases), dw_out, db_out (if b_out)], gradients of loss + penalty.
-    ``path``, ``poison``: see the module docstring."""
+    ``path``, ``poison``: see the module docstring. Dropout masks are not implemented here yet:
+    non-empty ``masks_*`` raise (fastgan routes a training dropout D elsewhere)."""
+    _no_masks(masks_real, masks_fake, masks_penalty)
     _check_options(path, poison)
     weights, biases = list(weights), list(biases)
     widths = _check_network(real, weights, biases, w_out, b_out, negative_slope)
@@ -174,12 +182,14 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
 
 
 def mlp_gen_step(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, allow_tf32,
-                 path="auto", tensor_cores=False, *, poison=False):
+                 masks_fake=(), masks_real=(), path="auto", tensor_cores=False, *, poison=False):
     """The generator step; see the ``mlp_gen_step`` schema in csrc/bindings.cpp.
 
     loss = sum_j term(f_j) (paired: sum_j term(r_j - f_j)); returns
     [stats = (loss, mean fake logit), d loss / d fake = c * g (fake's shape and dtype)].
-    It always takes the general path: ``path`` may be "auto" or "wide"."""
+    It always takes the general path: ``path`` may be "auto" or "wide". Non-empty ``masks_*``
+    raise (no dropout here yet)."""
+    _no_masks(masks_fake, masks_real)
     _check_options(path, poison)
     if path == "fused":
         raise ValueError("path='fused': the generator step has only the general path")

@@ -92,7 +92,9 @@ def _take(out, sizes):
 def emulated_disc(binary, tmp_path, tile, grid_cap, reverse=False, mma=MMA_NONE):
     """A stand-in for ``torch.ops.fastgan.mlp_disc_step`` that runs the emulated kernels."""
     def op(real, fake, penalty_input, weights, biases, w_out, b_out, negative_slope, term_real, term_fake,
-           paired, penalty_side, penalty_kind, penalty_weight, penalty_center, allow_tf32):
+           paired, penalty_side, penalty_kind, penalty_weight, penalty_center, allow_tf32, masks_real=(),
+           masks_fake=(), masks_penalty=()):
+        assert not (masks_real or masks_fake or masks_penalty), "the CUDA kernels take no dropout masks yet"
         widths = [real.shape[1]] + [w.shape[0] for w in weights]
         header = [real.dtype == torch.float32, mma, 0, len(weights), *widths, real.shape[0], fake.shape[0],
                   0 if penalty_input is None else penalty_input.shape[0], bool(biases), b_out is not None,
@@ -108,7 +110,9 @@ def emulated_disc(binary, tmp_path, tile, grid_cap, reverse=False, mma=MMA_NONE)
 
 def emulated_gen(binary, tmp_path, tile, grid_cap, mma=MMA_NONE):
     """A stand-in for ``torch.ops.fastgan.mlp_gen_step`` (the host stacks [real (paired); fake])."""
-    def op(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, allow_tf32):
+    def op(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, allow_tf32, masks_fake=(),
+           masks_real=()):
+        assert not (masks_fake or masks_real), "the CUDA kernels take no dropout masks yet"
         widths = [fake.shape[1]] + [w.shape[0] for w in weights]
         header = [fake.dtype == torch.float32, mma, 1, len(weights), *widths, real.shape[0] if paired else 0,
                   fake.shape[0], 0, bool(biases), b_out is not None, negative_slope, paired,

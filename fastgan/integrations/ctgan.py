@@ -20,9 +20,9 @@ learning rates and weight decays of the constructor), epochs, steps per epoch
   (lambda 10, one interpolation weight per packed row, drawn as ctgan draws it) is one
   :func:`fastgan.discriminator_step`. The generator's adversarial term ``-mean(D(fake))`` is
   :func:`fastgan.generator_step` with :class:`fastgan.WassersteinLoss`. While the discriminator
-  is in training mode its dropout draws masks; until the fused kernels take dropout masks, fastgan
-  runs such a discriminator on its reference (double-backward) path and says so once. The loop
-  calls only the public API, so it takes the fused path as soon as the kernels can run it.
+  is in training mode its dropout draws masks, in the order ctgan's calls draw them (D(real),
+  D(fake), then the penalty's eps and D(interpolates)); the fused step takes them as tensors on
+  the cpu and torch backends (docs/DESIGN.md section 4), so the loop runs the closed form.
 - The discriminator update treats the fakes as data: they are generated under ``no_grad``.
   ctgan backpropagates its discriminator loss through the generator as well, into gradients that
   its generator update then zeroes, so the updates are the same and the work is not done.

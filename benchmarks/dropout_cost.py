@@ -1,0 +1,32 @@
+"""What dropout masks cost the fused step on the cpu backend at ctgan's shape (docs/DESIGN.md
+section 4): MLPDiscriminator(200, (256, 256), pack=10), 500 samples per side, WGAN-GP,
+backward=True, fp32, 1 thread; dropout 0.5 vs 0 vs the torch closed form and the reference path,
+interleaved, medians. Run: python benchmarks/dropout_cost.py"""
+import time, statistics, torch, fastgan
+torch.set_num_threads(1)
+torch.manual_seed(0)
+def make(p):
+    torch.manual_seed(0)
+    return fastgan.MLPDiscriminator(200, (256, 256), pack=10, dropout=p)
+real, fake = torch.randn(500, 200), torch.randn(500, 200)
+cfgs = {"cpu p=0": (make(0.0), "cpu"), "cpu p=0.5": (make(0.5), "cpu"), "torch p=0.5": (make(0.5), "torch"),
+        "reference p=0.5": (make(0.5), "reference")}
+pen = fastgan.GradientPenalty()
+g = torch.Generator().manual_seed(1)
+times = {k: [] for k in cfgs}
+D5 = make(0.5)
+from fastgan.mlp import dropout_masks
+mt = []
+for it in range(60):
+    for k, (D, b) in cfgs.items():
+        t = time.perf_counter()
+        fastgan.discriminator_step(D, real, fake, loss="wasserstein", penalty=pen, backend=b, generator=g, backward=True)
+        times[k].append(time.perf_counter() - t)
+        D.zero_grad(set_to_none=True)
+    t = time.perf_counter()
+    for rows in (50, 50, 50):
+        dropout_masks(D5, rows, like=real, generator=g)
+    mt.append(time.perf_counter() - t)
+for k, v in times.items():
+    print(f"{k:18s} median {statistics.median(v[3:])*1e3:.3f} ms")
+print(f"mask draws alone (3 passes x 2 layers, 50x256) median {statistics.median(mt[3:])*1e3:.3f} ms")

@@ -1,0 +1,256 @@
+"""Dropout on the fused step: masks drawn in Python (fastgan.mlp.dropout_masks) reach the kernels
+as multiplier tensors; with the same RNG state every backend that takes masks matches the reference
+(autograd double backward through ``MLPDiscriminator.forward``, which draws through the same helper
+in the same order). Backends that take no masks yet are never handed any: "auto" runs the
+step on a backend that does, an explicit request raises."""
+from __future__ import annotations
+
+import copy
+
+import harness
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastgan
+from fastgan import fused, step_spec
+from fastgan.mlp import dropout_generator, dropout_masks
+from conftest import backend_params
+
+MASK_BACKENDS = [p for p in backend_params("cpu") if p.values[0] in fused.DROPOUT_BACKENDS]
+NO_MASK_BACKENDS = [b for b in ("cpu", "triton", "cuda") if b not in fused.DROPOUT_BACKENDS]
+
+PENALTIES = {
+    **{k: v for k, v in harness.PENALTIES.items()},
+    "r1+r2": lambda: [fastgan.R1Penalty(gamma=3.0), fastgan.R2Penalty(gamma=2.0)],
+    "lazy r1": lambda: fastgan.R1Penalty(gamma=3.0, every=2),
+    "lazy gp + r2": lambda: [fastgan.GradientPenalty(weight=5.0, center=0.8, every=2), fastgan.R2Penalty(gamma=2.0)],
+}
+
+
+def make_D(dtype=torch.float64, hidden=(8, 6), pack=2, p=0.4, seed=0):
+    torch.manual_seed(seed)
+    return fastgan.MLPDiscriminator(3, hidden, pack=pack, dropout=p).to(dtype)
+
+
+def inputs(dtype, rows=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, 3, generator=g, dtype=dtype), torch.randn(rows, 3, generator=g, dtype=dtype)
+
+
+def disc_run(D, real, fake, loss, penalty, backend, backward, seed=7, calls=1):
+    """Total, parts and D's gradients after ``calls`` steps (fresh penalty modules, grads summed)."""
+    D = copy.deepcopy(D)
+    pen = penalty() if penalty is not None else None
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for call in range(calls):
+        total, parts = fastgan.discriminator_step(D, real, fake, loss=loss, penalty=pen, backend=backend,
+                                                  generator=g, return_parts=True, backward=backward)
+        if not backward:
+            total.backward()
+        out[f"total {call}"] = total.detach()
+        out.update({f"{k} {call}": v for k, v in parts._asdict().items()})
+    out.update({f"grad {n}": p.grad for n, p in D.named_parameters()})
+    return out
+
+
+@pytest.mark.parametrize("backward", [True, False], ids=["backward=True", "backward()"])
+@pytest.mark.parametrize("pen_name", list(PENALTIES))
+@pytest.mark.parametrize("loss", harness.LOSS_NAMES)
+@pytest.mark.parametrize("dtype", harness.DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("backend", MASK_BACKENDS)
+def test_step_matches_the_reference_with_the_same_masks(backend, dtype, loss, pen_name, backward):
+    D = make_D(torch.float64)
+    real, fake = inputs(torch.float64)
+    calls = 2 if pen_name.startswith("lazy") else 1
+
+    def reference(D, real, fake):
+        return disc_run(D, real, fake, loss, PENALTIES[pen_name], "reference", backward, calls=calls)
+
+    want, base = harness.expected(reference, (D, real, fake), dtype)
+    got = disc_run(D.to(dtype), real.to(dtype), fake.to(dtype), loss, PENALTIES[pen_name], backend, backward,
+                   calls=calls)
+    harness.assert_close(got, want, base, dtype, f"{backend} {loss} {pen_name}")
+
+
+@pytest.mark.parametrize("pen_name", ["r1", "gp", "r1+r2"])
+@pytest.mark.parametrize("dtype", harness.DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("backend", MASK_BACKENDS)
+def test_wide_networks_match_the_reference(backend, dtype, pen_name):
+    """Widths whose weights take the native kernels' wide path (tiled products, row-split steps)."""
+    D = make_D(torch.float64, hidden=(384, 384), pack=1, p=0.5)
+    real, fake = inputs(torch.float64, rows=40)
+
+    def reference(D, real, fake):
+        return disc_run(D, real, fake, "non_saturating", PENALTIES[pen_name], "reference", True)
+
+    want, base = harness.expected(reference, (D, real, fake), dtype)
+    got = disc_run(D.to(dtype), real.to(dtype), fake.to(dtype), "non_saturating", PENALTIES[pen_name], backend, True)
+    harness.assert_close(got, want, base, dtype, f"{backend} wide {pen_name}")
+
+
+@pytest.mark.parametrize("dtype", harness.DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("loss", harness.LOSS_NAMES)
+@pytest.mark.parametrize("backend", MASK_BACKENDS)
+def test_generator_step_matches_the_reference_with_the_same_masks(backend, loss, dtype):
+    D = make_D(torch.float64, hidden=(7,), pack=3)
+    real, fake = inputs(torch.float64, rows=9)
+
+    def run(D, real, fake, backend=None):
+        fake = fake.clone().requires_grad_()
+        value = fastgan.generator_step(D, fake, loss=loss, real=real, backend=backend or "reference",
+                                       generator=torch.Generator().manual_seed(5))
+        value.backward()
+        return {"loss": value.detach(), "d fake": fake.grad}
+
+    want, base = harness.expected(run, (D, real, fake), dtype)
+    got = run(D.to(dtype), real.to(dtype), fake.to(dtype), backend)
+    harness.assert_close(got, want, base, dtype, f"{backend} {loss}")
+
+
+@pytest.mark.parametrize("backend", MASK_BACKENDS)
+def test_the_op_takes_the_masks_of_three_separate_calls(backend):
+    """The op's masks are what D(real), D(fake) and the penalty's D(x) draw, in that order."""
+    D = make_D()
+    real, fake = inputs(torch.float64)
+    args = step_spec.disc_step_op_args(D, real, fake, loss=fastgan.get_loss("hinge"), penalty=fastgan.R1Penalty(),
+                                       generator=torch.Generator().manual_seed(3))
+    assert args["penalty_side"] == step_spec.PenaltySide.INPUT  # R1 on its own pass
+    g = torch.Generator().manual_seed(3)
+    for name, rows in (("masks_real", 6), ("masks_fake", 6), ("masks_penalty", 6)):
+        expect = dropout_masks(D, rows, like=real, generator=g)
+        assert all(torch.equal(a, b) for a, b in zip(args[name], expect)), name
+    assert torch.equal(args["penalty_input"], args["real"])
+
+
+def test_masks_are_nn_dropouts():
+    """Keep probability 1-p, kept values exactly 1/(1-p) (as F.dropout, which draws the same bits)."""
+    p = 0.3
+    D = fastgan.MLPDiscriminator(4, (256, 128), dropout=p)
+    masks = dropout_masks(D, 4000, like=torch.empty(0), generator=torch.Generator().manual_seed(11))
+    assert [tuple(m.shape) for m in masks] == [(4000, 256), (4000, 128)]
+    for m in masks:
+        kept = m != 0
+        assert torch.equal(m[kept], torch.full_like(m[kept], 1.0 / (1 - p)))
+        n = m.numel()
+        sigma = ((1 - p) * p / n) ** 0.5
+        assert abs(kept.double().mean().item() - (1 - p)) < 6 * sigma  # false alarm ~2e-9 per draw
+        # no structure across rows or columns: each row's / column's keep rate within 6 sigma
+        for dim in (0, 1):
+            rate = kept.double().mean(dim)
+            k = m.shape[dim]
+            assert ((rate - (1 - p)).abs() < 6 * ((1 - p) * p / k) ** 0.5).all()
+    torch.manual_seed(0)
+    want = F.dropout(torch.ones(50, 256), p)
+    torch.manual_seed(0)
+    assert torch.equal(dropout_masks(D, 50, like=torch.empty(0))[0], want)
+
+
+def test_the_forward_is_nn_dropouts():
+    """MLPDiscriminator.forward with dropout equals the nn.Dropout composition under one seed."""
+    D = fastgan.MLPDiscriminator(3, (16, 8), dropout=0.5)
+    seq = torch.nn.Sequential(D.layers[0], torch.nn.LeakyReLU(0.2), torch.nn.Dropout(0.5),
+                              D.layers[1], torch.nn.LeakyReLU(0.2), torch.nn.Dropout(0.5), D.out)
+    x = torch.randn(10, 3)
+    torch.manual_seed(4)
+    a = D(x)
+    torch.manual_seed(4)
+    assert torch.equal(a, seq(x).squeeze(1))
+
+
+@pytest.mark.parametrize("backend", MASK_BACKENDS)
+def test_reproducible_from_a_generator(backend):
+    D = make_D()
+    real, fake = inputs(torch.float64)
+    a = disc_run(D, real, fake, "hinge", PENALTIES["gp"], backend, True, seed=3)
+    b = disc_run(D, real, fake, "hinge", PENALTIES["gp"], backend, True, seed=3)
+    c = disc_run(D, real, fake, "hinge", PENALTIES["gp"], backend, True, seed=4)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("backend", MASK_BACKENDS)
+def test_the_default_rng_draws_the_same_masks_on_both_paths(backend):
+    D = make_D()
+    real, fake = inputs(torch.float64)
+    out = {}
+    for name in ("reference", backend):
+        Dc = copy.deepcopy(D)
+        torch.manual_seed(9)
+        fastgan.discriminator_step(Dc, real, fake, loss="wasserstein", penalty=fastgan.GradientPenalty(),
+                                   backend=name).backward()
+        out[name] = [p.grad for p in Dc.parameters()]
+    harness.assert_close(out[backend], out["reference"], None, torch.float64)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + [p.values[0] for p in MASK_BACKENDS])
+def test_eval_mode_draws_nothing(backend):
+    D = make_D().eval()
+    D0 = copy.deepcopy(D)
+    D0.dropout = 0.0
+    real, fake = inputs(torch.float64)
+    state = torch.get_rng_state()
+    a = disc_run(D, real, fake, "hinge", PENALTIES["r1"], backend, True)
+    assert torch.equal(state, torch.get_rng_state())
+    b = disc_run(D0, real, fake, "hinge", PENALTIES["r1"], backend, True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert fastgan.explain(D).path == "fused"
+
+
+def test_explain_says_fused_for_a_training_dropout_D():
+    D = make_D()
+    for name in fused.DROPOUT_BACKENDS:
+        assert fastgan.explain(D, backend=name) == fastgan.StepPlan("fused", name, fastgan.explain(D, backend=name).reason)
+    plan = fastgan.explain(D)
+    assert plan.path == "fused" and plan.backend in fused.DROPOUT_BACKENDS
+
+
+@pytest.mark.parametrize("name", NO_MASK_BACKENDS)
+def test_a_backend_without_masks_is_never_handed_any(name):
+    """An explicit request raises naming dropout (no silent mask-free step)."""
+    D = make_D()
+    try:
+        fastgan.explain(D.eval(), backend=name)
+    except (ValueError, RuntimeError) as err:
+        pytest.skip(f"{name} cannot run here: {err}")
+    D.train()
+    with pytest.raises(ValueError, match="dropout"):
+        fastgan.explain(D, backend=name)
+    real, fake = inputs(torch.float64)
+    with pytest.raises(ValueError, match="dropout"):
+        fastgan.discriminator_step(D, real, fake, loss="hinge", backend=name)
+    with pytest.raises(ValueError, match="dropout"):
+        fastgan.generator_step(D, fake, loss="hinge", backend=name)
+    # the op itself refuses masks rather than ignoring them
+    args = step_spec.disc_step_op_args(D, real, fake, loss=fastgan.get_loss("hinge"), penalty=fastgan.R1Penalty())
+    args = {k: ([t.detach() for t in v] if k in ("weights", "biases") else v) for k, v in args.items()}
+    args["w_out"], args["b_out"] = args["w_out"].detach(), args["b_out"].detach()
+    with pytest.raises((ValueError, RuntimeError), match="dropout"):
+        fused.step_ops(name)[0](**args)
+
+
+@pytest.mark.parametrize("backend", MASK_BACKENDS)
+def test_bad_masks_raise_clearly(backend):
+    D = make_D()
+    real, fake = inputs(torch.float64)
+    args = step_spec.disc_step_op_args(D, real, fake, loss=fastgan.get_loss("hinge"))
+    op = fused.step_ops(backend)[0]
+    for name, bad in (("masks_real", args["masks_real"][:1]),
+                      ("masks_fake", [m[:-1] for m in args["masks_fake"]]),
+                      ("masks_real", [m.float() for m in args["masks_real"]])):
+        with pytest.raises((ValueError, RuntimeError), match=name):
+            op(**{k: ([t.detach() for t in v] if k in ("weights", "biases") else v) for k, v in args.items()}
+               | {name: bad})
+
+
+def test_a_standalone_penalty_draws_masks_after_eps_from_its_generator():
+    D = make_D()
+    real, fake = inputs(torch.float64)
+    pen = fastgan.GradientPenalty()
+    a = pen(D, real, fake, generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    eps = torch.rand(real.shape[0] // D.pack, dtype=real.dtype, generator=g)
+    with dropout_generator(g):
+        b = fastgan.GradientPenalty()(D, real, fake, eps=eps)
+    assert torch.equal(a, b)

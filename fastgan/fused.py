@@ -153,9 +153,8 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
             elif chosen.path == "linearized":
                 from fastgan import generic_step
                 calls = [(p, p.due_scale()) for p in penalties]
-                total, parts = generic_step.discriminator_step(D, real, fake, loss=loss, penalties=calls, eps=eps,
-                                                               generator=generator, backward=backward,
-                                                               condition=condition)
+                total, parts = generic_step.step(D, real, fake, loss=loss, penalties=calls, eps=eps,
+                                                 generator=generator, backward=backward, condition=condition)
                 for p in penalties:
                     p.advance()
             else:
@@ -206,7 +205,7 @@ def plan(inner: nn.Module, backend: str | None, device: torch.device) -> StepPla
     asked = _dispatch.requested(backend)
     hooks = hook_reason(inner)
     if isinstance(inner, MLPDiscriminator):
-        why = hooks or unfusable_reason(inner)
+        why = unfusable_reason(inner) or hooks
         if not why:
             name = resolve_backend(backend, str(device))
             if name == "reference":
@@ -258,7 +257,7 @@ def step_plan(inner: nn.Module, backend: str | None, device: torch.device) -> St
     chosen = plan(inner, backend, device)
     if chosen.path != "fused" and _dispatch.requested(backend) != "reference":
         if isinstance(inner, MLPDiscriminator):
-            why = unfusable_reason(inner)
+            why = unfusable_reason(inner) or hook_reason(inner)
             _warn_once(f"fastgan: the fused kernels cannot run this {type(inner).__name__} ({why}); "
                        f"discriminator_step takes the {chosen.path} path (fastgan.explain(D) says more)")
         elif chosen.path == "reference" and type(inner) not in _logged:
@@ -315,8 +314,8 @@ def _display(name: str) -> str:
 
 def unfusable_reason(inner: MLPDiscriminator) -> str:
     """'' when the fused kernels compute exactly what ``inner``'s forward computes; else why not:
-    a subclass that overrides ``forward``, a layer that is not a plain ``nn.Linear``, or hooks
-    (:func:`hook_reason`), whose effects the kernels would bypass.
+    a subclass that overrides ``forward`` or a layer that is not a plain ``nn.Linear`` (hooks are
+    :func:`hook_reason`'s, which :func:`plan` asks once for every module).
     Parametrizations (spectral norm, weight norm, any ``torch.nn.utils.parametrize``) and the
     hook forms of spectral and weight norm are followed (:mod:`fastgan.parametrized`)."""
     cls = type(inner)
@@ -325,7 +324,7 @@ def unfusable_reason(inner: MLPDiscriminator) -> str:
     for name, m in _fused_modules(inner):
         if name and type(m).forward is not nn.Linear.forward:
             return f"{name} is a {type(m).__name__} whose forward is not nn.Linear's"
-    return hook_reason(inner)
+    return ""
 
 
 def _fused_modules(inner: MLPDiscriminator):

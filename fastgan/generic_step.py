@@ -56,27 +56,21 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from fastgan import _validate
-from fastgan.fused import StepParts
+from fastgan.fused import StepParts, unwrap
 from fastgan.linearize import LinearizationError, Linearized, Record, StepState
 from fastgan.losses import GANLoss, apply_term
 from fastgan.penalties import GradientPenaltyBase, discriminator_pack
 from fastgan.step_spec import PenaltySide
 from fastgan.terms import PenaltyKind, penalty_rows
 
-__all__ = ["discriminator_step", "linearized", "pack_of", "prepare"]
+__all__ = ["discriminator_step", "linearized", "prepare", "step"]
 
 _PLANS: dict[int, tuple | None] = {}
 """id(module) -> (weak reference to it, {train/eval configuration: Linearized}), None once it died."""
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel / DataParallel wrapper (else ``module``)."""
-    if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return module.module
-    return module
 
 
-pack_of = discriminator_pack  # samples per discriminator row (PacGAN): D's ``pack``, else ``pac``, else 1
 
 
 def linearized(module: nn.Module) -> Linearized:
@@ -110,7 +104,7 @@ def _forget(key: int):
 def prepare(module: nn.Module) -> Linearized:
     """Trace D for the generic step now (needed before ``torch.compile`` of a step; eager steps
     trace on first use). Unwraps DistributedDataParallel / DataParallel."""
-    return linearized(_unwrap(module))
+    return linearized(unwrap(module))
 
 
 def _split_condition(condition, real, fake):
@@ -231,7 +225,7 @@ def _coefficients(g_rows: torch.Tensor, penalty: GradientPenaltyBase, scale: flo
 
 def _run(inner: nn.Module, real, fake, loss, penalties, eps, generator, cond_real, cond_fake):
     plan = linearized(inner)
-    pack = pack_of(inner)
+    pack = discriminator_pack(inner)
     active = [(p, s) for p, s in penalties if s != 0]
     sides = {PenaltySide(p.side) for p, _ in active}
     state = StepState()
@@ -323,7 +317,7 @@ def _check_args(D, real, fake, loss, penalties):
         if s < 0:
             raise ValueError(f"a penalty's scale must be non-negative, got {s}")
         out.append((p, s))
-    pack = pack_of(D)
+    pack = discriminator_pack(D)
     for name, x in (("real", real), ("fake", fake)):
         if x.shape[0] % pack:
             raise ValueError(f"{name} has {x.shape[0]} samples, not divisible by the discriminator's pack={pack}")
@@ -355,9 +349,17 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
     Returns:
         ``(total, parts)``: the scalar total and :class:`~fastgan.fused.StepParts` (detached).
     """
-    penalties = _check_args(D, real, fake, loss, penalties)
+    return step(D, real, fake, loss=loss, penalties=_check_args(D, real, fake, loss, penalties), eps=eps,
+                generator=generator, backward=backward, condition=condition)
+
+
+def step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, loss: GANLoss,
+         penalties: Sequence[tuple[GradientPenaltyBase, float]], eps=None, generator=None, backward: bool = False,
+         condition: Any = None):
+    """:func:`discriminator_step` on arguments already checked (``fastgan.discriminator_step``
+    checks them once, before it calls this)."""
     cond_real, cond_fake = _split_condition(condition, real, fake)
-    inner = _unwrap(D)
+    inner = unwrap(D)
     if not isinstance(D, nn.parallel.DistributedDataParallel):
         D = inner  # DataParallel: the step runs on the wrapped module (no replicas)
     run = lambda: _run(inner, real, fake, loss, penalties, eps, generator, cond_real, cond_fake)  # noqa: E731

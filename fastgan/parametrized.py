@@ -27,19 +27,17 @@ WEIGHT_HOOKS = (SpectralNorm, WeightNorm)
 """Forward pre-hooks that only compute a weight (the hook forms of spectral and weight norm)."""
 
 
-def weight_hooks(module: nn.Module) -> list[tuple[nn.Module, dict, list]]:
-    """``(submodule, its pre-hook dict, the dict's items)`` for every submodule with a hook-form
-    spectral or weight norm."""
-    found = []
+def scan(module: nn.Module) -> tuple[list[tuple[nn.Module, dict, list]], bool]:
+    """One walk over ``module``: ``(submodule, its pre-hook dict, the dict's items)`` for every
+    submodule with a hook-form spectral or weight norm, and whether any submodule is
+    parametrized."""
+    hooked, parametrized = [], False
     for m in module.modules():
         hooks = m._forward_pre_hooks
         if hooks and any(isinstance(h, WEIGHT_HOOKS) for h in hooks.values()):
-            found.append((m, hooks, list(hooks.items())))
-    return found
-
-
-def is_parametrized(module: nn.Module) -> bool:
-    return any(parametrize.is_parametrized(m) for m in module.modules())
+            hooked.append((m, hooks, list(hooks.items())))
+        parametrized = parametrized or parametrize.is_parametrized(m)
+    return hooked, parametrized
 
 
 @contextlib.contextmanager
@@ -49,7 +47,7 @@ def weights_once(module: nn.Module, *, grad: bool = True) -> Iterator[None]:
     on entry, its hook held back until the block ends (so later forwards reuse that weight).
     ``grad=False`` computes the hook forms' weights without a graph (a generator step, where D's
     parameters are constants)."""
-    hooked = weight_hooks(module)
+    hooked, parametrized = scan(module)
     try:
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             for m, hooks, items in hooked:
@@ -57,7 +55,7 @@ def weights_once(module: nn.Module, *, grad: bool = True) -> Iterator[None]:
                     if isinstance(hook, WEIGHT_HOOKS):
                         hook(m, None)  # sets m.<name>; one power iteration in training mode
                         del hooks[key]
-        with parametrize.cached() if is_parametrized(module) else contextlib.nullcontext():
+        with parametrize.cached() if parametrized else contextlib.nullcontext():
             yield
     finally:
         for _, hooks, items in hooked:  # the same dict objects, so users' hook handles stay valid

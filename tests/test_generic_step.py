@@ -25,7 +25,8 @@ import fastgan
 import fastgan.generic_step
 import harness
 from fastgan.bench import zoo
-from fastgan.generic_step import discriminator_step, pack_of
+from fastgan.generic_step import discriminator_step
+from fastgan.penalties import discriminator_pack
 from fastgan.step_spec import PenaltySide
 
 PENALTIES = {
@@ -379,7 +380,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="needs fake"):
         discriminator_step(nn.Linear(4, 1), x, None, loss=loss) if False else \
             fastgan.R2Penalty().check_inputs(x, None, 1)
-    assert pack_of(zoo.build("ctgan")) == 10
+    assert discriminator_pack(zoo.build("ctgan")) == 10
 
 
 def test_inputs_and_state_untouched():

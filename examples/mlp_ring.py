@@ -27,6 +27,21 @@ def ring(n: int, generator: torch.Generator, modes: int = 8, radius: float = 2.0
     return centres[which] + std * torch.randn(n, 2, generator=generator), centres
 
 
+def generator() -> nn.Module:
+    """A small MLP generator from 16-dimensional noise to the plane."""
+    return nn.Sequential(nn.Linear(16, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 2))
+
+
+def report_modes(G: nn.Module, centres: torch.Tensor) -> None:
+    """How many modes 2,000 of G's samples cover (a sample within 0.1, 5 std, of a mode)."""
+    with torch.no_grad():
+        samples = G(torch.randn(2000, 16))
+    distance, nearest = torch.cdist(samples, centres).min(dim=1)
+    close = distance < 0.1
+    print(f"modes covered: {nearest[close].unique().numel()} / {len(centres)}; "
+          f"samples within 0.1 of a mode: {close.float().mean():.0%}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=3000)
@@ -37,7 +52,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     data = torch.Generator().manual_seed(0)
 
-    G = nn.Sequential(nn.Linear(16, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 2))
+    G = generator()
     D = fastgan.MLPDiscriminator(in_features=2, hidden=(128, 128), negative_slope=0.2)
     loss = fastgan.NonSaturatingLoss()
     r1 = fastgan.R1Penalty(gamma=0.1, every=4)  # lazy R1: every 4th step, scaled by 4
@@ -67,13 +82,7 @@ def main(argv=None) -> None:
             print(f"step {step:5d}  D loss {parts.loss.item():.3f}  R1 {last_r1:.4f}  "
                   f"D(real) {parts.real_logit_mean.item():+.2f}  D(fake) {parts.fake_logit_mean.item():+.2f}")
 
-    with torch.no_grad():
-        samples = G(torch.randn(2000, 16))
-    _, centres = ring(1, data)
-    distance, nearest = torch.cdist(samples, centres).min(dim=1)
-    close = distance < 0.1  # within 5 standard deviations of a mode
-    covered = nearest[close].unique().numel()
-    print(f"modes covered: {covered} / {len(centres)}; samples within 0.1 of a mode: {close.float().mean():.0%}")
+    report_modes(G, ring(1, data)[1])
 
 
 if __name__ == "__main__":

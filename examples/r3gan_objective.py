@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch import nn
 
 import fastgan
-from mlp_ring import ring
+from mlp_ring import generator, report_modes, ring
 
 
 def main(argv=None) -> None:
@@ -29,7 +28,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     data = torch.Generator().manual_seed(0)
 
-    G = nn.Sequential(nn.Linear(16, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 2))
+    G = generator()
     D = fastgan.MLPDiscriminator(in_features=2, hidden=(128, 128), negative_slope=0.2)
     loss = fastgan.RelativisticLoss()
     r1, r2 = fastgan.R1Penalty(gamma=0.1), fastgan.R2Penalty(gamma=0.1)
@@ -52,13 +51,7 @@ def main(argv=None) -> None:
             print(f"step {step:5d}  D loss {parts.loss.item():.3f}  R1 + R2 {parts.penalty.item():.4f}  "
                   f"D(real) - D(fake) {(parts.real_logit_mean - parts.fake_logit_mean).item():+.2f}")
 
-    with torch.no_grad():
-        samples = G(torch.randn(2000, 16))
-    _, centres = ring(1, data)
-    distance, nearest = torch.cdist(samples, centres).min(dim=1)
-    close = distance < 0.1
-    print(f"modes covered: {nearest[close].unique().numel()} / {len(centres)}; "
-          f"samples within 0.1 of a mode: {close.float().mean():.0%}")
+    report_modes(G, ring(1, data)[1])
 
 
 if __name__ == "__main__":

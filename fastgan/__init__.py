@@ -3,6 +3,7 @@
 Nothing here touches a GPU or loads the compiled extension at import; backends are chosen per
 call (see :mod:`fastgan._dispatch`).
 """
+import fastgan.ops  # noqa: F401  defines torch.ops.fastgan.* (schemas, fakes, Python backends)
 from fastgan._dispatch import BACKENDS, BackendStatus, available_backends, use_backend
 from fastgan.cuda_graph import GraphedStep
 from fastgan.fused import StepParts, StepPlan, discriminator_step, explain, generator_step

@@ -34,7 +34,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from fastgan import _dispatch, _native, _validate, closed_form, parametrized, step_spec
+from fastgan import _dispatch, _native, _validate, parametrized, step_spec
+from fastgan.ops import mlp_step as mlp_step_ops
 from fastgan.losses import GANLoss, get_loss
 from fastgan.mlp import MLPDiscriminator, dropout_generator
 from fastgan.penalties import GradientPenaltyBase, discriminator_pack
@@ -429,13 +430,8 @@ def _allow_tf32() -> bool:
 
 
 def step_ops(name: str):
-    """(mlp_disc_step, mlp_gen_step) of a backend; all share one contract (csrc/bindings.cpp)."""
-    if name == "torch":
-        return closed_form.mlp_disc_step, closed_form.mlp_gen_step
-    if name == "triton":
-        from fastgan.kernels import mlp_step
-        return mlp_step.mlp_disc_step, mlp_step.mlp_gen_step
-    return torch.ops.fastgan.mlp_disc_step, torch.ops.fastgan.mlp_gen_step  # cpu, cuda
+    """(mlp_disc_step, mlp_gen_step) of a backend: its registered operators (:mod:`fastgan.ops.mlp_step`)."""
+    return mlp_step_ops.DISC.op(name), mlp_step_ops.GEN.op(name)
 
 
 def _check_params(inner: MLPDiscriminator, x: torch.Tensor, params=None) -> None:

@@ -18,45 +18,14 @@ from torch import nn
 
 from fastgan import _dispatch, _validate
 from fastgan.reference import losses as reference
-from fastgan.terms import Phi, Reduction, Term, reduce, term_derivative, term_value
-
-
-class _LossTermFn(torch.autograd.Function):
-    """One term through a native or Triton kernel: forward and backward are one pass each.
-    Double backward (``create_graph=True``) differentiates the torch closed form instead."""
-
-    @staticmethod
-    def forward(ctx, x, term: Term, reduction: int, backend: str):
-        ctx.save_for_backward(x)
-        ctx.term, ctx.reduction, ctx.backend = term, reduction, backend
-        forward_fn, _ = _kernels(backend)
-        return forward_fn(x, int(term.phi), term.sign, term.shift, term.scale, reduction)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (x,) = ctx.saved_tensors
-        t, reduction = ctx.term, ctx.reduction
-        if torch.is_grad_enabled():
-            g = grad_out * term_derivative(x, t)
-            return (g / x.numel() if reduction == Reduction.MEAN else g), None, None, None
-        _, backward_fn = _kernels(ctx.backend)
-        return backward_fn(grad_out, x, int(t.phi), t.sign, t.shift, t.scale, reduction), None, None, None
-
-
-def _kernels(backend: str):
-    if backend == "triton":
-        from fastgan.kernels import losses as triton_losses
-        return triton_losses.loss_term_forward, triton_losses.loss_term_backward
-    ops = torch.ops.fastgan  # cpu and cuda: the extension's operators, dispatched on device
-    return ops.loss_term_forward, ops.loss_term_backward
+from fastgan.ops import loss_term
+from fastgan.terms import Phi, Reduction, Term
 
 
 def apply_term(x: torch.Tensor, term: Term, reduction: str, backend: str) -> torch.Tensor:
-    """``reduce(term(x))`` on an already-selected non-reference backend."""
-    red = Reduction[reduction.upper()]
-    if backend == "torch":
-        return reduce(term_value(x, term), red)
-    return _LossTermFn.apply(x, term, int(red), backend)
+    """``reduce(term(x))`` on an already-selected non-reference backend (the backend's
+    ``loss_term_forward`` operator, :mod:`fastgan.ops.loss_term`)."""
+    return loss_term.apply(x, term, Reduction[reduction.upper()], backend)
 
 
 class GANLoss(nn.Module):

@@ -23,7 +23,8 @@ from fastgan import _dispatch, _validate
 from fastgan.mlp import dropout_generator
 from fastgan.reference import penalties as reference
 from fastgan.step_spec import PenaltySide
-from fastgan.terms import PenaltyKind, penalty_row_gradient, penalty_rows
+from fastgan.ops import penalty as penalty_op
+from fastgan.terms import PenaltyKind
 
 
 def discriminator_pack(discriminator: nn.Module) -> int:
@@ -36,34 +37,6 @@ def discriminator_pack(discriminator: nn.Module) -> int:
     return 1
 
 
-class _PenaltyFn(torch.autograd.Function):
-    """Row norms and mean penalty through a native or Triton kernel. Double backward
-    differentiates the torch closed form."""
-
-    @staticmethod
-    def forward(ctx, g, kind: int, weight: float, center: float, backend: str):
-        ctx.save_for_backward(g)
-        ctx.args, ctx.backend = (kind, weight, center), backend
-        return _kernels(backend)[0](g, kind, weight, center)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (g,) = ctx.saved_tensors
-        kind, weight, center = ctx.args
-        if torch.is_grad_enabled():
-            dg = penalty_row_gradient(g, PenaltyKind(kind), weight, center)
-            return grad_out * dg / g.shape[0], None, None, None, None
-        return _kernels(ctx.backend)[1](grad_out, g, kind, weight, center), None, None, None, None
-
-
-def _kernels(backend: str):
-    if backend == "triton":
-        from fastgan.kernels import penalties as triton_penalties
-        return triton_penalties.penalty_forward, triton_penalties.penalty_backward
-    ops = torch.ops.fastgan
-    return ops.penalty_forward, ops.penalty_backward
-
-
 def penalty_from_gradient(g: torch.Tensor, kind: PenaltyKind, weight: float, center: float,
                           backend: str | None = None) -> torch.Tensor:
     """Mean over rows of the penalty of input gradients ``g`` (rows, features)."""
@@ -71,9 +44,7 @@ def penalty_from_gradient(g: torch.Tensor, kind: PenaltyKind, weight: float, cen
     if name == "reference":
         return (reference.squared_penalty(g, weight) if kind == PenaltyKind.SQUARED
                 else reference.centered_penalty(g, weight, center))
-    if name == "torch":
-        return penalty_rows(g, kind, weight, center).mean()
-    return _PenaltyFn.apply(g, int(kind), float(weight), float(center), name)
+    return penalty_op.apply(g, kind, weight, center, name)  # the backend's operator (fastgan.ops.penalty)
 
 
 class GradientPenaltyBase(nn.Module):

@@ -1,7 +1,8 @@
 """The fused MLP discriminator and generator steps in Triton: host code (docs/DESIGN.md section 4).
 
 ``mlp_disc_step`` and ``mlp_gen_step`` implement the contract of the ``mlp_disc_step`` /
-``mlp_gen_step`` operators in ``csrc/bindings.cpp`` (same arguments, same results) without
+``mlp_gen_step`` operators (:mod:`fastgan.ops.mlp_step`, which registers them as
+``torch.ops.fastgan.mlp_disc_step_triton`` / ``mlp_gen_step_triton``) without
 autograd and without double backward. This module validates the arguments (raising before any
 kernel runs), stacks real, fake and penalty rows into one (N, K) batch so that every product is
 one launch, and dispatches:
@@ -131,7 +132,7 @@ def _no_masks(*masks) -> None:
 def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, negative_slope, term_real, term_fake,
                   paired, penalty_side, penalty_kind, penalty_weight, penalty_center, allow_tf32,
                   masks_real=(), masks_fake=(), masks_penalty=(), path="auto", tensor_cores=False, *, poison=False):
-    """The discriminator step; see the ``mlp_disc_step`` schema in csrc/bindings.cpp.
+    """The discriminator step; see the ``mlp_disc_step`` schema in fastgan/ops/mlp_step.py.
 
     Returns [stats = (loss, penalty, mean real logit, mean fake logit), dW_1..dW_L,
     db_1..db_L (if biases), dw_out, db_out (if b_out)], gradients of loss + penalty.
@@ -175,15 +176,17 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
     else:
         dws, dbs, dw_out, sums, penalty = mlp_general.disc_step(ops, widths, *common)
     stats = torch.stack([sums[0], penalty, sums[1] / nr, sums[2] / nf]).to(real.dtype)
-    out = [stats] + dws + (dbs if biases else []) + [dw_out]
+    grads = dws + (dbs if biases else []) + [dw_out]
     if b_out is not None:
-        out.append(sums[3].reshape(1).to(weights[0].dtype))
-    return out
+        grads.append(sums[3].reshape(1).to(weights[0].dtype))
+    # an operator's outputs own their memory: a part of a larger buffer (the padded gradients, sums) is copied
+    return [stats] + [g if g.untyped_storage().nbytes() == g.numel() * g.element_size() else g.clone()
+                      for g in grads]
 
 
 def mlp_gen_step(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, allow_tf32,
                  masks_fake=(), masks_real=(), path="auto", tensor_cores=False, *, poison=False):
-    """The generator step; see the ``mlp_gen_step`` schema in csrc/bindings.cpp.
+    """The generator step; see the ``mlp_gen_step`` schema in fastgan/ops/mlp_step.py.
 
     loss = sum_j term(f_j) (paired: sum_j term(r_j - f_j)); returns
     [stats = (loss, mean fake logit), d loss / d fake = c * g (fake's shape and dtype)].

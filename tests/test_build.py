@@ -1,5 +1,5 @@
-"""The compiled extension: it loads, registers every operator, passes ``torch.library.opcheck``;
-importing fastgan is side-effect free; a missing extension falls back (auto) or raises (explicit)."""
+"""The compiled extension: it loads and registers a CPU kernel for every operator; importing
+fastgan is side-effect free; a missing extension falls back (auto) or raises (explicit)."""
 from __future__ import annotations
 
 import os
@@ -34,40 +34,15 @@ def test_extension_loads():
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_every_schema_op_is_registered(op):
-    _extension()
-    assert hasattr(torch.ops.fastgan, op)
-    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan::{op}", "Meta"), f"fastgan::{op} has no fake impl"
-
-
-@pytest.mark.parametrize("op", OPS[:4])
-def test_loss_and_penalty_ops_have_cpu_kernels(op):
+def test_the_extension_registers_a_cpu_kernel_for_every_operator(op):
+    """The schemas are defined in Python (fastgan.ops); the extension adds the CPU kernels (opcheck
+    and the backends' agreement: tests/test_ops.py)."""
     _extension()
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan::{op}", "CPU"), f"fastgan::{op} has no CPU kernel"
 
 
 def _x(*shape, seed=0):
     return torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.mark.parametrize("reduction", [0, 1, 2])
-@pytest.mark.parametrize("phi", [0, 1, 2, 3])
-def test_opcheck_loss_term_ops(phi, reduction):
-    _extension()
-    x = _x(3, 5)
-    torch.library.opcheck(torch.ops.fastgan.loss_term_forward.default, (x, phi, -1.0, 0.5, 2.0, reduction))
-    grad_out = _x(3, 5, seed=1) if reduction == 0 else torch.tensor(0.5, dtype=torch.float64)
-    torch.library.opcheck(torch.ops.fastgan.loss_term_backward.default,
-                          (grad_out, x, phi, -1.0, 0.5, 2.0, reduction))
-
-
-@pytest.mark.parametrize("kind", [0, 1])
-def test_opcheck_penalty_ops(kind):
-    _extension()
-    g = _x(4, 3)
-    torch.library.opcheck(torch.ops.fastgan.penalty_forward.default, (g, kind, 2.0, 1.0))
-    torch.library.opcheck(torch.ops.fastgan.penalty_backward.default,
-                          (torch.tensor(0.5, dtype=torch.float64), g, kind, 2.0, 1.0))
 
 
 def test_import_initialises_no_cuda_and_no_triton():

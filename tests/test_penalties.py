@@ -10,7 +10,7 @@ from torch import nn
 
 import fastgan
 import harness
-from fastgan.penalties import _kernels
+from fastgan.ops import penalty as penalty_op
 from fastgan.terms import PenaltyKind, penalty_rows
 
 PENALTIES = {
@@ -211,9 +211,7 @@ def test_lazy_regularisation(backend, name):
 @pytest.mark.parametrize("kind, weight, center", [(PenaltyKind.SQUARED, 3.0, 0.0),
                                                   (PenaltyKind.CENTERED, 0.7, 1.3)], ids=["squared", "centered"])
 def test_penalty_kernels_match_penalty_rows(backend, kind, weight, center, shape, dtype):
-    if backend == "torch":
-        pytest.skip("the torch backend has no penalty kernel (it is fastgan.terms.penalty_rows itself)")
-    forward, backward = _kernels(backend)
+    forward, backward = penalty_op.FORWARD.op(backend), penalty_op.BACKWARD.op(backend)
     g = randn(*shape, dtype=dtype, seed=3)
     g[0] = 0  # a zero-norm row
     grad_out = torch.tensor(0.6, dtype=dtype)
@@ -234,8 +232,8 @@ def test_penalty_kernels_match_penalty_rows(backend, kind, weight, center, shape
 
 def test_penalty_kernels_reject_bad_input(backend):
     if backend == "torch":
-        pytest.skip("the torch backend has no penalty kernel")
-    forward, backward = _kernels(backend)
+        pytest.skip("the torch backend's operator is fastgan.terms.penalty_rows itself: it checks nothing")
+    forward, backward = penalty_op.FORWARD.op(backend), penalty_op.BACKWARD.op(backend)
     g = randn(3, 4)
     with pytest.raises((RuntimeError, ValueError), match=r"grad must be \(rows, features\)"):
         forward(g.reshape(12), 0, 1.0, 0.0)

@@ -1,4 +1,4 @@
-// The fused MLP step's argument contract (docs/DESIGN.md section 4a; csrc/bindings.cpp holds the
+// The fused MLP step's argument contract (docs/DESIGN.md section 4a; fastgan/ops/mlp_step.py holds the
 // op schemas), parsed and validated once for every native implementation: csrc/mlp_step_cpu.cpp
 // and csrc/mlp_step.cu. One set of messages; every check runs before any kernel.
 //
@@ -64,7 +64,7 @@ inline std::string prefix(at::DeviceType dev) {
 }
 inline const char* device_word(at::DeviceType dev) { return dev == at::kCUDA ? "CUDA" : "CPU"; }
 
-// The op's path option: "auto" (the backend decides), "fused" or "wide" (cuda; see bindings.cpp).
+// The op's path option: "auto" (the backend decides), "fused" or "wide" (cuda; see fastgan/ops/mlp_step.py).
 enum class Path { AUTO, FUSED, WIDE };
 inline Path parse_path(c10::string_view path, at::DeviceType dev) {
   if (path == "auto") return Path::AUTO;

@@ -1,7 +1,8 @@
 """The fused MLP step in closed form, in plain torch operations: the ``torch`` backend.
 
 Same contract and signature as ``torch.ops.fastgan.mlp_disc_step`` / ``mlp_gen_step`` (see
-``csrc/bindings.cpp`` and :mod:`fastgan.fused`); works on any device and is the fallback.
+:mod:`fastgan.ops.mlp_step`, which registers these functions as ``torch.ops.fastgan.mlp_disc_step_torch`` /
+``mlp_gen_step_torch``); works on any device and is the fallback.
 The maths is docs/DESIGN.md section 4. With rows already packed, layers
 ``z_l = h_{l-1} W_l^T + b_l``, ``h_l = leaky_relu(z_l)``, mask ``m_l = 1 if z_l > 0 else alpha``
 (read off ``h_l > 0``, so no mask is stored), logit ``o = h_L w^T + c`` and per-row loss
@@ -110,7 +111,7 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
                   term_real, term_fake, paired, penalty_side, penalty_kind, penalty_weight,
                   penalty_center, allow_tf32, masks_real=(), masks_fake=(), masks_penalty=(), path="auto",
                   tensor_cores=False):
-    """The fused discriminator step (contract in ``csrc/bindings.cpp``).
+    """The fused discriminator step (contract in :mod:`fastgan.ops.mlp_step`).
 
     Returns ``[stats, dW_1..dW_L, db_1..db_L (if biases), dw_out, db_out (if b_out)]`` with
     ``stats = (loss, penalty, mean real logit, mean fake logit)``; the d* are gradients of

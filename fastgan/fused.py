@@ -11,9 +11,8 @@ without double backward; any other module goes through the reference path.
 
 The fused path (docs/DESIGN.md section 4): rows are packed (``(B, in) -> (B/pack, pack*in)``), the
 means' 1/N, the penalty's 1/rows and its lazy factor are folded into the term scales and the
-penalty weight, and the chosen backend's ``mlp_disc_step`` (``torch``: :mod:`fastgan.closed_form`;
-``cpu``/``cuda``: ``torch.ops.fastgan``; ``triton``: ``fastgan.kernels.mlp_step``, one contract
-in ``csrc/bindings.cpp``) returns the loss with the parameter gradients. A first-order
+penalty weight, and the chosen backend's ``mlp_disc_step`` operator (one contract, registered for
+every backend in :mod:`fastgan.ops.mlp_step`) returns the loss with the parameter gradients. A first-order
 ``autograd.Function`` hands those to autograd, so ``torch.compile(fullgraph=True)`` and
 DistributedDataParallel work (the step runs inside ``D.forward``, so DDP all-reduces it). The
 inputs are data: no gradient flows to ``real`` or ``fake``. Under ``torch.compile`` the backend

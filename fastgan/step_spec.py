@@ -1,7 +1,7 @@
 """The fused step's contract, in one place: from (D, loss, penalty) to the op's arguments.
 
 Every backend implements one operator pair, ``mlp_disc_step`` and ``mlp_gen_step`` (schemas in
-``csrc/bindings.cpp``; ``torch``: :mod:`fastgan.closed_form`; ``cpu``/``cuda``:
+:mod:`fastgan.ops.mlp_step`; ``torch``: :mod:`fastgan.closed_form`; ``cpu``/``cuda``:
 ``torch.ops.fastgan``; ``triton``: :mod:`fastgan.kernels.mlp_step`). Their non-tensor arguments
 describe the configuration (docs/DESIGN.md section 4):
 

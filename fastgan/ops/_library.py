@@ -78,17 +78,28 @@ def register_autograd(forward: Operator, backward: Operator, closed_form: Callab
     """The autograd of ``forward(x, *config)`` on the kernel backends (``cpu`` stands for the
     extension's operator, cpu and cuda): d/dx runs ``backward(grad_out, x, *config)`` of the same
     backend, one kernel; under ``create_graph=True`` it runs ``closed_form`` (same arguments, torch
-    operations), so double backward works. The torch variant needs none (it is decomposed)."""
+    operations), so double backward works. The torch variant needs none (it is decomposed).
 
-    def setup_context(ctx, inputs, output):
-        x, *config = inputs
-        ctx.save_for_backward(x)
-        ctx.config = config
+    Registered as the operators' Autograd kernel: a first-order ``autograd.Function`` whose forward
+    runs the operator below autograd. (``torch.library.register_autograd`` does the same with
+    general machinery that costs about 30 us more per call on the CPU, which a loss term's host
+    path would feel; tests/test_ops.py runs ``opcheck`` on the result.)"""
+    for backend in backends:
+        _register_first_order(forward.op(backend), backward.op(backend), closed_form)
 
-    def autograd_for(backend: str):
-        backward_op = backward.op(backend)
 
-        def backward_fn(ctx, grad_out):
+def _register_first_order(op: torch._ops.OpOverload, backward_op: torch._ops.OpOverload,
+                          closed_form: Callable) -> None:
+    class FirstOrder(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, *config):
+            ctx.save_for_backward(x)
+            ctx.config = config
+            with torch._C._AutoDispatchBelowAutograd():
+                return op(x, *config)
+
+        @staticmethod
+        def backward(ctx, grad_out):
             (x,) = ctx.saved_tensors
             if torch.is_grad_enabled():  # create_graph=True: a differentiable closed form
                 grad = closed_form(grad_out, x, *ctx.config)
@@ -96,8 +107,10 @@ def register_autograd(forward: Operator, backward: Operator, closed_form: Callab
                 grad = backward_op(grad_out, x, *ctx.config)
             return (grad,) + (None,) * len(ctx.config)
 
-        return backward_fn
+    def autograd_kernel(x, *config):
+        if torch.is_grad_enabled() and x.requires_grad:
+            return FirstOrder.apply(x, *config)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(x, *config)
 
-    for backend in backends:
-        torch.library.register_autograd(forward.qualname(backend), autograd_for(backend),
-                                        setup_context=setup_context, lib=LIB)
+    LIB.impl(op._schema.name.split("::")[1], autograd_kernel, "Autograd")

@@ -38,8 +38,10 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     """``fastgan.lab`` and ``fastgan.bench`` load on first use (they import matplotlib and the
-    benchmark machinery, which plain training code does not need)."""
-    if name in ("lab", "bench"):
+    benchmark machinery, which plain training code does not need); so does ``fastgan.generic_step``
+    (the linearised step for any discriminator: ``fastgan.generic_step.prepare(D)`` before
+    ``torch.compile``)."""
+    if name in ("lab", "bench", "generic_step"):
         import importlib
         return importlib.import_module(f"fastgan.{name}")
     raise AttributeError(f"module 'fastgan' has no attribute {name!r}")

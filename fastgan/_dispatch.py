@@ -105,8 +105,19 @@ def use_backend(name: str) -> Iterator[None]:
         _context.reset(token)
 
 
+def assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without importing dynamo (and with it triton)
+    when fastgan is imported: the public decorator only sets this marker
+    (tests/test_mlp_step_compile.py checks that it still does)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@assume_constant_result
 def requested(backend: str | None) -> str:
-    """The backend name in force for a call: argument, context, environment, or 'auto'."""
+    """The backend name in force for a call: argument, context, environment, or 'auto'. Under
+    torch.compile it is read once per compiled graph, when the graph is traced (a constant: the
+    context variable cannot be traced, and no guard watches the environment)."""
     if backend is not None:
         return check_name(backend, "backend")
     if (ctx := _context.get()) is not None:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from fastgan import _dispatch, _native, _validate, parametrized, step_spec
+from fastgan._dispatch import assume_constant_result as _assume_constant_result
 from fastgan.ops import mlp_step as mlp_step_ops
 from fastgan.losses import GANLoss, get_loss
 from fastgan.mlp import MLPDiscriminator, dropout_generator
@@ -406,14 +407,6 @@ def step_backends() -> tuple[str, ...]:
     if ext is not None:  # the CPU kernels are always built; the CUDA ones when cuda_compiled
         found += ["cpu", "cuda"] if ext.cuda_compiled else ["cpu"]
     return tuple(b for b in _dispatch.BACKENDS if b in found)
-
-
-def _assume_constant_result(fn):
-    """``torch.compiler.assume_constant_result`` without importing dynamo (and with it triton)
-    when fastgan is imported: the public decorator only sets this marker
-    (tests/test_mlp_step_compile.py checks that it still does)."""
-    fn._dynamo_marked_constant = True
-    return fn
 
 
 @_assume_constant_result

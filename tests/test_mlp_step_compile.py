@@ -15,7 +15,7 @@ import torch
 
 import fastgan
 import harness
-from fastgan import fused
+from fastgan import _dispatch, fused
 from fastgan.fused import discriminator_step, generator_step
 
 
@@ -110,5 +110,38 @@ def test_constant_marker_matches_torch_compiler():
     from fastgan import fused
 
     marked = torch.compiler.assume_constant_result(lambda: 0)
-    probe = fused._assume_constant_result(lambda: 0)
+    probe = _dispatch.assume_constant_result(lambda: 0)
     assert {k for k in vars(marked)} == {k for k in vars(probe)} == {"_dynamo_marked_constant"}
+
+
+@pytest.mark.parametrize("make", [lambda: fastgan.MLPDiscriminator(3, (8, 8)).double(),
+                                  lambda: torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), torch.nn.LeakyReLU(0.2),
+                                                              torch.nn.Flatten(), torch.nn.Linear(4, 1)).double()],
+                         ids=["mlp", "conv"])
+def test_the_public_step_compiles_with_the_backend_left_to_fastgan(make):
+    """``fastgan.discriminator_step`` without ``backend=`` (the argument, the ``use_backend``
+    context and the environment are read when the graph is traced), inside a ``use_backend``
+    block too, on the fused and on the linearised path."""
+    torch._dynamo.reset()
+    D = make()
+    shape = (6, 3) if isinstance(D, fastgan.MLPDiscriminator) else (6, 1, 3)
+    gen = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(shape, generator=gen, dtype=torch.float64), torch.randn(shape, generator=gen, dtype=torch.float64)
+    loss, r1 = fastgan.NonSaturatingLoss(), fastgan.R1Penalty(gamma=2.0)
+    want = _grads_of(copy.deepcopy(D), lambda M: fastgan.discriminator_step(M, real, fake, loss=loss, penalty=r1,
+                                                                             backend="reference"))
+    if not isinstance(D, fastgan.MLPDiscriminator):
+        fastgan.generic_step.prepare(D)  # fx tracing runs outside the compiled region
+    compiled = torch.compile(lambda r, f: fastgan.discriminator_step(D, r, f, loss=loss, penalty=r1),
+                             fullgraph=True, backend="aot_eager")
+    with fastgan.use_backend("torch"):
+        got = _grads_of(D, lambda M: compiled(real, fake))
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12)
+
+
+def _grads_of(D, objective):
+    D.zero_grad(set_to_none=True)
+    total = objective(D)
+    total.backward()
+    return {"total": total.detach(), **{n: p.grad for n, p in D.named_parameters()}}

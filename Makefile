@@ -37,12 +37,12 @@ $(STAMP): pyproject.toml setup.py CMakeLists.txt .ci/constraints.txt $(wildcard 
 	  echo "using the CUDA torch of $(PYTHON)"; \
 	  $(PYTHON) -m venv --system-site-packages $(VENV) && \
 	  $(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-pin.txt && \
-	  $(BIN)/python -m pip install -q -c $(VENV)/torch-pin.txt --no-build-isolation -e ".[test,lab,ctgan]" $(PIP_ARGS); \
+	  $(BIN)/python -m pip install -qq -c $(VENV)/torch-pin.txt --no-build-isolation -e ".[test,lab,ctgan]" $(PIP_ARGS); \
 	else \
 	  $(PYTHON) -m venv $(VENV) && \
 	  $(BIN)/python -m pip install -q --upgrade pip && \
 	  $(BIN)/python -m pip install -q -c .ci/constraints.txt $(PIP_ARGS) torch numpy "setuptools>=77" wheel && \
-	  $(BIN)/python -m pip install -q -c .ci/constraints.txt --no-build-isolation -e ".[test,lab,ctgan]" $(PIP_ARGS); \
+	  $(BIN)/python -m pip install -qq -c .ci/constraints.txt --no-build-isolation -e ".[test,lab,ctgan]" $(PIP_ARGS); \
 	fi
 	@touch $@
 

@@ -67,8 +67,7 @@ class CMakeBuild(build_ext):
 ext_modules = [] if _flag("FASTGAN_SKIP_EXTENSION", "0") == "1" else [CMakeExtension("fastgan._C")]
 
 setup(
-    packages=find_packages(include=["fastgan", "fastgan.*"]) + ["fastgan.kernels"],
-    package_dir={"fastgan.kernels": "kernels"},
+    packages=find_packages(include=["fastgan", "fastgan.*"]),
     ext_modules=ext_modules,
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

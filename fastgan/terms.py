@@ -1,6 +1,6 @@
 """The elementwise maths every backend shares, as specifications and in plain torch ops.
 
-Mirrors ``csrc/loss_terms.h`` (native kernels) and ``kernels/`` (Triton).
+Mirrors ``csrc/loss_terms.h`` (native kernels) and ``fastgan/kernels/`` (Triton).
 
 A loss term is ``scale * phi(sign * x + shift)`` with ``phi`` one of softplus, relu, identity
 and ``z**2 / 2``; every GAN loss here is one or two such terms on the logits (or, for the

@@ -192,7 +192,7 @@ def test_loss_term_kernels_low_precision(backend, dtype):
 
 
 def test_triton_two_stage_sum_over_many_partials(backend):
-    """The deterministic final sum of kernels/_common.py over more partials than one block holds."""
+    """The deterministic final sum of fastgan/kernels/_common.py over more partials than one block holds."""
     if backend != "triton":
         pytest.skip("Triton's own helper")
     import triton.language as tl

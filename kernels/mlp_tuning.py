@@ -15,7 +15,7 @@ that small:
 - Triton's on-disk caches keep compiled kernels and (``cache_results=True``) autotune timings,
   so a later process with the same shapes neither compiles nor times anything.
 
-``python -m fastgan.kernels.compile_count`` counts the compilations per benchmark network.
+``python tools/compile_count.py`` counts the compilations per benchmark network.
 """
 import functools
 import os

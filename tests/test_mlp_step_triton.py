@@ -24,6 +24,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import harness  # noqa: E402
+from conftest import TOOLS  # noqa: E402
 from harness import Case  # noqa: E402
 
 mlp_step = pytest.importorskip("fastgan.kernels.mlp_step")
@@ -142,14 +143,14 @@ def test_bad_arguments_raise():
 
 
 # ----------------------------------------------------------------------------------------------
-# compile budget (no GPU needed: fastgan.kernels.compile_count runs the host code on meta tensors
-# with the compiled-mode configs, in a subprocess without TRITON_INTERPRET)
+# compile budget (no GPU needed: tools/compile_count.py runs the host code on meta tensors with
+# the compiled-mode configs, in a subprocess without TRITON_INTERPRET)
 # ----------------------------------------------------------------------------------------------
 
 COUNT_SCRIPT = r'''
 import json, torch
 from fastgan.bench import configs as bench
-from fastgan.kernels import compile_count as cc
+import compile_count as cc
 nets = {n.name: n for fam in bench.FAMILIES.values() for n in fam}
 nets["in48-4x112"] = bench.Network("in48-4x112", 48, 112, 4)  # pads to 128 like width-128
 obj = bench.OBJECTIVES
@@ -174,6 +175,7 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def compile_counts():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TOOLS), env.get("PYTHONPATH")) if p)
     run = subprocess.run([sys.executable, "-c", COUNT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     return {k: tuple(v) for k, v in json.loads(run.stdout.strip().splitlines()[-1]).items()}

@@ -2,9 +2,10 @@
 against the specification, through the shared harness (tests/harness.py): its cases, the float64
 reference and the one error bound; the operators' arguments come from ``fastgan.step_spec``.
 
-Without a GPU the kernels run under the Triton interpreter on CPU tensors (``TRITON_INTERPRET=1``
-is set here before the kernels are imported): small cases only, the interpreter is slow. With a
-GPU the same cases run on it (compiled Triton), plus the reduced-precision checks marked ``gpu``.
+Without a GPU the kernels run under the Triton interpreter on CPU tensors (``TRITON_INTERPRET=1``,
+set before pytest starts: fastgan reads it once, ``fastgan.kernels.INTERPRET``): small cases only,
+the interpreter is slow. With a GPU the same cases run on it (compiled Triton), plus the
+reduced-precision checks marked ``gpu``.
 Every call passes ``poison=True``: scratch buffers start as NaN, so an element no kernel writes
 gives a non-finite result (an infinite error in the harness).
 """
@@ -19,8 +20,6 @@ import sys
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 import harness  # noqa: E402
@@ -31,7 +30,7 @@ mlp_step = pytest.importorskip("fastgan.kernels.mlp_step")
 from fastgan.kernels import mlp_fused, mlp_tuning  # noqa: E402
 
 if not (torch.cuda.is_available() or mlp_tuning.INTERPRET):
-    pytest.skip("no GPU and the Triton kernels were imported without TRITON_INTERPRET=1", allow_module_level=True)
+    pytest.skip("no GPU, and TRITON_INTERPRET=1 was not set when pytest started", allow_module_level=True)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

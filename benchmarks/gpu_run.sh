@@ -5,7 +5,9 @@
 #   device run:  bash benchmarks/gpu_run.sh
 # Commit the results (benchmarks/results/) from the tarball; device, date and versions are in each.
 set -uo pipefail
-OUT=${OUT:-$PWD/benchmarks/results/gpu-run}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"  # every path below is relative to the repository root, wherever the call starts
+OUT=${OUT:-$ROOT/benchmarks/results/gpu-run}
 RUN=$(mktemp -d)
 mkdir -p "$OUT"
 summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
@@ -37,7 +39,7 @@ step gpu-tests-triton 90 python -m pytest -q -p no:cacheprovider tests/test_mlp_
 # Host cost per call (tiny problem: the Python path and launches), then the benchmarks:
 # targets fp32 'highest' (with every graphed provider), TF32, bf16 wide networks, PacGAN.
 # fastgan bench writes files only where --output says (nothing by default): every call names one.
-step triton-first-call 90 python benchmarks/triton_first_call.py --configs targets,width-512
+step triton-first-call 90 python tools/triton_first_call.py --configs targets,width-512
 step host-cuda 60 python -m fastgan.bench.host --device cuda --backend cuda --calls 500
 step host-triton 90 python -m fastgan.bench.host --device cuda --backend triton --calls 500
 step bench-fp32 150 python -m fastgan.bench --quick --no-progress --output "$RUN/gpu-targets-fp32"

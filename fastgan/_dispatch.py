@@ -50,7 +50,11 @@ def _triton_installed() -> bool:
 
 
 def _triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether the Triton kernels run in Triton's interpreter (on CPU tensors):
+    ``fastgan.kernels.INTERPRET``, the one read of ``TRITON_INTERPRET``, made when that package is
+    first imported (the package alone imports no triton)."""
+    from fastgan import kernels
+    return kernels.INTERPRET
 
 
 def _why_unavailable(name: str) -> str:
@@ -132,13 +136,13 @@ def select(backend: str | None, device: torch.device, supported: tuple[str, ...]
     cannot serve the call raises; auto falls back in order and warns once about a missing
     compiled extension.
     """
-    return _select(requested(backend), device.type, _triton_interpret(), supported)
+    return _select(requested(backend), device.type, supported)
 
 
 @functools.lru_cache(maxsize=64)
-def _select(name: str, device_type: str, interpret: bool, supported: tuple[str, ...]) -> str:
-    """:func:`select` for one (request, device type, interpreter flag, operation): the answer
-    depends on nothing else that changes within a process, so it is computed once."""
+def _select(name: str, device_type: str, supported: tuple[str, ...]) -> str:
+    """:func:`select` for one (request, device type, operation): the answer depends on nothing
+    else that changes within a process (the Triton run mode is read once), so it is computed once."""
     device = torch.device(device_type)
     if name != "auto":
         if name not in supported:

@@ -3,8 +3,10 @@ the ones that cannot run here are skipped with the probe's reason.
 
 Triton kernels run on CPU tensors only under ``TRITON_INTERPRET=1`` (set it before pytest starts).
 
-The tests run in importlib mode (pyproject.toml), so this directory is put on ``sys.path`` here:
-every test file imports the shared harness as ``import harness`` (tests/harness.py).
+The tests run in importlib mode (pyproject.toml), so this directory and the developer tools
+(tools/) are put on ``sys.path`` here: every test file imports the shared harness as
+``import harness`` (tests/harness.py), and a test that uses a tool imports it by its name
+(``import compile_count``: tools/compile_count.py).
 """
 from __future__ import annotations
 
@@ -14,8 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-if str(Path(__file__).resolve().parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+TESTS = Path(__file__).resolve().parent
+TOOLS = TESTS.parent / "tools"
+for _path in (str(TOOLS), str(TESTS)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 from fastgan import _dispatch
 

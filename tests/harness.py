@@ -34,7 +34,7 @@ terms of that size). A backend passes when::
 
 with ``K = 4`` and ``FLOOR`` 16 units of roundoff of the dtype (float32 ~1e-6; float64: ``1e-10``,
 for which the baseline is the reference itself and contributes 0). Measured over 240 random
-float32 cases with up to 200 rows (``python tests/accuracy_scan.py``, seeds 777 and 4242;
+float32 cases with up to 200 rows (``python tools/accuracy_scan.py``, seeds 777 and 4242;
 benchmarks/results/accuracy-scan-cpu-2026-11-30.md): the ``cpu`` backend used at most 0.47 of
 this bound and the ``torch`` closed form at most 0.68. Before it
 summed its bias and output-weight gradients as autograd does (cascade sums rather than

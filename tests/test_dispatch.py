@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastgan
-from fastgan import _dispatch
+from fastgan import _dispatch, kernels
 
 CPU = torch.device("cpu")
 
@@ -95,10 +95,11 @@ def test_available_backends_reports_every_backend_with_a_reason():
 
 
 def test_triton_needs_a_device_or_the_interpreter(monkeypatch):
+    """The run mode is read once (fastgan.kernels.INTERPRET), so the test sets that, not the variable."""
     pytest.importorskip("triton")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(kernels, "INTERPRET", False)
     status = {s.name: s for s in fastgan.available_backends()}["triton"]
     assert not status.available and "TRITON_INTERPRET=1" in status.reason
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(kernels, "INTERPRET", True)
     assert {s.name: s for s in fastgan.available_backends()}["triton"].available

@@ -2,9 +2,10 @@
 against the specification, through the shared harness (tests/harness.py): its cases, the float64
 reference and the one error bound; the operators' arguments come from ``fastgan.step_spec``.
 
-Without a GPU the kernels run under the Triton interpreter on CPU tensors (``TRITON_INTERPRET=1``
-is set here before the kernels are imported): small cases only, the interpreter is slow. With a
-GPU the same cases run on it (compiled Triton), plus the reduced-precision checks marked ``gpu``.
+Without a GPU the kernels run under the Triton interpreter on CPU tensors (``TRITON_INTERPRET=1``,
+set before pytest starts: fastgan reads it once, ``fastgan.kernels.INTERPRET``): small cases only,
+the interpreter is slow. With a GPU the same cases run on it (compiled Triton), plus the
+reduced-precision checks marked ``gpu``.
 Every call passes ``poison=True``: scratch buffers start as NaN, so an element no kernel writes
 gives a non-finite result (an infinite error in the harness).
 """
@@ -19,18 +20,17 @@ import sys
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 import harness  # noqa: E402
+from conftest import TOOLS  # noqa: E402
 from harness import Case  # noqa: E402
 
 mlp_step = pytest.importorskip("fastgan.kernels.mlp_step")
 from fastgan.kernels import mlp_fused, mlp_tuning  # noqa: E402
 
 if not (torch.cuda.is_available() or mlp_tuning.INTERPRET):
-    pytest.skip("no GPU and the Triton kernels were imported without TRITON_INTERPRET=1", allow_module_level=True)
+    pytest.skip("no GPU, and TRITON_INTERPRET=1 was not set when pytest started", allow_module_level=True)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -142,14 +142,14 @@ def test_bad_arguments_raise():
 
 
 # ----------------------------------------------------------------------------------------------
-# compile budget (no GPU needed: fastgan.kernels.compile_count runs the host code on meta tensors
-# with the compiled-mode configs, in a subprocess without TRITON_INTERPRET)
+# compile budget (no GPU needed: tools/compile_count.py runs the host code on meta tensors with
+# the compiled-mode configs, in a subprocess without TRITON_INTERPRET)
 # ----------------------------------------------------------------------------------------------
 
 COUNT_SCRIPT = r'''
 import json, torch
 from fastgan.bench import configs as bench
-from fastgan.kernels import compile_count as cc
+import compile_count as cc
 nets = {n.name: n for fam in bench.FAMILIES.values() for n in fam}
 nets["in48-4x112"] = bench.Network("in48-4x112", 48, 112, 4)  # pads to 128 like width-128
 obj = bench.OBJECTIVES
@@ -174,6 +174,7 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def compile_counts():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TOOLS), env.get("PYTHONPATH")) if p)
     run = subprocess.run([sys.executable, "-c", COUNT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     return {k: tuple(v) for k, v in json.loads(run.stdout.strip().splitlines()[-1]).items()}

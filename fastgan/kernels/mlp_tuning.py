@@ -15,16 +15,17 @@ that small:
 - Triton's on-disk caches keep compiled kernels and (``cache_results=True``) autotune timings,
   so a later process with the same shapes neither compiles nor times anything.
 
-``python -m fastgan.kernels.compile_count`` counts the compilations per benchmark network.
+``python tools/compile_count.py`` counts the compilations per benchmark network.
 """
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read once, at import
+# The run mode (Triton's interpreter or the GPU compiler), read once by the package (see
+# kernels/__init__.py); the kernel modules take it from here.
+from fastgan.kernels import INTERPRET
 
 # fp32 products when allow_tf32 is False ('highest'): 3xTF32 on tensor cores (each operand split
 # into a TF32 part and a TF32 residual, three products summed): fp32-accurate, and an sm_90
@@ -43,6 +44,9 @@ def runtime_on_gpu(*names):
     and one binary serves every width."""
     def strip(fn):
         if not INTERPRET:
+            # Removed at run time (at decoration, before @triton.jit reads the signature), not in
+            # the source: the interpreter needs the constexpr annotation, the GPU compiler must
+            # not see it, or it would compile one binary per width.
             for name in names:
                 assert fn.__annotations__.pop(name) is tl.constexpr, name
         return fn

@@ -10,8 +10,8 @@ duration of a ``with`` block, so the host code of ``fastgan.kernels.mlp_step`` r
 (on ``meta`` tensors: no memory, no kernel) and every launch it would make is recorded. This is
 how the first-call compile counts in benchmarks/NOTES.md (section "Triton") were taken:
 
-    python -m fastgan.kernels.compile_count            # every benchmark network, fp32
-    python -m fastgan.kernels.compile_count --dtype bfloat16 --configs width-512,width-1024
+    python tools/compile_count.py            # every benchmark network, fp32
+    python tools/compile_count.py --dtype bfloat16 --configs width-512,width-1024
 
 Run it without ``TRITON_INTERPRET=1`` (the interpreter has one config per kernel by design).
 Limits of the model: meta tensors have address 0, so a specialisation from a row slice that is

@@ -4,8 +4,8 @@ with the cache that run left (what a later process pays), and the second call of
 process (steady state, for scale). The GPU measurement behind the first-call prediction in
 benchmarks/NOTES.md (section "Triton"):
 
-    python benchmarks/triton_first_call.py                       # every benchmark network
-    python benchmarks/triton_first_call.py --configs width-512 --batch 4096 --objective w+gp
+    python tools/triton_first_call.py                       # every benchmark network
+    python tools/triton_first_call.py --configs width-512 --batch 4096 --objective w+gp
 
 Without a GPU it runs on CPU tensors under ``TRITON_INTERPRET=1`` (a smoke test of the script;
 the seconds mean nothing there).

@@ -4,7 +4,7 @@ The test suite checks a seeded sample of cases against the bound; this scan runs
 long row sums: up to 200 rows per side) and reports the worst ratio error / bound per backend, the
 figure the harness's docstring quotes. Not a test (nothing asserts); run from the repository root:
 
-    python tests/accuracy_scan.py --cases 120 --seeds 777 4242 --out benchmarks/results/<name>.md
+    python tools/accuracy_scan.py --cases 120 --seeds 777 4242 --out benchmarks/results/<name>.md
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import harness  # noqa: E402  (tests/harness.py)
 
 BACKENDS = ("torch", "cpu")
 ROWS = (1, 8, 50, 100, 200)
@@ -47,7 +47,7 @@ def main() -> int:
     start = time.perf_counter()
     rows = sorted((r for seed in args.seeds for r in scan(args.cases, seed)), reverse=True)
     lines = [f"# Accuracy scan: float32 fused step vs the float64 reference, {time.strftime('%Y-%m-%d')}", "",
-             f"`python tests/accuracy_scan.py --cases {args.cases} --seeds {' '.join(map(str, args.seeds))}`; "
+             f"`python tools/accuracy_scan.py --cases {args.cases} --seeds {' '.join(map(str, args.seeds))}`; "
              f"torch {torch.__version__}, python {platform.python_version()}, 1 thread, "
              f"{time.perf_counter() - start:.0f} s. Each case: harness.cases (up to {max(ROWS)} rows per side); "
              "ratio = the backend's error / the harness bound (4 x the same PyTorch composition's float32 "

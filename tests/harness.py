@@ -12,8 +12,8 @@ see :func:`case_params`). :meth:`Case.build` makes a :class:`Problem`: the discr
 and the penalty's fixed randomness (WGAN-GP's eps per row, DRAGAN's noise), rounded to the working
 dtype so that the float64 reference sees exactly the numbers the backend sees. ``dropout=p``
 gives D dropout in training mode; every function here that runs a step or builds op arguments
-seeds torch's RNG with the case's seed first (:meth:`Problem.draws`), so all of them see the
-same masks.
+does it under :meth:`Problem.draws` (the case's seed, masks drawn on the CPU), so all of them
+see the same masks, in every dtype and on every device.
 
 **Reference.** The specification is the library's own ``backend="reference"`` path (plain autograd
 with ``create_graph=True``): :func:`reference_disc` / :func:`reference_gen` call
@@ -81,6 +81,7 @@ import pytest
 import torch
 
 import fastgan
+import fastgan.mlp
 
 # --------------------------------------------------------------------------------- the bound ----
 K = 4
@@ -294,12 +295,29 @@ class Problem(NamedTuple):
         pen.every = self.case.every
         return pen
 
-    def draws(self) -> None:
-        """With dropout, seeds torch's RNG so that the masks of the next step (its D(real),
-        D(fake) and penalty passes, in that order) are the case's: every backend, the reference
-        and the op arguments see the same masks. Nothing without dropout."""
-        if self.case.dropout:
-            torch.manual_seed(self.case.seed)
+    @contextlib.contextmanager
+    def draws(self):
+        """Within the block, the dropout masks of a step (its D(real), D(fake) and penalty passes,
+        in that order) are the case's: torch's CPU RNG seeded with the case's seed, and the masks
+        drawn on the CPU and moved to the rows' device, so that every backend, the reference and
+        the op arguments see the same masks in every dtype on every device (CUDA's bernoulli_
+        draws other bits for float32 than for float64; the CPU's are the same). Nothing without
+        dropout."""
+        if not self.case.dropout:
+            yield
+            return
+        draw = fastgan.mlp.dropout_masks
+
+        def on_cpu(D, rows, *, like, generator=None):
+            masks = draw(D, rows, like=torch.empty(0, dtype=like.dtype), generator=generator)
+            return [m.to(like.device) for m in masks]
+
+        torch.manual_seed(self.case.seed)
+        fastgan.mlp.dropout_masks = on_cpu
+        try:
+            yield
+        finally:
+            fastgan.mlp.dropout_masks = draw
 
     def to(self, dtype: torch.dtype) -> "Problem":
         cast = lambda t: t.to(dtype) if t is not None else None  # noqa: E731
@@ -377,13 +395,13 @@ def reference_disc(case: Case, calls: int = 1) -> Callable[..., dict[str, torch.
         D = copy.deepcopy(D)
         problem = Problem(case, D, real, fake, eps)
         pen = problem.penalty()
-        problem.draws()
-        for _ in range(calls):
-            D.zero_grad(set_to_none=True)
-            total, parts = fastgan.discriminator_step(
-                D, real, fake, loss=case.make_loss(), penalty=pen,
-                backend="reference", eps=eps, return_parts=True)
-            total.backward()
+        with problem.draws():
+            for _ in range(calls):
+                D.zero_grad(set_to_none=True)
+                total, parts = fastgan.discriminator_step(
+                    D, real, fake, loss=case.make_loss(), penalty=pen,
+                    backend="reference", eps=eps, return_parts=True)
+                total.backward()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in D.parameters()]
         return StepOutputs(torch.stack(list(parts)), grads).named()
     return run
@@ -396,11 +414,11 @@ def reference_gen(case: Case) -> Callable[..., dict[str, torch.Tensor]]:
         loss = case.make_loss()
         x = fake.detach().clone().requires_grad_(True)
         problem = Problem(case, D, real, fake, eps)
-        problem.draws()
-        value = fastgan.generator_step(D, x, loss=loss, real=real if loss.paired else None, backend="reference")
+        with problem.draws():
+            value = fastgan.generator_step(D, x, loss=loss, real=real if loss.paired else None, backend="reference")
         (grad,) = torch.autograd.grad(value, x)
-        problem.draws()  # the mean logit under D(fake)'s masks, the step's first draw
-        with torch.no_grad(), fastgan.use_backend("reference"):
+        # the mean logit under D(fake)'s masks, the step's first draw
+        with torch.no_grad(), fastgan.use_backend("reference"), problem.draws():
             mean_logit = D(fake).mean()
         return {"stats": torch.stack([value.detach(), mean_logit]), "d fake": grad}
     return run
@@ -410,13 +428,13 @@ def run_disc(problem: Problem, backend: str, calls: int = 1) -> dict[str, torch.
     """``discriminator_step`` on ``backend`` for the problem, in :func:`reference_disc`'s format."""
     D = copy.deepcopy(problem.D)
     pen = problem.penalty()
-    problem.draws()
-    for _ in range(calls):
-        D.zero_grad(set_to_none=True)
-        total, parts = fastgan.discriminator_step(D, problem.real, problem.fake, loss=problem.loss(), penalty=pen,
-                                                  backend=backend, eps=problem.eps, return_parts=True)
-        assert total.shape == () and total.dtype == problem.dtype
-        total.backward()
+    with problem.draws():
+        for _ in range(calls):
+            D.zero_grad(set_to_none=True)
+            total, parts = fastgan.discriminator_step(D, problem.real, problem.fake, loss=problem.loss(), penalty=pen,
+                                                      backend=backend, eps=problem.eps, return_parts=True)
+            assert total.shape == () and total.dtype == problem.dtype
+            total.backward()
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in D.parameters()]
     return StepOutputs(torch.stack(list(parts)), grads).named()
 
@@ -434,8 +452,7 @@ def check_gen(problem: Problem, backend: str, allow_tf32: bool = False) -> None:
     loss = problem.loss()
     x = problem.fake.detach().clone().requires_grad_(True)
     D = copy.deepcopy(problem.D)
-    problem.draws()
-    with precision(allow_tf32):
+    with precision(allow_tf32), problem.draws():
         value = fastgan.generator_step(D, x, loss=loss, real=problem.real if loss.paired else None, backend=backend)
         assert value.shape == () and value.dtype == problem.dtype
         value.backward()
@@ -464,10 +481,10 @@ def disc_op_args(problem: Problem, allow_tf32: bool = False) -> dict:
     from fastgan import step_spec
     p = problem
     pen = p.penalty()
-    p.draws()
-    args = step_spec.disc_step_op_args(p.D, p.real, p.fake, loss=p.loss(), penalty=pen, eps=p.eps,
-                                       allow_tf32=allow_tf32,
-                                       penalty_scale=pen.next_scale() if pen is not None else 1)
+    with p.draws():
+        args = step_spec.disc_step_op_args(p.D, p.real, p.fake, loss=p.loss(), penalty=pen, eps=p.eps,
+                                           allow_tf32=allow_tf32,
+                                           penalty_scale=pen.next_scale() if pen is not None else 1)
     return _detached(args)
 
 
@@ -487,9 +504,9 @@ def gen_op_args(problem: Problem, allow_tf32: bool = False) -> dict:
     from fastgan import step_spec
     p = problem
     loss = p.loss()
-    p.draws()
-    return _detached(step_spec.gen_step_op_args(p.D, p.fake, loss=loss, real=p.real if loss.paired else None,
-                                                allow_tf32=allow_tf32))
+    with p.draws():
+        return _detached(step_spec.gen_step_op_args(p.D, p.fake, loss=loss, real=p.real if loss.paired else None,
+                                                    allow_tf32=allow_tf32))
 
 
 def reference_disc_op(case: Case) -> Callable[..., dict[str, torch.Tensor]]:

@@ -11,6 +11,9 @@
 // tensor_cores=True runs the fused kernel's products on tensor cores (WMMA m16n16k8 TF32:
 // 3xTF32 split precision for fp32 unless allow_tf32, plain TF32 for fp32 with allow_tf32 and for
 // fp16/bf16 inputs; fp64 stays FFMA). Off by default until measured on a GPU.
+// Dropout: the masks_* lists (checked by the contract) travel per row group, like the rows: the
+// fused kernel reads them where it forms h_l and each activation-derivative factor; the wide
+// path stacks them and applies them in its epilogue kernels.
 //
 // Per call: the contract checks, contiguous views, allocations from the caching allocator and
 // the launches on the current stream; no host-device copy, no synchronisation (capturable in a
@@ -128,6 +131,10 @@ FusedParams<scalar_t, acc_t> fused_params(const Problem& pr, int tile, bool mma,
   }
   p.has_bias = !pr.b.empty();
   p.w_out = pr.w_out.const_data_ptr<scalar_t>();
+  p.dropout = pr.dropout;
+  for (int g = 0; g < 3; ++g)
+    for (int l = 0; l < kMaxDepth; ++l)
+      p.drop[g][l] = l < L && !pr.drop[g].empty() ? pr.drop[g][l].const_data_ptr<scalar_t>() : nullptr;
   p.alpha = acc_t(pr.net.alpha);
   p.tile = tile;
   p.ld = fused_ld(int(pr.net.max_width()), mma);
@@ -263,14 +270,12 @@ std::vector<at::Tensor> mlp_disc_step_cuda(const at::Tensor& real, const at::Ten
   const contract::DiscArgs a =
       contract::parse_disc(real, fake, penalty_input, weights, biases, w_out, b_out, negative_slope, term_real,
                            term_fake, paired, penalty_side, penalty_kind, penalty_weight, penalty_center, at::kCUDA);
-  // Dropout masks are not implemented in the CUDA kernels yet: never run without them silently.
-  TORCH_CHECK(!contract::parse_disc_masks(masks_real, masks_fake, masks_penalty, real, fake, penalty_input, a.net,
-                                          at::kCUDA),
-              contract::prefix(at::kCUDA), "the cuda backend takes no dropout masks yet (masks_real / masks_fake "
-              "must be []); use the torch or cpu backend");
+  const bool dropout = contract::parse_disc_masks(masks_real, masks_fake, masks_penalty, real, fake, penalty_input,
+                                                  a.net, at::kCUDA);
   const c10::cuda::CUDAGuard guard(real.device());
-  const Problem pr = cuda_mlp::make_problem(a.net, real, fake, penalty_input ? *penalty_input : at::Tensor(), weights,
-                                            biases, w_out, b_out);
+  Problem pr = cuda_mlp::make_problem(a.net, real, fake, penalty_input ? *penalty_input : at::Tensor(), weights,
+                                      biases, w_out, b_out);
+  if (dropout) cuda_mlp::add_masks(pr, masks_real, masks_fake, masks_penalty);
   const at::ScalarType dtype = real.scalar_type();
   int tile = 0;
   size_t bytes = 0;
@@ -295,12 +300,11 @@ std::vector<at::Tensor> mlp_gen_step_cuda(const at::Tensor& fake, const std::opt
   const Path forced = contract::parse_path(path, at::kCUDA);
   const contract::GenArgs a =
       contract::parse_gen(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, at::kCUDA);
-  TORCH_CHECK(!contract::parse_gen_masks(masks_fake, masks_real, fake, real, paired, a.net, at::kCUDA),
-              contract::prefix(at::kCUDA), "the cuda backend takes no dropout masks yet (masks_fake must be []); "
-              "use the torch or cpu backend");
+  const bool dropout = contract::parse_gen_masks(masks_fake, masks_real, fake, real, paired, a.net, at::kCUDA);
   const c10::cuda::CUDAGuard guard(fake.device());
-  const Problem pr = cuda_mlp::make_problem(a.net, paired ? *real : at::Tensor(), fake, at::Tensor(), weights, biases,
-                                            w_out, b_out);
+  Problem pr = cuda_mlp::make_problem(a.net, paired ? *real : at::Tensor(), fake, at::Tensor(), weights, biases,
+                                      w_out, b_out);
+  if (dropout) cuda_mlp::add_masks(pr, masks_real, masks_fake, {});  // stacked [real (paired); fake]
   const at::ScalarType dtype = fake.scalar_type();
   int tile = 0;
   size_t bytes = 0;

@@ -11,6 +11,10 @@
 //   db_l  = sum_i c_i V_l,i,   dw_out = sum_i (c_i h_L,i + ubar_L,i),   db_out = sum_i c_i
 // where ubar_0 = gbar = dP/dg on the penalty rows and ubar_l = (ubar_{l-1} W_l^T) * m_l.
 // (c_i V_l,i is the ordinary backward delta, so one product serves loss and penalty.)
+// Dropout (FusedParams::dropout): h_l = leaky(z_l) * d_l with d_l the row group's multipliers,
+// and every m_l above becomes m_l * d_l (applied as (u * d_l) * m_l, autograd's order): the
+// forward, V chain and ubar chain epilogues read d_l from global memory where they apply it
+// (rows past the end take d = 0), so a masked pass loads (rows, H_l) more per layer per chain.
 //
 // Unpaired losses: one pass computes each tile's logits, c and every backward product. Paired
 // (relativistic) losses pair rows of different tiles, so a logits pass and the loss epilogue
@@ -59,6 +63,8 @@ struct FusedParams {
   const scalar_t* W[kMaxDepth];  // W_l, (H_l, H_{l-1}) row-major
   const scalar_t* b[kMaxDepth];  // b_l, (H_l,), or nullptr (no biases)
   const scalar_t* w_out;       // (H_L,)
+  bool dropout;                // drop[][] given: dropout multipliers on every hidden layer
+  const scalar_t* drop[3][kMaxDepth];  // per row group and layer: (rows_g, H_l) row-major, or nullptr
   acc_t alpha;                 // LeakyReLU negative slope
   int64_t row_begin, row_end;  // stacked rows this pass walks, in tiles of `tile` rows
   int64_t pen_begin, pen_end;  // stacked penalty rows (empty range: no penalty)
@@ -234,11 +240,16 @@ __global__ void __launch_bounds__(kThreads, 1) fused_mlp_kernel(FusedParams<scal
   // Widths and buffer offsets are read with run-time layer indices: keep them in shared memory
   // (indexing the kernel parameters or a local struct would put them in local memory).
   __shared__ int width[kMaxDepth + 1];
+  __shared__ const scalar_t* drop[3][kMaxDepth];
   __shared__ FusedLayout s;
   __shared__ PartialLayout q;
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int l = 0; l <= kMaxDepth; ++l) width[l] = p.width[l];
+#pragma unroll
+    for (int g = 0; g < 3; ++g)
+#pragma unroll
+      for (int l = 0; l < kMaxDepth; ++l) drop[g][l] = p.drop[g][l];
     s = fused_layout(L, width, T, ld, MODE == MODE_DISC, MMA != MMA_NONE);
     q = partial_layout(L, width, p.has_bias, MODE == MODE_DISC);
   }
@@ -249,6 +260,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_mlp_kernel(FusedParams<scal
   acc_t* const sU = sm + s.u;  // ubar ping-pong: sU + (l % 2) * T * ld
   acc_t* const sC = sm + s.c;
   const acc_t alpha = p.alpha;
+  const bool dropout = p.dropout;
 
   // Parameters into shared memory (padding included, as zeros), accumulators to zero.
 #pragma unroll
@@ -280,6 +292,16 @@ __global__ void __launch_bounds__(kThreads, 1) fused_mlp_kernel(FusedParams<scal
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const int64_t r0 = p.row_begin + tile * T;  // stacked index of the tile's first row
     const int n = int(rows - tile * T < T ? rows - tile * T : T);  // valid rows in this tile
+    // u * d_l(r, j): the dropout multiplier of tile row r, unit j of hidden layer l (1..L);
+    // u itself without dropout, 0 on rows past the end.
+    const auto dropped = [&](acc_t u, int l, int r, int j) -> acc_t {
+      if (!dropout) return u;
+      if (r >= n) return acc_t(0);
+      const int64_t i = r0 + r;
+      const int g = i < p.group_end[0] ? 0 : (i < p.group_end[1] ? 1 : 2);
+      const int64_t local = g == 0 ? i : i - (g == 1 ? p.group_end[0] : p.group_end[1]);
+      return u * acc_t(drop[g][l - 1][local * width[l] + j]);
+    };
 
     // h_0: the tile's input rows (rows past the end are zero and get c = 0, so add nothing;
     // MMA: columns up to pad16(K) are zero too).
@@ -297,11 +319,11 @@ __global__ void __launch_bounds__(kThreads, 1) fused_mlp_kernel(FusedParams<scal
     }
     __syncthreads();
 
-    // Forward: h_l = leaky(h_{l-1} W_l^T + b_l).
+    // Forward: h_l = leaky(h_{l-1} W_l^T + b_l) [* d_l].
     for (int l = 1; l <= L; ++l) {
       const acc_t* bias = sm + s.b[l - 1];
       tile_product<MMA, true>(sH + l * T * ld, sH + (l - 1) * T * ld, sm + s.w[l - 1], s.ldw[l - 1], T, width[l],
-                 width[l - 1], ld, [&](int, int j, acc_t z) { return leaky(z + bias[j], alpha); });
+                 width[l - 1], ld, [&](int r, int j, acc_t z) { return dropped(leaky(z + bias[j], alpha), l, r, j); });
       __syncthreads();
     }
 
@@ -323,21 +345,22 @@ __global__ void __launch_bounds__(kThreads, 1) fused_mlp_kernel(FusedParams<scal
     __syncthreads();
     if (MODE == MODE_LOGITS) continue;
 
-    // V chain: V_L = w_out * m_L; V_{l-1} = (V_l W_l) * m_{l-1}.
+    // V chain: V_L = (w_out [* d_L]) * m_L; V_{l-1} = ((V_l W_l) [* d_{l-1}]) * m_{l-1}.
     {
       const int HL = width[L], HLp = MMA != MMA_NONE ? pad16(HL) : HL;  // MMA: padding zeroed
       acc_t* vL = sV + (L - 1) * T * ld;
       const acc_t* hL = sH + L * T * ld;
       for (int e = threadIdx.x; e < T * HLp; e += blockDim.x) {
         const int r = e / HLp, j = e - r * HLp;
-        vL[r * ld + j] = j < HL ? sm[s.w_out + j] * mask_of(hL[r * ld + j], alpha) : acc_t(0);
+        vL[r * ld + j] = j < HL ? dropped(sm[s.w_out + j], L, r, j) * mask_of(hL[r * ld + j], alpha) : acc_t(0);
       }
       __syncthreads();
     }
     for (int l = L; l >= 2; --l) {
       const acc_t* h = sH + (l - 1) * T * ld;
       tile_product<MMA, false>(sV + (l - 2) * T * ld, sV + (l - 1) * T * ld, sm + s.w[l - 1], s.ldw[l - 1], T,
-                 width[l - 1], width[l], ld, [&](int r, int k, acc_t u) { return u * mask_of(h[r * ld + k], alpha); });
+                 width[l - 1], width[l], ld,
+                 [&](int r, int k, acc_t u) { return dropped(u, l - 1, r, k) * mask_of(h[r * ld + k], alpha); });
       __syncthreads();
     }
 
@@ -373,7 +396,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_mlp_kernel(FusedParams<scal
         for (int k = lane; k < K; k += 32) u0[r * ld + k] *= f;
       }
       __syncthreads();
-      // ubar_l = (ubar_{l-1} W_l^T) * m_l; once ubar_{l-1} is known, h_{l-1} <- c h_{l-1} + ubar_{l-1},
+      // ubar_l = ((ubar_{l-1} W_l^T) [* d_l]) * m_l; once ubar_{l-1} is known, h_{l-1} <- c h_{l-1} + ubar_{l-1},
       // plus autograd's 0 * h_{l-1} on penalty rows (the zero double backward of the masks: 0 for a
       // finite h, NaN for an infinite one, as in the reference).
       const acc_t zero = p.zero;
@@ -381,7 +404,8 @@ __global__ void __launch_bounds__(kThreads, 1) fused_mlp_kernel(FusedParams<scal
         const acc_t* h = sH + l * T * ld;
         const acc_t* prev = sU + ((l - 1) & 1) * T * ld;
         tile_product<MMA, true>(sU + (l & 1) * T * ld, prev, sm + s.w[l - 1], s.ldw[l - 1], T, width[l],
-                   width[l - 1], ld, [&](int r, int j, acc_t z) { return z * mask_of(h[r * ld + j], alpha); });
+                   width[l - 1], ld,
+                   [&](int r, int j, acc_t z) { return dropped(z, l, r, j) * mask_of(h[r * ld + j], alpha); });
         acc_t* hp = sH + (l - 1) * T * ld;
         const int W = width[l - 1];
         for (int e = threadIdx.x; e < T * W; e += blockDim.x) {

@@ -22,6 +22,8 @@ struct Problem {
   std::vector<at::Tensor> W, b;  // contiguous; b empty without biases
   at::Tensor w_out;              // contiguous (1, H_L)
   std::optional<at::Tensor> b_out;
+  std::vector<at::Tensor> drop[3];  // dropout: per row group, one (rows_g, H_l) multiplier per layer
+  bool dropout = false;             // (each group with rows has its masks; none without dropout)
   contract::Network net;
   int64_t rows() const { return end[2]; }
   int depth() const { return net.depth(); }
@@ -45,6 +47,28 @@ inline Problem make_problem(const contract::Network& net, const at::Tensor& real
   pr.w_out = w_out.contiguous();
   if (b_out) pr.b_out = b_out->contiguous();
   return pr;
+}
+
+// The row groups' dropout masks (checked by contract::parse_*_masks: contiguous, (rows_g, H_l)),
+// in the order of pr.x; all empty: no dropout.
+inline void add_masks(Problem& pr, at::TensorList g0, at::TensorList g1, at::TensorList g2) {
+  const at::TensorList groups[3] = {g0, g1, g2};
+  for (int g = 0; g < 3; ++g) {
+    pr.drop[g] = groups[g].vec();
+    pr.dropout = pr.dropout || !groups[g].empty();
+  }
+}
+
+// Per layer, the dropout masks of every stacked row (N, H_l), like stacked x; empty without dropout.
+inline std::vector<at::Tensor> stacked_masks(const Problem& pr) {
+  std::vector<at::Tensor> out;
+  for (int l = 0; l < pr.depth() && pr.dropout; ++l) {
+    std::vector<at::Tensor> parts;
+    for (int g = 0; g < 3; ++g)
+      if (!pr.drop[g].empty()) parts.push_back(pr.drop[g][l]);
+    out.push_back(parts.size() == 1 ? parts[0] : at::cat(parts, 0));
+  }
+  return out;
 }
 
 template <typename scalar_t>

@@ -4,7 +4,9 @@
 // (bias + LeakyReLU, masks, penalty row norms and gbar, the c*h + ubar operand, bias / w_out
 // column reductions); the loss epilogue and the final reduction are the fused path's
 // (mlp_step_epilogue.cuh). The notation is mlp_step_fused.cuh's. Not bitwise reproducible: the
-// penalty sum and the column reductions add per-block sums with atomics.
+// penalty sum and the column reductions add per-block sums with atomics. Dropout: the masks are
+// stacked like the rows (one (N, H_l) tensor per layer) and applied by the bias + LeakyReLU and
+// mask epilogues (h_l = leaky(z_l) * d_l, factor (u * d_l) * m_l).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
@@ -13,27 +15,33 @@
 namespace fastgan {
 namespace {
 
-// h = leaky(z + b) in place; z (rows, cols) row-major, b (cols,) or nullptr.
+// h = leaky(z + b) [* d] in place; z (rows, cols) row-major, b (cols,) or nullptr, d (rows, cols)
+// dropout multipliers or nullptr.
 template <typename scalar_t, typename acc_t>
-__global__ void bias_leaky_kernel(scalar_t* __restrict__ z, const scalar_t* __restrict__ b, int64_t rows, int64_t cols,
-                                  acc_t alpha) {
+__global__ void bias_leaky_kernel(scalar_t* __restrict__ z, const scalar_t* __restrict__ b,
+                                  const scalar_t* __restrict__ d, int64_t rows, int64_t cols, acc_t alpha) {
   const int64_t n = rows * cols;
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
     acc_t v = acc_t(z[e]);
     if (b) v += acc_t(b[e % cols]);
-    z[e] = scalar_t(leaky(v, alpha));
+    v = leaky(v, alpha);
+    if (d) v *= acc_t(d[e]);
+    z[e] = scalar_t(v);
   }
 }
 
-// out[i, j] = u[i * u_stride + j] * m(h[i, j]); u_stride = 0 broadcasts one row (w_out).
-// out may alias u (in place) when u_stride == cols.
+// out[i, j] = (u[i * u_stride + j] [* d[i, j]]) * m(h[i, j]); u_stride = 0 broadcasts one row
+// (w_out); d (rows, cols) dropout multipliers or nullptr. out may alias u (in place) when
+// u_stride == cols.
 template <typename scalar_t, typename acc_t>
 __global__ void mask_mul_kernel(scalar_t* out, const scalar_t* u, int64_t u_stride, const scalar_t* __restrict__ h,
-                                int64_t rows, int64_t cols, acc_t alpha) {
+                                const scalar_t* __restrict__ d, int64_t rows, int64_t cols, acc_t alpha) {
   const int64_t n = rows * cols;
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = e / cols, j = e - i * cols;
-    out[e] = scalar_t(acc_t(u[i * u_stride + j]) * mask_of(acc_t(h[e]), alpha));
+    acc_t v = acc_t(u[i * u_stride + j]);
+    if (d) v *= acc_t(d[e]);
+    out[e] = scalar_t(v * mask_of(acc_t(h[e]), alpha));
   }
 }
 
@@ -127,9 +135,18 @@ at::Tensor stacked_rows(const Problem& pr) {
   return parts.size() == 1 ? parts[0].clone() : at::cat(parts, 0);
 }
 
-// Forward: every h_l (N, H_l) in the input dtype (h_0 = X), and the logits (N,) in acc dtype.
+// The dropout multipliers of layer l (0-based) on rows [r0, r0 + rows) of d (stacked masks), or
+// nullptr without dropout.
+template <typename scalar_t>
+const scalar_t* drop_rows(const std::vector<at::Tensor>& d, int l, int64_t r0, int64_t rows) {
+  return d.empty() ? nullptr : d[l].narrow(0, r0, rows).template const_data_ptr<scalar_t>();
+}
+
+// Forward: every h_l (N, H_l) in the input dtype (h_0 = X), and the logits (N,) in acc dtype;
+// d: the stacked dropout masks (empty: none).
 template <typename scalar_t, typename acc_t>
-std::vector<at::Tensor> wide_forward(const Problem& pr, const at::Tensor& X, at::Tensor& logits) {
+std::vector<at::Tensor> wide_forward(const Problem& pr, const at::Tensor& X, const std::vector<at::Tensor>& d,
+                                     at::Tensor& logits) {
   const int L = pr.depth();
   const int64_t N = X.size(0);
   std::vector<at::Tensor> h{X};
@@ -137,8 +154,8 @@ std::vector<at::Tensor> wide_forward(const Problem& pr, const at::Tensor& X, at:
     at::Tensor z = at::mm(h.back(), pr.W[l].t());
     bias_leaky_kernel<scalar_t, acc_t><<<blocks_for(z.numel(), kThreads), kThreads, 0,
                                          c10::cuda::getCurrentCUDAStream()>>>(
-        z.mutable_data_ptr<scalar_t>(), pr.b.empty() ? nullptr : pr.b[l].const_data_ptr<scalar_t>(), N,
-        pr.width(l + 1), acc_t(pr.net.alpha));
+        z.mutable_data_ptr<scalar_t>(), pr.b.empty() ? nullptr : pr.b[l].const_data_ptr<scalar_t>(),
+        drop_rows<scalar_t>(d, l, 0, N), N, pr.width(l + 1), acc_t(pr.net.alpha));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     h.push_back(z);
   }
@@ -146,9 +163,11 @@ std::vector<at::Tensor> wide_forward(const Problem& pr, const at::Tensor& X, at:
   return h;
 }
 
-// V chain over the rows of h: V_L = w_out * m_L, V_{l-1} = (V_l W_l) * m_{l-1}. Returns V_1..V_L.
+// V chain over the rows of h (rows [r0, r0 + N) of the stack; d: the stacked dropout masks or
+// empty): V_L = (w_out [* d_L]) * m_L, V_{l-1} = ((V_l W_l) [* d_{l-1}]) * m_{l-1}. Returns V_1..V_L.
 template <typename scalar_t, typename acc_t>
-std::vector<at::Tensor> wide_v_chain(const Problem& pr, const std::vector<at::Tensor>& h) {
+std::vector<at::Tensor> wide_v_chain(const Problem& pr, const std::vector<at::Tensor>& h,
+                                     const std::vector<at::Tensor>& d, int64_t r0) {
   const int L = pr.depth();
   const int64_t N = h[0].size(0);
   const acc_t alpha = acc_t(pr.net.alpha);
@@ -157,13 +176,13 @@ std::vector<at::Tensor> wide_v_chain(const Problem& pr, const std::vector<at::Te
   v[L - 1] = at::empty_like(h[L]);
   mask_mul_kernel<scalar_t, acc_t><<<blocks_for(v[L - 1].numel(), kThreads), kThreads, 0, stream>>>(
       v[L - 1].mutable_data_ptr<scalar_t>(), pr.w_out.const_data_ptr<scalar_t>(), 0, h[L].const_data_ptr<scalar_t>(),
-      N, pr.width(L), alpha);
+      drop_rows<scalar_t>(d, L - 1, r0, N), N, pr.width(L), alpha);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   for (int l = L; l >= 2; --l) {
     at::Tensor u = at::mm(v[l - 1], pr.W[l - 1]);  // (N, H_{l-1})
     mask_mul_kernel<scalar_t, acc_t><<<blocks_for(u.numel(), kThreads), kThreads, 0, stream>>>(
         u.mutable_data_ptr<scalar_t>(), u.const_data_ptr<scalar_t>(), pr.width(l - 1),
-        h[l - 1].const_data_ptr<scalar_t>(), N, pr.width(l - 1), alpha);
+        h[l - 1].const_data_ptr<scalar_t>(), drop_rows<scalar_t>(d, l - 2, r0, N), N, pr.width(l - 1), alpha);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     v[l - 2] = u;
   }
@@ -199,12 +218,13 @@ std::vector<at::Tensor> disc_step(const Problem& pr, const contract::DiscArgs& a
 
   const MatmulPrecisionScope precision(allow_tf32);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  std::vector<at::Tensor> h = wide_forward<scalar_t, acc_t>(pr, stacked_rows(pr), logits);
+  const std::vector<at::Tensor> d = cuda_mlp::stacked_masks(pr);
+  std::vector<at::Tensor> h = wide_forward<scalar_t, acc_t>(pr, stacked_rows(pr), d, logits);
   cuda_mlp::launch_loss<scalar_t, acc_t>(logits.const_data_ptr<acc_t>(),
                                          cuda_mlp::loss_spec<scalar_t>(pr, a.has_real ? &a.term_real : nullptr,
                                                                        a.has_fake ? &a.term_fake : nullptr),
                                          a.paired, c, row);
-  std::vector<at::Tensor> v = wide_v_chain<scalar_t, acc_t>(pr, h);
+  std::vector<at::Tensor> v = wide_v_chain<scalar_t, acc_t>(pr, h, d, 0);
   std::vector<at::Tensor> ubar;  // ubar_0..ubar_L on the penalty rows
   if (p1 > p0) {
     const int64_t P = p1 - p0;
@@ -216,7 +236,8 @@ std::vector<at::Tensor> disc_step(const Problem& pr, const contract::DiscArgs& a
       at::Tensor u = at::mm(ubar.back(), pr.W[l - 1].t());  // (P, H_l)
       mask_mul_kernel<scalar_t, acc_t><<<blocks_for(u.numel(), kThreads), kThreads, 0, stream>>>(
           u.mutable_data_ptr<scalar_t>(), u.const_data_ptr<scalar_t>(), pr.width(l),
-          h[l].narrow(0, p0, P).const_data_ptr<scalar_t>(), P, pr.width(l), alpha);
+          h[l].narrow(0, p0, P).const_data_ptr<scalar_t>(), drop_rows<scalar_t>(d, l - 1, p0, P), P, pr.width(l),
+          alpha);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       ubar.push_back(u);
     }
@@ -257,7 +278,8 @@ std::vector<at::Tensor> gen_step(const Problem& pr, const contract::GenArgs& a, 
   at::Tensor logits = at::empty({N}, acc_opts);
   at::Tensor st = at::empty({2}, pr.x[1].options());
   const MatmulPrecisionScope precision(allow_tf32);
-  std::vector<at::Tensor> h = wide_forward<scalar_t, acc_t>(pr, stacked_rows(pr), logits);
+  const std::vector<at::Tensor> d = cuda_mlp::stacked_masks(pr);
+  std::vector<at::Tensor> h = wide_forward<scalar_t, acc_t>(pr, stacked_rows(pr), d, logits);
   // Stack [real (paired only); fake]: the term is term_real on r - f (paired) or term_fake.
   const Term* tp = a.has_term ? &a.term : nullptr;
   cuda_mlp::launch_loss<scalar_t, acc_t>(logits.const_data_ptr<acc_t>(),
@@ -268,7 +290,7 @@ std::vector<at::Tensor> gen_step(const Problem& pr, const contract::GenArgs& a, 
   // Only the fake rows need the chain: grad = c * (V_1 W_1).
   std::vector<at::Tensor> hf;
   for (const auto& hl : h) hf.push_back(hl.narrow(0, nr, nf));
-  std::vector<at::Tensor> v = wide_v_chain<scalar_t, acc_t>(pr, hf);
+  std::vector<at::Tensor> v = wide_v_chain<scalar_t, acc_t>(pr, hf, d, nr);
   at::Tensor cf = acc.narrow(0, kStats + nr, nf).to(pr.x[1].scalar_type()).unsqueeze(1);
   return {st, at::mm(v[0], pr.W[0]).mul_(cf)};
 }

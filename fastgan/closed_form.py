@@ -55,9 +55,11 @@ def _dropped(x: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
     return x if drop is None else x * drop
 
 
-def _stacked_masks(parts, names, rows, widths, like: torch.Tensor):
+def stacked_masks(parts, names, rows, widths, like: torch.Tensor):
     """Per-layer masks over the stacked rows (``parts``: one mask list per block of rows, each
-    empty or one (rows, width_l) tensor per hidden layer), or ``[None] * layers`` without dropout."""
+    empty or one (rows, width_l) tensor per hidden layer), or ``[None] * layers`` without dropout.
+    Raises ValueError naming the list (``names``) whose count, shape, dtype or device is wrong.
+    The triton backend stacks its masks with it too."""
     if not any(len(m) for m in parts):
         return [None] * len(widths)
     for name, m, n in zip(names, parts, rows):
@@ -131,7 +133,7 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
     parts = [masks_real, masks_fake] + ([masks_penalty] if side == 2 else [])
     if len(masks_penalty) and side != 2:
         raise ValueError("masks_penalty is given but penalty_side is not 2 (penalty_input)")
-    drops = _stacked_masks(parts, ("masks_real", "masks_fake", "masks_penalty"), [r.shape[0] for r in rows],
+    drops = stacked_masks(parts, ("masks_real", "masks_fake", "masks_penalty"), [r.shape[0] for r in rows],
                            [w.shape[0] for w in weights], x)
     hs, o = _forward(x, weights, biases, w_out, b_out, alpha, drops)
     o_real, o_fake = o[:nr], o[nr:nr + nf]
@@ -192,7 +194,7 @@ def mlp_gen_step(fake, real, weights, biases, w_out, b_out, negative_slope, term
     if len(masks_real) and not paired:
         raise ValueError("masks_real is given but the loss is not paired")
     parts = [masks_fake, masks_real] if paired else [masks_fake]
-    drops = _stacked_masks(parts, ("masks_fake", "masks_real"), [fake.shape[0]] + ([real.shape[0]] if paired else []),
+    drops = stacked_masks(parts, ("masks_fake", "masks_real"), [fake.shape[0]] + ([real.shape[0]] if paired else []),
                            [w.shape[0] for w in weights], x)
     hs, o = _forward(x, weights, biases, w_out, b_out, alpha, drops)
     t = _term(term)

@@ -276,7 +276,7 @@ def step_backend(inner: nn.Module, backend: str | None, device: torch.device) ->
 
 # The backends whose mlp_disc_step / mlp_gen_step take dropout masks (masks_* arguments); a
 # training-mode dropout D under "auto" runs on the first of them where the chosen one takes none.
-DROPOUT_BACKENDS = ("torch", "cpu")
+DROPOUT_BACKENDS = ("torch", "cpu", "triton", "cuda")
 
 _HOOK_KINDS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _warned: set[str] = set()

@@ -10,7 +10,10 @@ reduction. :func:`cases` gives a seeded sample that covers every loss x penalty 
 :func:`every_combination` gives the full product loss x penalty x pack x dtype (mark it ``slow``,
 see :func:`case_params`). :meth:`Case.build` makes a :class:`Problem`: the discriminator, the rows
 and the penalty's fixed randomness (WGAN-GP's eps per row, DRAGAN's noise), rounded to the working
-dtype so that the float64 reference sees exactly the numbers the backend sees.
+dtype so that the float64 reference sees exactly the numbers the backend sees. ``dropout=p``
+gives D dropout in training mode; every function here that runs a step or builds op arguments
+does it under :meth:`Problem.draws` (the case's seed, masks drawn on the CPU), so all of them
+see the same masks, in every dtype and on every device.
 
 **Reference.** The specification is the library's own ``backend="reference"`` path (plain autograd
 with ``create_graph=True``): :func:`reference_disc` / :func:`reference_gen` call
@@ -78,6 +81,7 @@ import pytest
 import torch
 
 import fastgan
+import fastgan.mlp
 
 # --------------------------------------------------------------------------------- the bound ----
 K = 4
@@ -218,6 +222,7 @@ class Case:
     seed: int = 0
     every: int = 1
     loss_kwargs: tuple[tuple[str, float], ...] = ()  # e.g. (("a", -1.0), ("b", 1.0)) for least squares
+    dropout: float = 0.0  # D's dropout p (training mode): masks drawn after torch.manual_seed(seed)
 
     def __post_init__(self):
         # paired losses and WGAN-GP need as many fake rows as real rows; DRAGAN scales by std(real),
@@ -232,7 +237,8 @@ class Case:
         h = "x".join(map(str, self.hidden))
         return (f"{self.loss}-{self.penalty}{'-every%d' % self.every if self.every > 1 else ''}-{self.reduction}"
                 f"-in{self.in_features}-h{h}-p{self.pack}-r{self.rows_real}x{self.rows_fake}"
-                f"{'' if self.bias else '-nobias'}-s{self.slope:g}-seed{self.seed}")
+                f"{'' if self.bias else '-nobias'}-s{self.slope:g}{'-drop%g' % self.dropout if self.dropout else ''}"
+                f"-seed{self.seed}")
 
     def make_loss(self):
         return fastgan.LOSSES[self.loss](reduction=self.reduction, **dict(self.loss_kwargs))
@@ -248,7 +254,8 @@ class Case:
         """The problem in ``dtype`` on ``device`` (drawn in float64 on the CPU, then rounded)."""
         gen = torch.Generator().manual_seed(self.seed)
         torch.manual_seed(self.seed)
-        D = fastgan.MLPDiscriminator(self.in_features, self.hidden, self.slope, self.pack, self.bias).double()
+        D = fastgan.MLPDiscriminator(self.in_features, self.hidden, self.slope, self.pack, self.bias,
+                                     self.dropout).double()
         with torch.no_grad():  # both sides of every LeakyReLU occur; logits of order 1
             for p in D.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) / max(1, p.shape[-1]) ** 0.5)
@@ -287,6 +294,30 @@ class Problem(NamedTuple):
         pen = make()
         pen.every = self.case.every
         return pen
+
+    @contextlib.contextmanager
+    def draws(self):
+        """Within the block, the dropout masks of a step (its D(real), D(fake) and penalty passes,
+        in that order) are the case's: torch's CPU RNG seeded with the case's seed, and the masks
+        drawn on the CPU and moved to the rows' device, so that every backend, the reference and
+        the op arguments see the same masks in every dtype on every device (CUDA's bernoulli_
+        draws other bits for float32 than for float64; the CPU's are the same). Nothing without
+        dropout."""
+        if not self.case.dropout:
+            yield
+            return
+        draw = fastgan.mlp.dropout_masks
+
+        def on_cpu(D, rows, *, like, generator=None):
+            masks = draw(D, rows, like=torch.empty(0, dtype=like.dtype), generator=generator)
+            return [m.to(like.device) for m in masks]
+
+        torch.manual_seed(self.case.seed)
+        fastgan.mlp.dropout_masks = on_cpu
+        try:
+            yield
+        finally:
+            fastgan.mlp.dropout_masks = draw
 
     def to(self, dtype: torch.dtype) -> "Problem":
         cast = lambda t: t.to(dtype) if t is not None else None  # noqa: E731
@@ -362,13 +393,15 @@ def reference_disc(case: Case, calls: int = 1) -> Callable[..., dict[str, torch.
     that many times on one penalty module and returns the last call."""
     def run(D, real, fake, eps):
         D = copy.deepcopy(D)
-        pen = Problem(case, D, real, fake, eps).penalty()
-        for _ in range(calls):
-            D.zero_grad(set_to_none=True)
-            total, parts = fastgan.discriminator_step(
-                D, real, fake, loss=case.make_loss(), penalty=pen,
-                backend="reference", eps=eps, return_parts=True)
-            total.backward()
+        problem = Problem(case, D, real, fake, eps)
+        pen = problem.penalty()
+        with problem.draws():
+            for _ in range(calls):
+                D.zero_grad(set_to_none=True)
+                total, parts = fastgan.discriminator_step(
+                    D, real, fake, loss=case.make_loss(), penalty=pen,
+                    backend="reference", eps=eps, return_parts=True)
+                total.backward()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in D.parameters()]
         return StepOutputs(torch.stack(list(parts)), grads).named()
     return run
@@ -380,9 +413,12 @@ def reference_gen(case: Case) -> Callable[..., dict[str, torch.Tensor]]:
     def run(D, real, fake, eps=None):
         loss = case.make_loss()
         x = fake.detach().clone().requires_grad_(True)
-        value = fastgan.generator_step(D, x, loss=loss, real=real if loss.paired else None, backend="reference")
+        problem = Problem(case, D, real, fake, eps)
+        with problem.draws():
+            value = fastgan.generator_step(D, x, loss=loss, real=real if loss.paired else None, backend="reference")
         (grad,) = torch.autograd.grad(value, x)
-        with torch.no_grad(), fastgan.use_backend("reference"):
+        # the mean logit under D(fake)'s masks, the step's first draw
+        with torch.no_grad(), fastgan.use_backend("reference"), problem.draws():
             mean_logit = D(fake).mean()
         return {"stats": torch.stack([value.detach(), mean_logit]), "d fake": grad}
     return run
@@ -392,12 +428,13 @@ def run_disc(problem: Problem, backend: str, calls: int = 1) -> dict[str, torch.
     """``discriminator_step`` on ``backend`` for the problem, in :func:`reference_disc`'s format."""
     D = copy.deepcopy(problem.D)
     pen = problem.penalty()
-    for _ in range(calls):
-        D.zero_grad(set_to_none=True)
-        total, parts = fastgan.discriminator_step(D, problem.real, problem.fake, loss=problem.loss(), penalty=pen,
-                                                  backend=backend, eps=problem.eps, return_parts=True)
-        assert total.shape == () and total.dtype == problem.dtype
-        total.backward()
+    with problem.draws():
+        for _ in range(calls):
+            D.zero_grad(set_to_none=True)
+            total, parts = fastgan.discriminator_step(D, problem.real, problem.fake, loss=problem.loss(), penalty=pen,
+                                                      backend=backend, eps=problem.eps, return_parts=True)
+            assert total.shape == () and total.dtype == problem.dtype
+            total.backward()
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in D.parameters()]
     return StepOutputs(torch.stack(list(parts)), grads).named()
 
@@ -415,7 +452,7 @@ def check_gen(problem: Problem, backend: str, allow_tf32: bool = False) -> None:
     loss = problem.loss()
     x = problem.fake.detach().clone().requires_grad_(True)
     D = copy.deepcopy(problem.D)
-    with precision(allow_tf32):
+    with precision(allow_tf32), problem.draws():
         value = fastgan.generator_step(D, x, loss=loss, real=problem.real if loss.paired else None, backend=backend)
         assert value.shape == () and value.dtype == problem.dtype
         value.backward()
@@ -444,9 +481,10 @@ def disc_op_args(problem: Problem, allow_tf32: bool = False) -> dict:
     from fastgan import step_spec
     p = problem
     pen = p.penalty()
-    args = step_spec.disc_step_op_args(p.D, p.real, p.fake, loss=p.loss(), penalty=pen, eps=p.eps,
-                                       allow_tf32=allow_tf32,
-                                       penalty_scale=pen.next_scale() if pen is not None else 1)
+    with p.draws():
+        args = step_spec.disc_step_op_args(p.D, p.real, p.fake, loss=p.loss(), penalty=pen, eps=p.eps,
+                                           allow_tf32=allow_tf32,
+                                           penalty_scale=pen.next_scale() if pen is not None else 1)
     return _detached(args)
 
 
@@ -466,8 +504,9 @@ def gen_op_args(problem: Problem, allow_tf32: bool = False) -> dict:
     from fastgan import step_spec
     p = problem
     loss = p.loss()
-    return _detached(step_spec.gen_step_op_args(p.D, p.fake, loss=loss, real=p.real if loss.paired else None,
-                                                allow_tf32=allow_tf32))
+    with p.draws():
+        return _detached(step_spec.gen_step_op_args(p.D, p.fake, loss=loss, real=p.real if loss.paired else None,
+                                                    allow_tf32=allow_tf32))
 
 
 def reference_disc_op(case: Case) -> Callable[..., dict[str, torch.Tensor]]:

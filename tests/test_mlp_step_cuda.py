@@ -10,7 +10,8 @@ both CUDA paths (the op's ``path="fused"``: the small-width shared-memory kernel
 ``wide``: ATen products + custom epilogues), for every loss and penalty, odd shapes, 1, 2 and 3
 rows. Arguments from ``fastgan.step_spec``; cases, the float64 reference and the one error bound
 from tests/harness.py: float32 (TF32 allowed or not), bf16 and fp16 are bounded by K x the error of
-the reference composition run in that precision on this GPU, plus a small floor.
+the reference composition run in that precision on this GPU, plus a small floor. Dropout cases
+(``Case(dropout=p)``: the op and the reference draw the same masks) run on both paths too.
 """
 from __future__ import annotations
 
@@ -70,10 +71,10 @@ def _poisoned(op, dtype):
     return run
 
 
-def _check_disc(path, arch, rows, dtype, loss_name, pen_name, allow_tf32=False):
+def _check_disc(path, arch, rows, dtype, loss_name, pen_name, allow_tf32=False, dropout=0.0):
     if path["path"] == "fused" and arch is WIDE:
         pytest.skip("the wide architecture does not fit the fused kernel (see test_forced_fused_path_refuses...)")
-    case = arch.with_(rows_real=rows[0], rows_fake=rows[1], loss=loss_name, penalty=pen_name)
+    case = arch.with_(rows_real=rows[0], rows_fake=rows[1], loss=loss_name, penalty=pen_name, dropout=dropout)
     out = harness.check_disc_op(case.build(dtype, DEVICE), _poisoned(DISC, dtype), allow_tf32=allow_tf32, **path)
     assert all(t.device.type == "cuda" for t in out)
 
@@ -127,6 +128,57 @@ def test_gen(path, arch, loss_name, dtype):
         case = arch.with_(rows_real=rows[0], rows_fake=rows[1], loss=loss_name)
         out = harness.check_gen_op(case.build(dtype, DEVICE), _poisoned(GEN, dtype), **path)
         assert out[1].device.type == "cuda"
+
+
+# ---- dropout: masks per row group through the forward, the V chain and the ubar chain ----------
+DROPOUT_PAIRS = [("non_saturating", "r1"), ("wasserstein", "gp"), ("relativistic", "r2"), ("hinge", "dragan"),
+                 ("least_squares", "none")]
+
+
+@pytest.mark.parametrize("rows", [(1, 1), (3, 3), (50, 37)], ids=str)
+@pytest.mark.parametrize("loss_name,pen_name", DROPOUT_PAIRS)
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a.id)
+@pytest.mark.parametrize("dtype", harness.DTYPES, ids=["f64", "f32"])
+def test_disc_dropout(path, dtype, arch, loss_name, pen_name, rows):
+    _check_disc(path, arch, rows, dtype, loss_name, pen_name, dropout=0.4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("arch", [ARCHS[2], WIDE], ids=lambda a: a.id)
+def test_disc_dropout_low_precision(path, dtype, arch):
+    _check_disc(path, arch, (300, 211), dtype, "wasserstein", "gp", dropout=0.5)
+
+
+@pytest.mark.parametrize("loss_name", ["non_saturating", "relativistic", "hinge"])
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a.id)
+@pytest.mark.parametrize("dtype", harness.DTYPES, ids=["f64", "f32"])
+def test_gen_dropout(path, arch, loss_name, dtype):
+    if path["path"] == "fused" and arch is WIDE:
+        pytest.skip("the wide architecture does not fit the fused kernel")
+    for rows in [(1, 1), (120, 77)]:
+        case = arch.with_(rows_real=rows[0], rows_fake=rows[1], loss=loss_name, dropout=0.4)
+        harness.check_gen_op(case.build(dtype, DEVICE), _poisoned(GEN, dtype), **path)
+
+
+def test_dropout_bad_masks_raise_naming_them():
+    args = harness.disc_op_args(Case(13, (9, 11), rows_real=4, rows_fake=3, penalty="gp",
+                                     dropout=0.4).build(torch.float32, DEVICE))
+    for name, bad, message in (("masks_real", args["masks_real"][:1], "masks_real must be"),
+                               ("masks_fake", [m[:-1] for m in args["masks_fake"]], r"masks_fake\[0\] must have shape"),
+                               ("masks_penalty", [m.double() for m in args["masks_penalty"]], r"masks_penalty\[0\] has dtype"),
+                               ("masks_real", [m.cpu() for m in args["masks_real"]], r"masks_real\[0\] must be a CUDA"),
+                               ("masks_fake", [m.t().contiguous().t() for m in args["masks_fake"]], "contiguous"),
+                               ("masks_penalty", [], "masks_penalty must be given exactly")):
+        with pytest.raises(RuntimeError, match=message):
+            DISC(**{**args, name: bad})
+
+
+def test_dropout_two_calls_give_identical_bits():
+    args = harness.disc_op_args(Case(13, (9, 11), rows_real=40, rows_fake=30, penalty="gp",
+                                     dropout=0.4).build(torch.float32, DEVICE))
+    for options in ({"path": "fused"}, {"path": "fused", "tensor_cores": True}):
+        first, second = DISC(**args, **options), DISC(**args, **options)
+        assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
 def _args(dtype=torch.float32):

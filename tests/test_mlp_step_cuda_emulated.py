@@ -11,6 +11,11 @@ reduction all occur. The emulated kernels stand in for ``torch.ops.fastgan.mlp_d
 ``mlp_gen_step``: they take the library's own op arguments (tests/harness.py) and are held to
 the harness's bound against the float64 reference.
 
+Dropout: the masks (``masks_*``) go to the kernels per row group, as the host code passes them;
+cases with ``dropout=p`` (harness.Case: every step of a case draws the same masks) check the
+forward, V chain and ubar chain with masks against the reference, on every path of the kernel
+(FFMA, tensor cores, paired losses' logits pass, the generator).
+
 Also checked here: runs with the blocks in reverse order give the same bits (the weight
 gradients are reduced in a fixed order, not with float atomics), and the tensor-core products
 (MMA_TF32X3: split-precision TF32, within the fp32 bound; MMA_TF32: plain TF32, visibly less
@@ -89,18 +94,25 @@ def _take(out, sizes):
     return parts
 
 
+def _masks(*groups):
+    """The mask lists of the row groups (in the kernel's group order), as the host passes them:
+    all empty (no dropout) or one list per group that has rows."""
+    dropout = any(len(m) for m in groups)
+    return dropout, [t for m in groups for t in m]
+
+
 def emulated_disc(binary, tmp_path, tile, grid_cap, reverse=False, mma=MMA_NONE):
     """A stand-in for ``torch.ops.fastgan.mlp_disc_step`` that runs the emulated kernels."""
     def op(real, fake, penalty_input, weights, biases, w_out, b_out, negative_slope, term_real, term_fake,
            paired, penalty_side, penalty_kind, penalty_weight, penalty_center, allow_tf32, masks_real=(),
            masks_fake=(), masks_penalty=()):
-        assert not (masks_real or masks_fake or masks_penalty), "the CUDA kernels take no dropout masks yet"
         widths = [real.shape[1]] + [w.shape[0] for w in weights]
+        dropout, masks = _masks(masks_real, masks_fake, masks_penalty)
         header = [real.dtype == torch.float32, mma, 0, len(weights), *widths, real.shape[0], fake.shape[0],
                   0 if penalty_input is None else penalty_input.shape[0], bool(biases), b_out is not None,
                   negative_slope, paired, *_term(term_real), *_term(term_fake), penalty_side, penalty_kind,
-                  penalty_weight, penalty_center, tile, grid_cap, reverse]
-        out = _run(binary, tmp_path, header, [real, fake, penalty_input, *weights, *biases, w_out, b_out])
+                  penalty_weight, penalty_center, tile, grid_cap, reverse, dropout]
+        out = _run(binary, tmp_path, header, [real, fake, penalty_input, *weights, *biases, w_out, b_out, *masks])
         shapes = [w.shape for w in weights] + [b.shape for b in biases] + [w_out.shape]
         stats, db_out, *grads = _take(out, [4, 1] + [s.numel() for s in shapes])
         result = [stats] + [g.view(s) for g, s in zip(grads, shapes)] + ([db_out] if b_out is not None else [])
@@ -112,13 +124,14 @@ def emulated_gen(binary, tmp_path, tile, grid_cap, mma=MMA_NONE):
     """A stand-in for ``torch.ops.fastgan.mlp_gen_step`` (the host stacks [real (paired); fake])."""
     def op(fake, real, weights, biases, w_out, b_out, negative_slope, term, paired, allow_tf32, masks_fake=(),
            masks_real=()):
-        assert not (masks_fake or masks_real), "the CUDA kernels take no dropout masks yet"
         widths = [fake.shape[1]] + [w.shape[0] for w in weights]
+        dropout, masks = _masks(masks_real, masks_fake)  # groups [real (paired only); fake]
         header = [fake.dtype == torch.float32, mma, 1, len(weights), *widths, real.shape[0] if paired else 0,
                   fake.shape[0], 0, bool(biases), b_out is not None, negative_slope, paired,
                   *_term(term if paired else None), *_term(None if paired else term), -1, 0, 0.0, 0.0,
-                  tile, grid_cap, False]
-        out = _run(binary, tmp_path, header, [real if paired else None, fake, *weights, *biases, w_out, b_out])
+                  tile, grid_cap, False, dropout]
+        out = _run(binary, tmp_path, header,
+                   [real if paired else None, fake, *weights, *biases, w_out, b_out, *masks])
         stats, grad = _take(out, [2, fake.numel()])
         return [stats.to(fake.dtype), grad.view(fake.shape).to(fake.dtype)]
     return op
@@ -191,3 +204,53 @@ def test_disc_tensor_cores_emulated(emulator, tmp_path, arch, loss_name, pen_nam
 def test_gen_tensor_cores_emulated(emulator, tmp_path, loss_name):
     problem = ARCHS[2].with_(rows_real=19, rows_fake=19, loss=loss_name).build(torch.float32)
     harness.check_gen_op(problem, emulated_gen(emulator, tmp_path, 16, 2, mma=MMA_TF32X3))
+
+
+# ---- dropout: masks on every row group, through every chain of the kernel ----------------------
+DROPOUT = 0.4
+ARCH_IDS = lambda c: f"in{c.in_features}-h{'x'.join(map(str, c.hidden))}"  # noqa: E731
+
+
+def _dropout_case(arch, rows, **changes):
+    case = arch.with_(rows_real=rows[0], rows_fake=rows[1], dropout=DROPOUT, **changes)
+    assert harness.disc_op_args(case.build())["masks_real"], "no masks drawn"
+    return case
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float64, id="float64"),
+                                   pytest.param(torch.float32, marks=SLOW, id="float32")])
+@pytest.mark.parametrize("arch", ARCHS, ids=ARCH_IDS)
+@pytest.mark.parametrize("loss_name,pen_name", PAIRS)
+def test_disc_kernels_with_dropout_emulated(emulator, tmp_path, arch, dtype, loss_name, pen_name):
+    """Masks per group: real, fake and (penalties on their own pass) penalty_input rows, with
+    tiles that straddle the groups and a partial last tile."""
+    case = _dropout_case(arch, (21, 14), loss=loss_name, penalty=pen_name)
+    harness.check_disc_op(case.build(dtype), emulated_disc(emulator, tmp_path, 8, 3))
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=ARCH_IDS)
+@pytest.mark.parametrize("loss_name", ["non_saturating", "relativistic", "least_squares", "hinge"])
+def test_gen_kernels_with_dropout_emulated(emulator, tmp_path, arch, loss_name):
+    case = _dropout_case(arch, (19, 19), loss=loss_name)
+    harness.check_gen_op(case.build(torch.float64), emulated_gen(emulator, tmp_path, 4, 3))
+
+
+@pytest.mark.parametrize("arch,loss_name,pen_name", MMA_CASES,
+                         ids=[f"in{a.in_features}-h{'x'.join(map(str, a.hidden))}-{l}-{p}" for a, l, p in MMA_CASES])
+def test_disc_tensor_cores_with_dropout_emulated(emulator, tmp_path, arch, loss_name, pen_name):
+    """The tensor-core products with masks in their epilogues (3xTF32: the fp32 bound)."""
+    problem = _dropout_case(arch, (21, 14), loss=loss_name, penalty=pen_name).build(torch.float32)
+    harness.check_disc_op(problem, emulated_disc(emulator, tmp_path, 16, 3, mma=MMA_TF32X3))
+
+
+def test_gen_tensor_cores_with_dropout_emulated(emulator, tmp_path):
+    problem = _dropout_case(ARCHS[2], (19, 19), loss="relativistic").build(torch.float32)
+    harness.check_gen_op(problem, emulated_gen(emulator, tmp_path, 16, 2, mma=MMA_TF32X3))
+
+
+def test_disc_bits_with_dropout_do_not_depend_on_block_order(emulator, tmp_path):
+    problem = _dropout_case(ARCHS[2], (21, 14), loss="non_saturating", penalty="gp").build(torch.float32)
+    args = harness.disc_op_args(problem)
+    runs = [emulated_disc(emulator, tmp_path, 4, 5, reverse)(**args) for reverse in (False, True)]
+    assert all(torch.isfinite(t).all() for t in runs[0])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))

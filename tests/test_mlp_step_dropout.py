@@ -1,11 +1,14 @@
 """Dropout on the fused step: masks drawn in Python (fastgan.mlp.dropout_masks) reach the kernels
 as multiplier tensors; with the same RNG state every backend that takes masks matches the reference
 (autograd double backward through ``MLPDiscriminator.forward``, which draws through the same helper
-in the same order). Backends that take no masks yet are never handed any: "auto" runs the
-step on a backend that does, an explicit request raises."""
+in the same order). The op-level tests run every path of each backend (triton: the fused and
+the wide kernels; cuda: tests/test_mlp_step_cuda.py and, on the CPU, the emulator in
+tests/test_mlp_step_cuda_emulated.py). Backends that take no masks yet are never handed any:
+"auto" runs the step on a backend that does, an explicit request raises."""
 from __future__ import annotations
 
 import copy
+import functools
 
 import harness
 import pytest
@@ -16,9 +19,11 @@ import fastgan
 from fastgan import fused, step_spec
 from fastgan.mlp import dropout_generator, dropout_masks
 from conftest import backend_params
+from harness import Case
 
 MASK_BACKENDS = [p for p in backend_params("cpu") if p.values[0] in fused.DROPOUT_BACKENDS]
-NO_MASK_BACKENDS = [b for b in ("cpu", "triton", "cuda") if b not in fused.DROPOUT_BACKENDS]
+PATHS = {"triton": ("fused", "wide")}  # the op's path option per backend (others: "auto" only)
+GEN_PATHS = {"triton": ("wide",)}
 
 PENALTIES = {
     **{k: v for k, v in harness.PENALTIES.items()},
@@ -124,6 +129,44 @@ def test_the_op_takes_the_masks_of_three_separate_calls(backend):
     assert torch.equal(args["penalty_input"], args["real"])
 
 
+def _backend_paths(paths):
+    """(backend, path) per mask backend and each of its paths, skipped where the backend is."""
+    return [pytest.param(p.values[0], path, id=f"{p.values[0]}-{path}", marks=p.marks)
+            for p in MASK_BACKENDS for path in paths.get(p.values[0], ("auto",))]
+
+
+def _op(backend, path, which):
+    op = fused.step_ops(backend)[which]
+    options = {"path": path} if path != "auto" else {}
+    if backend == "triton":
+        options["poison"] = True  # an element no kernel writes shows as NaN
+    return functools.partial(op, **options)
+
+
+# Odd widths, bias on and off, ReLU and LeakyReLU, depth 1 to 3, several row counts and p.
+OP_CASES = [Case(3, (8, 6), pack=2, rows_real=7, rows_fake=5, dropout=0.4),
+            Case(5, (7,), bias=False, slope=0.0, rows_real=4, rows_fake=4, dropout=0.5),
+            Case(4, (9, 11, 6), rows_real=6, rows_fake=3, dropout=0.3, seed=2)]
+OP_PAIRS = [("non_saturating", "r1"), ("wasserstein", "gp"), ("relativistic", "r2"), ("hinge", "dragan"),
+            ("least_squares", "none")]
+
+
+@pytest.mark.parametrize("loss_name,pen_name", OP_PAIRS)
+@pytest.mark.parametrize("case", OP_CASES, ids=lambda c: f"h{'x'.join(map(str, c.hidden))}")
+@pytest.mark.parametrize("dtype", harness.DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("backend,path", _backend_paths(PATHS))
+def test_the_op_on_every_path_matches_the_reference(backend, path, dtype, case, loss_name, pen_name):
+    problem = case.with_(loss=loss_name, penalty=pen_name).build(dtype)
+    harness.check_disc_op(problem, _op(backend, path, 0))
+
+
+@pytest.mark.parametrize("loss_name", ["non_saturating", "relativistic"])
+@pytest.mark.parametrize("case", OP_CASES, ids=lambda c: f"h{'x'.join(map(str, c.hidden))}")
+@pytest.mark.parametrize("backend,path", _backend_paths(GEN_PATHS))
+def test_the_generator_op_on_every_path_matches_the_reference(backend, path, case, loss_name):
+    harness.check_gen_op(case.with_(loss=loss_name).build(torch.float64), _op(backend, path, 1))
+
+
 def test_masks_are_nn_dropouts():
     """Keep probability 1-p, kept values exactly 1/(1-p) (as F.dropout, which draws the same bits)."""
     p = 0.3
@@ -201,33 +244,32 @@ def test_eval_mode_draws_nothing(backend):
 def test_explain_says_fused_for_a_training_dropout_D():
     D = make_D()
     for name in fused.DROPOUT_BACKENDS:
+        try:
+            fastgan.explain(copy.deepcopy(D).eval(), backend=name)
+        except (ValueError, RuntimeError):
+            continue  # the backend cannot run here (cuda without a GPU)
         assert fastgan.explain(D, backend=name) == fastgan.StepPlan("fused", name, fastgan.explain(D, backend=name).reason)
     plan = fastgan.explain(D)
     assert plan.path == "fused" and plan.backend in fused.DROPOUT_BACKENDS
 
 
-@pytest.mark.parametrize("name", NO_MASK_BACKENDS)
-def test_a_backend_without_masks_is_never_handed_any(name):
-    """An explicit request raises naming dropout (no silent mask-free step)."""
+def test_a_backend_without_masks_is_never_handed_any(monkeypatch):
+    """A backend left out of DROPOUT_BACKENDS (every backend takes masks today, so one is left out
+    here) is never handed masks: an explicit request raises naming dropout (no silent mask-free
+    step), "auto" runs the step on the torch backend."""
+    monkeypatch.setattr(fused, "DROPOUT_BACKENDS", ("torch",))
     D = make_D()
-    try:
-        fastgan.explain(D.eval(), backend=name)
-    except (ValueError, RuntimeError) as err:
-        pytest.skip(f"{name} cannot run here: {err}")
+    real, fake = inputs(torch.float64)
+    assert fastgan.explain(D.eval(), backend="cpu").backend == "cpu"
     D.train()
     with pytest.raises(ValueError, match="dropout"):
-        fastgan.explain(D, backend=name)
-    real, fake = inputs(torch.float64)
+        fastgan.explain(D, backend="cpu")
     with pytest.raises(ValueError, match="dropout"):
-        fastgan.discriminator_step(D, real, fake, loss="hinge", backend=name)
+        fastgan.discriminator_step(D, real, fake, loss="hinge", backend="cpu")
     with pytest.raises(ValueError, match="dropout"):
-        fastgan.generator_step(D, fake, loss="hinge", backend=name)
-    # the op itself refuses masks rather than ignoring them
-    args = step_spec.disc_step_op_args(D, real, fake, loss=fastgan.get_loss("hinge"), penalty=fastgan.R1Penalty())
-    args = {k: ([t.detach() for t in v] if k in ("weights", "biases") else v) for k, v in args.items()}
-    args["w_out"], args["b_out"] = args["w_out"].detach(), args["b_out"].detach()
-    with pytest.raises((ValueError, RuntimeError), match="dropout"):
-        fused.step_ops(name)[0](**args)
+        fastgan.generator_step(D, fake, loss="hinge", backend="cpu")
+    plan = fastgan.explain(D)
+    assert plan == fastgan.StepPlan("fused", "torch", plan.reason) and "dropout" in plan.reason
 
 
 @pytest.mark.parametrize("backend", MASK_BACKENDS)

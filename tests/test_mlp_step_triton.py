@@ -248,9 +248,9 @@ for dt, acc, lowp, prec in (("fp32", "fp32", False, "tf32x3"), ("fp64", "fp64", 
     p = lambda *names, t=acc: {n: "*" + t for n in names}
     for epi in (0, 1, 2):
         compile_(g._mm_kernel, {**p("a_ptr", "y_ptr", "aux_ptr", "v_ptr", "scale_ptr", "params_ptr"),
-                                **p("b_ptr", "bias_ptr", "wout_ptr", t=dt)},
-                 dict(EPI=epi, HAS_BIAS=True, LAST=True, ROW_SCALE=True, LOWP=lowp, DOT_PRECISION=prec,
-                      BLOCK_M=64, BLOCK_J=64, BLOCK_R=32), 4)
+                                **p("b_ptr", "bias_ptr", "wout_ptr", "drop_ptr", t=dt)},
+                 dict(EPI=epi, HAS_BIAS=True, LAST=True, ROW_SCALE=True, DROP=epi < 2, LOWP=lowp,
+                      DOT_PRECISION=prec, BLOCK_M=64, BLOCK_J=64, BLOCK_R=32), 4)
     for paired in (False, True):
         compile_(r._logit_loss_kernel, {**p("h_ptr", "params_ptr", "o_ptr", "c_ptr", "part_ptr"),
                                         **p("wout_ptr", "bout_ptr", t=dt)},
@@ -262,12 +262,16 @@ for dt, acc, lowp, prec in (("fp32", "fp32", False, "tf32x3"), ("fp64", "fp64", 
                                    **p("h_ptr", "wdt_ptr", t=dt)},
                  dict(V_ONES=ones, HAS_UBAR=True, HAS_DB=True, LOWP=lowp, DOT_PRECISION=prec,
                       BLOCK_I=32, BLOCK_J=32, BLOCK_R=32), 4)
-    compile_(f._fused_forward_kernel, {**p("h_ptr", "params_ptr"), **p("x_ptr", "w1", "w2", "w3", "w4", "b1", "b2",
-                                                                       "b3", "b4", t=dt)},
-             dict(L=3, HB=64, HAS_BIAS=True, LOWP=lowp, DOT_PRECISION=prec, BLOCK_M=32), 4)
-    compile_(f._fused_backward_kernel, {**p("h_ptr", "v_ptr", "c_ptr", "params_ptr", "dw_ptr", "db_ptr", "dwo_ptr",
-                                            "pen_ptr"), **p("x_ptr", "w1", "w2", "w3", "w4", "wout_ptr", t=dt)},
-             dict(L=3, HB=64, HAS_PEN=True, KIND=1, LOWP=lowp, DOT_PRECISION=prec, BLOCK_M=32), 4)
+    masks = ("m1", "m2", "m3", "m4")
+    for dropout in (False, True):
+        compile_(f._fused_forward_kernel, {**p("h_ptr", "params_ptr"),
+                                           **p("x_ptr", "w1", "w2", "w3", "w4", "b1", "b2", "b3", "b4", *masks, t=dt)},
+                 dict(L=3, HB=64, HAS_BIAS=True, DROPOUT=dropout, LOWP=lowp, DOT_PRECISION=prec, BLOCK_M=32), 4)
+        compile_(f._fused_backward_kernel, {**p("h_ptr", "v_ptr", "c_ptr", "params_ptr", "dw_ptr", "db_ptr",
+                                                "dwo_ptr", "pen_ptr"),
+                                            **p("x_ptr", "w1", "w2", "w3", "w4", "wout_ptr", *masks, t=dt)},
+                 dict(L=3, HB=64, HAS_PEN=True, KIND=1, DROPOUT=dropout, LOWP=lowp, DOT_PRECISION=prec,
+                      BLOCK_M=32), 4)
 print("compiled")
 '''
 

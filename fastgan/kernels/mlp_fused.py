@@ -10,7 +10,9 @@ zero-padded to HB = next power of two (at least 16) and
                             own slice of a (programs, L, HB, HB) buffer (zeroed by the kernel)
 
 then one ordered sum over the slices: 3 launches plus a few tiny torch reductions per step (the
-maths as in fastgan.kernels.mlp_general). Weight tiles are re-read from L1/L2 per row tile
+maths as in fastgan.kernels.mlp_general). Dropout multipliers (one (N, H_l) tensor per layer)
+are read where they apply: the forward (h_l = leaky(z_l) * d_l), the v chain and the adjoint
+chain (factor d_l * mask(H_l)), so a masked step reads (N, H_l) more per layer in each. Weight tiles are re-read from L1/L2 per row tile
 (Triton gives no explicit shared-memory residency); V_l go through a scratch buffer that stays
 in L2 for a tile's lifetime.
 
@@ -63,6 +65,13 @@ def _load_weight(w_ptr, n_out, n_in, HB: tl.constexpr, TRANSPOSE: tl.constexpr):
 
 
 @triton.jit
+def _drop(m_ptr, rm, m_ok, rc, n):
+    """Dropout multipliers of rows rm from a contiguous (N, n) mask, zero-padded to the tile's
+    columns."""
+    return tl.load(m_ptr + rm[:, None] * n + rc[None, :], mask=m_ok[:, None] & (rc[None, :] < n), other=0.0)
+
+
+@triton.jit
 def _dot(a, b, params_ptr, wdt_ptr, LOWP: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """a @ b accumulated in the compute dtype (fp32 from bf16/fp16 operands when LOWP)."""
     if LOWP:
@@ -76,15 +85,16 @@ def _fused_forward_kernel(
     x_ptr,                    # (N, D0) stacked rows, row stride stride_x
     w1, w2, w3, w4,           # W_l (D_l, D_{l-1}) contiguous (unused ones repeat w1)
     b1, b2, b3, b4,           # b_l (D_l,) (HAS_BIAS)
+    m1, m2, m3, m4,           # dropout multipliers of H_l, (N, D_l) contiguous (DROPOUT)
     h_ptr,                    # (L, N, HB) out: H_l zero-padded to HB columns
     params_ptr,               # (9,) scalars, params[0] = alpha
     N, stride_x,
     D0, D1, D2, D3, D4,       # widths K, H_1, .., H_4 (1 past the last layer): masks only
-    L: tl.constexpr, HB: tl.constexpr, HAS_BIAS: tl.constexpr, LOWP: tl.constexpr,
+    L: tl.constexpr, HB: tl.constexpr, HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr, LOWP: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """All layers of one row tile: H_l = leaky(H_{l-1} W_l^T + b_l), l = 1..L, kept on chip
-    between layers and written once each (the backward kernel reads them back)."""
+    """All layers of one row tile: H_l = leaky(H_{l-1} W_l^T + b_l) [* d_l], l = 1..L, kept on
+    chip between layers and written once each (the backward kernel reads them back)."""
     acc_ty = params_ptr.dtype.element_ty
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rc = tl.arange(0, HB)
@@ -99,6 +109,8 @@ def _fused_forward_kernel(
         if HAS_BIAS:
             z += tl.load(_pick(l, b1, b2, b3, b4) + rc, mask=rc < n_out, other=0.0).to(acc_ty)[None, :]
         a = tl.where(z > 0, z, alpha * z)
+        if DROPOUT:
+            a = a * _drop(_pick(l, m1, m2, m3, m4), rm, m_ok, rc, n_out)
         tl.store(h_ptr + l * N * HB + rm[:, None] * HB + rc[None, :], a, mask=m_ok[:, None])
 
 
@@ -110,6 +122,7 @@ def _fused_backward_kernel(
     v_ptr,                    # (L, N, HB) scratch for V_1..V_L
     c_ptr,                    # (N,) loss derivatives
     w1, w2, w3, w4,           # W_l as in the forward kernel
+    m1, m2, m3, m4,           # dropout multipliers as in the forward kernel (DROPOUT)
     wout_ptr,                 # (D_L,) w_out
     params_ptr,               # (9,) scalars: alpha, .., params[7] = weight, params[8] = center
     dw_ptr,                   # (P, L, HB, HB) out: per-program sums of V_l^T (c H_{l-1} + Ubar_{l-1})
@@ -119,14 +132,15 @@ def _fused_backward_kernel(
     N, stride_x, P0, NP,      # penalty rows are [P0, P0 + NP)
     D0, D1, D2, D3, D4,       # widths as in the forward kernel
     L: tl.constexpr, HB: tl.constexpr, HAS_PEN: tl.constexpr, PEN_INPUT: tl.constexpr, KIND: tl.constexpr,
-    LOWP: tl.constexpr,
+    DROPOUT: tl.constexpr, LOWP: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
     TILES: tl.constexpr,             # row tiles per program
 ):
     """Everything after the logits for TILES row tiles (tile pid + t * P): the v chain
     V_L = mask(H_L) w_out, V_{l-1} = (V_l W_l) mask(H_{l-1}); on penalty rows g = V_1 W_1,
     Ubar_0 = dP/dg, Ubar_l = (Ubar_{l-1} W_l^T) mask(H_l); and the weight gradients, summed
-    into this program's slices (zeroed here first, so no host memset and no atomics)."""
+    into this program's slices (zeroed here first, so no host memset and no atomics). With
+    DROPOUT every mask(H_l) is d_l * mask(H_l) (the multipliers loaded again in each chain)."""
     acc_ty = params_ptr.dtype.element_ty
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -148,12 +162,18 @@ def _fused_backward_kernel(
         rows = rm[:, None] * HB + rc[None, :]
         c = tl.load(c_ptr + rm, mask=m_ok, other=0.0)
         # v chain, top down
-        v = leaky_mask(tl.load(h_ptr + (L - 1) * N * HB + rows, mask=m_ok[:, None], other=0.0), alpha) * wout[None, :]
+        v = wout[None, :]
+        if DROPOUT:
+            v = v * _drop(_pick(L - 1, m1, m2, m3, m4), rm, m_ok, rc, _pick(L - 1, D1, D2, D3, D4))
+        v = leaky_mask(tl.load(h_ptr + (L - 1) * N * HB + rows, mask=m_ok[:, None], other=0.0), alpha) * v
         tl.store(v_ptr + (L - 1) * N * HB + rows, v, mask=m_ok[:, None])
         for l in tl.static_range(L - 1, 0, -1):  # W_{l+1} in 1-based terms
             w = _load_weight(_pick(l, w1, w2, w3, w4), _pick(l, D1, D2, D3, D4), _pick(l, D0, D1, D2, D3), HB, False)
             hp = tl.load(h_ptr + (l - 1) * N * HB + rows, mask=m_ok[:, None], other=0.0)
-            v = _dot(v, w, params_ptr, w1, LOWP, DOT_PRECISION) * leaky_mask(hp, alpha)
+            v = _dot(v, w, params_ptr, w1, LOWP, DOT_PRECISION)
+            if DROPOUT:
+                v = v * _drop(_pick(l - 1, m1, m2, m3, m4), rm, m_ok, rc, _pick(l - 1, D1, D2, D3, D4))
+            v = v * leaky_mask(hp, alpha)
             tl.store(v_ptr + (l - 1) * N * HB + rows, v, mask=m_ok[:, None])
         if HAS_PEN:
             g = _dot(v, _load_weight(w1, D1, D0, HB, False), params_ptr, w1, LOWP, DOT_PRECISION)
@@ -187,7 +207,10 @@ def _fused_backward_kernel(
             if HAS_PEN:
                 wt = _load_weight(_pick(l, w1, w2, w3, w4), _pick(l, D1, D2, D3, D4), _pick(l, D0, D1, D2, D3),
                                   HB, True)
-                ub = _dot(ub, wt, params_ptr, w1, LOWP, DOT_PRECISION) * leaky_mask(a, alpha)
+                ub = _dot(ub, wt, params_ptr, w1, LOWP, DOT_PRECISION)
+                if DROPOUT:
+                    ub = ub * _drop(_pick(l, m1, m2, m3, m4), rm, m_ok, rc, _pick(l, D1, D2, D3, D4))
+                ub = ub * leaky_mask(a, alpha)
         b = c[:, None] * a
         if HAS_PEN:
             if PEN_INPUT:  # penalty-input rows have no loss term: their h_L is never multiplied
@@ -209,11 +232,12 @@ def disc_step(ops, widths, hb, nr, nf, phi_r, phi_f, paired, p0, np_, penalty_si
     dims = widths + [1] * (5 - len(widths))
     ws = ops.weights + [ops.weights[0]] * (4 - L)
     bs = (ops.biases + [ops.biases[0]] * (4 - L)) if ops.biases else [ops.params] * 4
+    ms = (ops.drops + [ops.drops[0]] * (4 - L)) if ops.drops else [ops.params] * 4
     h = ops.empty(L, n, hb)
     tiles = triton.cdiv(n, block_m)
     _fused_forward_kernel[(tiles,)](
-        x, *ws, *bs, h, ops.params, n, x.stride(0), *dims, L=L, HB=hb, HAS_BIAS=bool(ops.biases), LOWP=ops.lowp,
-        DOT_PRECISION=ops.precision, BLOCK_M=block_m, num_warps=warps)
+        x, *ws, *bs, *ms, h, ops.params, n, x.stride(0), *dims, L=L, HB=hb, HAS_BIAS=bool(ops.biases),
+        DROPOUT=ops.drops is not None, LOWP=ops.lowp, DOT_PRECISION=ops.precision, BLOCK_M=block_m, num_warps=warps)
     c, sums = mlp_rows.logits(ops, h[L - 1], nr, nf, phi_r, phi_f, paired, width=widths[-1])
     # persistent programs: about one per SM, each a power-of-two number of row tiles
     sms = 2 if INTERPRET else device_limits(x)[0]
@@ -226,8 +250,9 @@ def disc_step(ops, widths, hb, nr, nf, phi_r, phi_f, paired, p0, np_, penalty_si
     pen = ops.empty(progs)
     has_pen = penalty_side != -1
     _fused_backward_kernel[(progs,)](
-        x, h, v, c, *ws, ops.w_out, ops.params, dw, db, dwo, pen, n, x.stride(0), p0, np_, *dims, L=L, HB=hb,
-        HAS_PEN=has_pen, PEN_INPUT=penalty_side == 2, KIND=int(penalty_kind) if has_pen else 0, LOWP=ops.lowp, DOT_PRECISION=ops.precision,
+        x, h, v, c, *ws, *ms, ops.w_out, ops.params, dw, db, dwo, pen, n, x.stride(0), p0, np_, *dims, L=L, HB=hb,
+        HAS_PEN=has_pen, PEN_INPUT=penalty_side == 2, KIND=int(penalty_kind) if has_pen else 0,
+        DROPOUT=ops.drops is not None, LOWP=ops.lowp, DOT_PRECISION=ops.precision,
         BLOCK_M=block_m, TILES=per_prog, num_warps=warps)
     dw, db = dw.sum(0), db.sum(0)
     pdtype = ops.weights[0].dtype

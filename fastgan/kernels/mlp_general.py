@@ -13,6 +13,10 @@ sign of z_l for alpha >= 0, so masks are never stored). One launch per product:
                (the operand c * H + Ubar is formed while loading; split over row ranges and
                summed in a fixed order: deterministic, no atomics)
 
+Dropout (``ops.drops``: one (N, H_l) multiplier tensor per hidden layer, stacked like the rows):
+H_l = leaky(...) * D_l, and every mask(H_l) above becomes D_l * mask(H_l), in the same epilogues
+(one more (rows, H_l) load in each).
+
 3L + 4 launches (+ 2L + 2 with a penalty) plus tiny torch reductions. The generator step
 (forward, logits, v chain on the fake rows, c * g) always takes this path.
 
@@ -28,8 +32,8 @@ from fastgan.kernels.mlp_rows import leaky_mask
 from fastgan.kernels.mlp_tuning import INTERPRET, autotune_tiles, bucket, runtime_on_gpu
 
 # Epilogues of the product kernel.
-EPI_FORWARD = 0  # y = leaky(acc + b); optionally v = mask(y) * w_out
-EPI_MASK = 1     # y = acc * mask(aux)
+EPI_FORWARD = 0  # y = leaky(acc + b) [* d]; optionally v = mask(y) * w_out [* d]
+EPI_MASK = 1     # y = acc [* d] * mask(aux)
 EPI_PLAIN = 2    # y = acc (optionally * scale[row])
 
 
@@ -62,18 +66,19 @@ def _mm_kernel(
     v_ptr,        # (M, J) V_L = mask(y) * w_out (EPI_FORWARD and LAST), row stride stride_ym
     wout_ptr,     # (J,) w_out (LAST)
     scale_ptr,    # (M,) per-row factor (EPI_PLAIN and ROW_SCALE)
+    drop_ptr,     # (M, J) dropout multipliers (EPI_FORWARD / EPI_MASK and DROP), row stride stride_dm
     params_ptr,   # (9,) scalars in the compute dtype, params[0] = alpha
     M, J, R: tl.constexpr,  # rows, output columns, reduction length
-    stride_am, stride_br, stride_bj, stride_ym, stride_xm,
+    stride_am, stride_br, stride_bj, stride_ym, stride_xm, stride_dm,
     TUNE_KEY,     # tune_key(M, J, R): the autotuning key (unused in the body)
-    EPI: tl.constexpr, HAS_BIAS: tl.constexpr, LAST: tl.constexpr, ROW_SCALE: tl.constexpr,
+    EPI: tl.constexpr, HAS_BIAS: tl.constexpr, LAST: tl.constexpr, ROW_SCALE: tl.constexpr, DROP: tl.constexpr,
     LOWP: tl.constexpr,             # bf16/fp16 parameters: products in their dtype, fp32 accumulation
     DOT_PRECISION: tl.constexpr,    # "ieee", "tf32x3" or "tf32"
     BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """acc = A @ B over a (BLOCK_M, BLOCK_J) tile, then one of:
-    EPI_FORWARD: z = acc + bias; y = where(z > 0, z, alpha z)  [LAST: v = mask(y) * w_out]
-    EPI_MASK:    y = acc * where(aux > 0, 1, alpha)
+    EPI_FORWARD: z = acc + bias; y = where(z > 0, z, alpha z) [* d]  [LAST: v = mask(y) * w_out [* d]]
+    EPI_MASK:    y = acc [* d] * where(aux > 0, 1, alpha)
     EPI_PLAIN:   y = acc  [ROW_SCALE: y = acc * scale[:, None]], cast to y's dtype."""
     acc_ty = params_ptr.dtype.element_ty
     pid_m = tl.program_id(0)
@@ -98,16 +103,25 @@ def _mm_kernel(
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION, out_dtype=acc_ty)
     alpha = tl.load(params_ptr)
     tile = m_ok[:, None] & j_ok[None, :]
+    if DROP:
+        d = tl.load(drop_ptr + rm[:, None] * stride_dm + rj[None, :], mask=tile, other=0.0).to(acc_ty)
     if EPI == 0:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + rj, mask=j_ok, other=0.0).to(acc_ty)[None, :]
         y = tl.where(acc > 0, acc, alpha * acc)
+        if DROP:
+            y = y * d
         if LAST:
-            w = tl.load(wout_ptr + rj, mask=j_ok, other=0.0).to(acc_ty)
-            tl.store(v_ptr + rm[:, None] * stride_ym + rj[None, :], leaky_mask(y, alpha) * w[None, :], mask=tile)
+            w = tl.load(wout_ptr + rj, mask=j_ok, other=0.0).to(acc_ty)[None, :]
+            if DROP:
+                w = w * d
+            tl.store(v_ptr + rm[:, None] * stride_ym + rj[None, :], leaky_mask(y, alpha) * w, mask=tile)
     elif EPI == 1:
         h = tl.load(aux_ptr + rm[:, None] * stride_xm + rj[None, :], mask=tile, other=0.0)
-        y = acc * leaky_mask(h, alpha)
+        y = acc
+        if DROP:
+            y = y * d
+        y = y * leaky_mask(h, alpha)
     else:
         y = acc
         if ROW_SCALE:
@@ -196,8 +210,9 @@ def _wgrad_kernel(
 # launchers over the step's operands ``ops`` (fastgan.kernels.mlp_step.Operands)
 # ---------------------------------------------------------------------------------------------
 
-def product(ops, a, w, transpose, y, epi, *, bias=None, aux=None, v=None, scale=None):
-    """y = epilogue(a @ (w^T if transpose else w)) over a's rows."""
+def product(ops, a, w, transpose, y, epi, *, bias=None, aux=None, v=None, scale=None, drop=None):
+    """y = epilogue(a @ (w^T if transpose else w)) over a's rows (``drop``: the rows' dropout
+    multipliers, y's shape)."""
     m, r = a.shape
     j = y.shape[1]
     sbr, sbj = (w.stride(1), w.stride(0)) if transpose else (w.stride(0), w.stride(1))
@@ -205,10 +220,17 @@ def product(ops, a, w, transpose, y, epi, *, bias=None, aux=None, v=None, scale=
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(j, meta["BLOCK_J"]))  # noqa: E731
     _mm_kernel[grid](
         a, w, y, bias if bias is not None else dummy, aux if aux is not None else dummy,
-        v if v is not None else dummy, ops.w_out, scale if scale is not None else dummy, ops.params,
-        m, j, r, a.stride(0), sbr, sbj, y.stride(0), aux.stride(0) if aux is not None else 0, tune_key(m, j, r),
-        EPI=epi, HAS_BIAS=bias is not None, LAST=v is not None, ROW_SCALE=scale is not None,
+        v if v is not None else dummy, ops.w_out, scale if scale is not None else dummy,
+        drop if drop is not None else dummy, ops.params,
+        m, j, r, a.stride(0), sbr, sbj, y.stride(0), aux.stride(0) if aux is not None else 0,
+        drop.stride(0) if drop is not None else 0, tune_key(m, j, r),
+        EPI=epi, HAS_BIAS=bias is not None, LAST=v is not None, ROW_SCALE=scale is not None, DROP=drop is not None,
         LOWP=ops.lowp, DOT_PRECISION=ops.precision)
+
+
+def _drop(ops, layer, lo=None, hi=None):
+    """The dropout multipliers of H_{layer + 1} on rows [lo, hi) (all rows by default), or None."""
+    return None if ops.drops is None else ops.drops[layer][lo:hi]
 
 
 def forward(ops):
@@ -222,7 +244,7 @@ def forward(ops):
         if last:
             v_last = ops.empty(n, w.shape[0])
         product(ops, hs[-1], w, True, h, EPI_FORWARD, bias=ops.biases[l] if ops.biases else None,
-                v=v_last if last else None)
+                v=v_last if last else None, drop=_drop(ops, l))
         hs.append(h)
     return hs, v_last
 
@@ -232,7 +254,7 @@ def v_chain(ops, hs, v_last, lo, hi):
     vs = [v_last[lo:hi]]
     for l in range(len(ops.weights) - 1, 0, -1):
         v = ops.empty(hi - lo, ops.weights[l].shape[1])
-        product(ops, vs[0], ops.weights[l], False, v, EPI_MASK, aux=hs[l][lo:hi])
+        product(ops, vs[0], ops.weights[l], False, v, EPI_MASK, aux=hs[l][lo:hi], drop=_drop(ops, l - 1, lo, hi))
         vs.insert(0, v)
     return vs
 
@@ -248,7 +270,7 @@ def adjoint(ops, hs, gbar, lo, hi):
     ubars = [gbar]
     for l, w in enumerate(ops.weights):
         u = ops.empty(hi - lo, w.shape[0])
-        product(ops, ubars[-1], w, True, u, EPI_MASK, aux=hs[l + 1][lo:hi])
+        product(ops, ubars[-1], w, True, u, EPI_MASK, aux=hs[l + 1][lo:hi], drop=_drop(ops, l, lo, hi))
         ubars.append(u)
     return ubars
 

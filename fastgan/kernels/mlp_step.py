@@ -19,6 +19,10 @@ CUDA-only option (Triton's products always use ``tl.dot``: accepted and ignored)
 beyond the schema, ``poison`` = True fills every scratch buffer with NaN first, so an element no
 kernel writes shows in the results (tests).
 
+Dropout: the ``masks_*`` lists are checked (naming the list) and stacked like the rows, one
+(N, H_l) multiplier tensor per hidden layer; the kernels apply them where the activations and
+every activation derivative are formed (``h_l = leaky(z_l) * d_l``, factor ``leaky'(z_l) * d_l``).
+
 Precision: fp32 and fp64 accumulate in their own type; bf16/fp16 inputs are cast inside the
 kernels, the products take operands in the parameters' dtype and accumulate in fp32, and every
 intermediate (H, V, G, Ubar) is stored in fp32. fp32 products are fp32-accurate (3xTF32,
@@ -31,6 +35,7 @@ section "Triton", has the counts per benchmark network).
 """
 import torch
 
+from fastgan.closed_form import stacked_masks
 from fastgan.kernels import mlp_fused, mlp_general, mlp_rows
 from fastgan.kernels.mlp_tuning import FP32_PRECISION
 
@@ -41,10 +46,13 @@ class Operands:
     """One step's operands: the stacked rows ``x`` (N, K), the parameters (contiguous), the
     kernels' scalars ``params`` (9,) in the compute dtype ``cdtype`` (fp64 for fp64, else fp32:
     [alpha, real term sign, shift, scale, fake term sign, shift, scale, penalty weight, center];
-    Triton would pass Python floats as fp32), the product precision, and the scratch allocator."""
+    Triton would pass Python floats as fp32), the dropout multipliers ``drops`` (one contiguous
+    (N, H_l) tensor per hidden layer, stacked like ``x``; None without dropout), the product
+    precision, and the scratch allocator."""
 
-    def __init__(self, x, weights, biases, w_out, b_out, params, allow_tf32, poison):
+    def __init__(self, x, weights, biases, w_out, b_out, params, allow_tf32, poison, drops=None):
         self.x = x.contiguous()
+        self.drops = [d.contiguous() for d in drops] if drops is not None else None
         self.weights = [w.contiguous() for w in weights]
         self.biases = [b.contiguous() for b in biases]
         self.w_out = w_out.contiguous()
@@ -123,10 +131,12 @@ def _check_network(x, weights, biases, w_out, b_out, negative_slope):
     return widths
 
 
-def _no_masks(*masks) -> None:
-    if any(len(m) for m in masks):
-        raise ValueError("the triton backend takes no dropout masks yet (masks_* must be empty); "
-                         "use the torch or cpu backend")
+def _masks(parts, names, blocks, widths, x):
+    """The dropout multipliers stacked like the rows ``x`` (one (N, H_l) tensor per hidden layer),
+    or None without dropout; ``parts``: the mask lists of the row blocks ``blocks`` in stacking
+    order. Raises ValueError naming the list that is wrong."""
+    drops = stacked_masks(parts, names, [b.shape[0] for b in blocks], widths[1:], x)
+    return None if drops[0] is None else drops
 
 
 def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, negative_slope, term_real, term_fake,
@@ -136,9 +146,8 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
 
     Returns [stats = (loss, penalty, mean real logit, mean fake logit), dW_1..dW_L,
     db_1..db_L (if biases), dw_out, db_out (if b_out)], gradients of loss + penalty.
-    ``path``, ``poison``: see the module docstring. Dropout masks are not implemented here yet:
-    non-empty ``masks_*`` raise (fastgan routes a training dropout D elsewhere)."""
-    _no_masks(masks_real, masks_fake, masks_penalty)
+    ``path``, ``poison``: see the module docstring. ``masks_*``: dropout multipliers per hidden
+    layer of each block of rows (all empty: no dropout), stacked like the rows."""
     _check_options(path, poison)
     weights, biases = list(weights), list(biases)
     widths = _check_network(real, weights, biases, w_out, b_out, negative_slope)
@@ -165,10 +174,16 @@ def mlp_disc_step(real, fake, penalty_input, weights, biases, w_out, b_out, nega
         raise ValueError(f"path='fused' needs every width <= {mlp_fused.FUSED_MAX_WIDTH} and at most "
                          f"{mlp_fused.FUSED_MAX_DEPTH} layers, got widths {widths}")
 
+    if len(masks_penalty) and penalty_side != 2:
+        raise ValueError("masks_penalty is given but penalty_side is not 2 (penalty_input)")
+    blocks = [real, fake] + ([penalty_input] if penalty_side == 2 else [])
+    parts = [masks_real, masks_fake] + ([masks_penalty] if penalty_side == 2 else [])
+    drops = _masks(parts, ("masks_real", "masks_fake", "masks_penalty"), blocks, widths, real)
+
     params = _params(_compute_dtype(real.dtype), real.device, negative_slope, t_real, t_fake, penalty_weight,
                      penalty_center)
-    x = torch.cat([real, fake] + ([penalty_input] if penalty_side == 2 else []))
-    ops = Operands(x, weights, biases, w_out, b_out, params, allow_tf32, poison)
+    x = torch.cat(blocks)
+    ops = Operands(x, weights, biases, w_out, b_out, params, allow_tf32, poison, drops)
     p0, np_ = {-1: (0, 0), 0: (0, nr), 1: (nr, nf), 2: (nr + nf, x.shape[0] - nr - nf)}[penalty_side]
     common = (nr, nf, phi_r, phi_f, bool(paired), p0, np_, penalty_side, penalty_kind)
     if hb is not None:
@@ -190,9 +205,8 @@ def mlp_gen_step(fake, real, weights, biases, w_out, b_out, negative_slope, term
 
     loss = sum_j term(f_j) (paired: sum_j term(r_j - f_j)); returns
     [stats = (loss, mean fake logit), d loss / d fake = c * g (fake's shape and dtype)].
-    It always takes the general path: ``path`` may be "auto" or "wide". Non-empty ``masks_*``
-    raise (no dropout here yet)."""
-    _no_masks(masks_fake, masks_real)
+    It always takes the general path: ``path`` may be "auto" or "wide". ``masks_fake`` (and
+    ``masks_real`` when paired): dropout multipliers per hidden layer (empty: no dropout)."""
     _check_options(path, poison)
     if path == "fused":
         raise ValueError("path='fused': the generator step has only the general path")
@@ -204,8 +218,14 @@ def mlp_gen_step(fake, real, weights, biases, w_out, b_out, negative_slope, term
         if real is None:
             raise ValueError("paired needs real (the matching real rows)")
         _check("real", real, fake.dtype, fake.device, (nf, widths[0]))
+    if len(masks_real) and not paired:
+        raise ValueError("masks_real is given but the loss is not paired")
+    # stacked [real (paired only); fake], the masks alike
+    blocks, parts, names = ([real, fake], [masks_real, masks_fake], ("masks_real", "masks_fake")) if paired else \
+        ([fake], [masks_fake], ("masks_fake",))
+    drops = _masks(parts, names, blocks, widths, fake)
     params = _params(_compute_dtype(fake.dtype), fake.device, negative_slope, t, t)
-    x = torch.cat([real, fake]) if paired else fake
-    ops = Operands(x, weights, biases, w_out, b_out, params, allow_tf32, poison)
+    x = torch.cat(blocks) if paired else fake
+    ops = Operands(x, weights, biases, w_out, b_out, params, allow_tf32, poison, drops)
     sums, dfake = mlp_general.gen_step(ops, widths, nf if paired else 0, nf, phi, bool(paired))
     return [torch.stack([sums[0], sums[2] / nf]).to(fake.dtype), dfake]

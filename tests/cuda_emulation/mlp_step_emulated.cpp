@@ -9,7 +9,8 @@
 //
 // Usage: mlp_step_emulated IN OUT. IN holds float64 values: a header (fp32?, MmaMode, then
 // see run()), then
-// real, fake, penalty_input rows, W_1..W_L, b_1..b_L, w_out, b_out. OUT receives float64:
+// real, fake, penalty_input rows, W_1..W_L, b_1..b_L, w_out, b_out, and with dropout the masks of
+// each row group that has rows (real, fake, penalty_input), layer by layer. OUT receives float64:
 // disc: (loss, penalty, mean real, mean fake, db_out (0 without b_out)), dW_1..dW_L,
 // db_1..db_L, dw_out; gen: (loss, mean fake logit), d loss / d fake.
 // First every CUDA / c10 header that cuda_utils.cuh pulls in: they use the names redefined below.
@@ -233,6 +234,10 @@ struct Input {
   size_t pos = 0;
   double next() { return v.at(pos++); }
   std::vector<double> take(size_t n) {
+    if (pos + n > v.size()) {
+      std::fprintf(stderr, "input too short: %zu values, %zu wanted\n", v.size(), pos + n);
+      std::exit(6);
+    }
     std::vector<double> out(v.begin() + pos, v.begin() + pos + n);
     pos += n;
     return out;
@@ -268,6 +273,7 @@ std::vector<double> run(Input& in) {
   const double pen_weight = in.next(), pen_center = in.next();
   const int tile = int(in.next()), grid_cap = int(in.next());
   reverse_blocks = in.next() != 0;
+  const bool dropout = in.next() != 0;
   const int K = width[0];
   std::vector<scalar_t> x[3] = {cast<scalar_t>(in.take(nr * K)), cast<scalar_t>(in.take(nf * K)),
                                 cast<scalar_t>(in.take(np * K))};
@@ -277,6 +283,14 @@ std::vector<double> run(Input& in) {
     for (int l = 0; l < L; ++l) b[l] = cast<scalar_t>(in.take(width[l + 1]));
   const std::vector<scalar_t> w_out = cast<scalar_t>(in.take(width[L]));
   const std::vector<scalar_t> b_out = cast<scalar_t>(in.take(has_bout ? 1 : 0));
+  std::vector<std::vector<scalar_t>> drop[3];  // per group with rows: (rows_g, H_l) per layer
+  const int64_t group_rows[3] = {nr, nf, np};
+  for (int g = 0; g < 3 && dropout; ++g)
+    for (int l = 0; l < L && group_rows[g] > 0; ++l) drop[g].push_back(cast<scalar_t>(in.take(group_rows[g] * width[l + 1])));
+  if (in.pos != in.v.size()) {  // the header and the tensors must describe the input exactly
+    std::fprintf(stderr, "input has %zu values, the header describes %zu\n", in.v.size(), in.pos);
+    std::exit(7);
+  }
 
   const int64_t end[3] = {nr, nr + nf, nr + nf + np}, N = end[2];
   int64_t p0 = 0, p1 = 0;
@@ -300,6 +314,9 @@ std::vector<double> run(Input& in) {
     p.b[l] = has_bias ? b[l].data() : nullptr;
   }
   p.w_out = w_out.data();
+  p.dropout = dropout;
+  for (int g = 0; g < 3; ++g)
+    for (int l = 0; l < kMaxDepth; ++l) p.drop[g][l] = l < int(drop[g].size()) ? drop[g][l].data() : nullptr;
   p.alpha = acc_t(alpha);
   p.tile = tile;
   p.ld = ld;

@@ -1,5 +1,5 @@
 // The CUDA fused MLP discriminator / generator step: the op's host code (docs/DESIGN.md section 4;
-// schemas in csrc/bindings.cpp, the argument contract in mlp_step_contract.h).
+// schemas in fastgan/ops/mlp_step.py, the argument contract in mlp_step_contract.h).
 //
 // Two paths compute the same thing:
 //  * fused (mlp_step_fused.cuh): weights, every activation of a tile of rows and the

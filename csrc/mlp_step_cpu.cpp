@@ -1,5 +1,5 @@
 // The CPU fused MLP discriminator and generator steps: the ops (docs/DESIGN.md section 4; the
-// schemas are in csrc/bindings.cpp, the argument contract in mlp_step_contract.h). Equivalent
+// schemas are in fastgan/ops/mlp_step.py, the argument contract in mlp_step_contract.h). Equivalent
 // torch, autograd being the specification:
 //
 //   o = D(x): z_l = h_{l-1} W_l^T + b_l, h_l = leaky_relu(z_l, alpha), o = h_L w_out^T + b_out

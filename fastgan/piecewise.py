@@ -108,6 +108,8 @@ _PLAIN_ADD = {operator.add, torch.add, operator.iadd, "add", "__add__", "__radd_
 
 _AVG_POOL_BACKWARD = {nn.AvgPool2d: torch.ops.aten.avg_pool2d_backward, nn.AvgPool3d: torch.ops.aten.avg_pool3d_backward}
 
+_CONSTANT_FUNCTIONS = {torch.ones_like, torch.zeros_like, torch.full_like, torch.empty_like}
+
 # products and quotients: which argument positions may carry x (the others are constants)
 _X_ONLY_FIRST = {operator.truediv, torch.div, torch.true_divide, operator.itruediv, "div", "__truediv__"}
 
@@ -199,8 +201,8 @@ class Piecewise:
     # ------------------------------------------------------------------ trace time ----
     def _classify(self) -> None:
         lin = self.lin
-        if lin.root_leaf or lin.untraceable or lin.fallbacks:
-            raise _Reject("D has nodes without a tangent rule or that torch.fx could not trace")
+        if lin.root_leaf or lin.untraceable:
+            raise _Reject("torch.fx could not trace D or one of its modules")
         module = lin.module
         xdep = [False] * lin.n
         xdep[lin.placeholders[0][0]] = True
@@ -231,8 +233,8 @@ class Piecewise:
                 if not ins:
                     continue
                 key = st.target
-                if op == "call_method" and key in L._NO_TANGENT_METHODS:
-                    continue  # masks, sizes: constants of the tangent
+                if (op == "call_method" and key in L._NO_TANGENT_METHODS) or key in _CONSTANT_FUNCTIONS:
+                    continue  # masks, sizes, new tensors: constants of the tangent
                 if op == "call_function" and key is builtins.getattr:
                     if st.args[1] in ("shape", "dtype", "device", "ndim"):
                         continue

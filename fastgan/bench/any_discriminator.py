@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="one thread, and time each step by the process's CPU time (time.process_time) instead "
                          "of the wall clock: the work done, robust to other jobs on a shared machine")
     ap.add_argument("--memory", action="store_true", help="also measure each eager provider's peak memory")
+    ap.add_argument("--no-layout-optimization", action="store_true",
+                    help="compile with torch._inductor.config.layout_optimization off (Inductor's channels-last "
+                         "conversion of conv graphs)")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -202,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cpu_time:
         torch.set_num_threads(1)
+    if args.no_layout_optimization:
+        import torch._inductor.config
+        torch._inductor.config.layout_optimization = False
     device = torch.device(args.device)
     dtype = torch.float32
     rows = []

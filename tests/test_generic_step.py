@@ -490,7 +490,7 @@ def test_ddp_matches_full_batch(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["spectral32", "projection32", "norms32", "stylegan2_64"])
+@pytest.mark.parametrize("name", ["spectral32", "projection32", "norms32", "stylegan2_64", "residual64"])
 def test_compiled_zoo(name):
     """Parametrizations (cached weights made outside torch.func.vjp), conditions, norms and
     minibatch std under torch.compile(fullgraph=True) (aot_eager), R1 + R2, against eager."""
@@ -656,3 +656,23 @@ def test_piecewise_rows_mixed_falls_back():
     want = _reference(D_eval, real, fake, loss, [(fastgan.R1Penalty(2.0), 1), (fastgan.R2Penalty(1.0), 1)], None,
                       None, 1)
     harness.assert_close(got, want, None, torch.float64, "rows mixed, eval")
+
+
+@pytest.mark.slow
+def test_piecewise_compiled(monkeypatch):
+    """The fast path's own transposes (torch.func.vjp for the generic ones) under
+    torch.compile(fullgraph=True), R1 + R2 + WGAN-GP, against eager."""
+    torch.manual_seed(0)
+    D = _Piecewise().double().eval()
+    real, fake, _ = zoo.batch("dcgan32", 5)
+    real, fake = real[..., :8, :8].contiguous(), fake[..., :8, :8].contiguous()
+    eps = torch.rand(5, dtype=torch.float64)
+    D_eager = copy.deepcopy(D)
+    loss = fastgan.RelativisticLoss()
+    pens = [(fastgan.R1Penalty(3.0), 1), (fastgan.R2Penalty(1.0), 2), (fastgan.GradientPenalty(2.0), 1)]
+    monkeypatch.setattr(fastgan.generic_step.prepare(D), "tangent", None)  # the fast path only
+    compiled = torch.compile(lambda r, f, e: discriminator_step(D, r, f, loss=loss, penalties=pens, eps=e)[0],
+                             fullgraph=True, backend="aot_eager")
+    got = _grads(D, compiled(real, fake, eps))
+    want = _ours(D_eager, real, fake, loss, pens, eps, None)
+    harness.assert_close(got, want, None, torch.float64, "compiled piecewise")

@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_time:
         torch.set_num_threads(1)
     if args.no_layout_optimization:
-        import torch._inductor.config
-        torch._inductor.config.layout_optimization = False
+        from torch._inductor import config as inductor_config
+        inductor_config.layout_optimization = False
     device = torch.device(args.device)
     dtype = torch.float32
     rows = []

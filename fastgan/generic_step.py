@@ -58,6 +58,7 @@ from torch.nn.utils import parametrize
 from fastgan import _validate
 from fastgan.fused import StepParts, unwrap
 from fastgan.linearize import LinearizationError, Linearized, Record, StepState
+from fastgan.piecewise import Piecewise, RowsMixed, surrogate
 from fastgan.losses import GANLoss, apply_term
 from fastgan.penalties import GradientPenaltyBase, discriminator_pack
 from fastgan.step_spec import PenaltySide
@@ -89,6 +90,7 @@ def linearized(module: nn.Module) -> Linearized:
                                "in the train/eval mode the compiled step will use")
         plan = plans[key] = Linearized(module)
         plan.double_backward = None  # the node that sent it to double backward, once found
+        plan.piecewise = Piecewise(plan)
     return plan
 
 
@@ -223,6 +225,100 @@ def _coefficients(g_rows: torch.Tensor, penalty: GradientPenaltyBase, scale: flo
     return value, c
 
 
+def _tangent_input(g_rows: torch.Tensor, penalties) -> tuple[list, Any]:
+    """(the penalties' values, their summed per-row coefficient) for rows of g."""
+    values, coeff = [], 0
+    for p, s in penalties:
+        v_p, c_p = _coefficients(g_rows, p, s)
+        values.append(v_p)
+        coeff = coeff + c_p
+    return values, coeff
+
+
+def _loss_and_coefficients(loss: GANLoss, out_r, out_f, merged_r: bool, merged_f: bool):
+    """The loss's value for the total (its graph through the sides that are not merged) and
+    ``d loss / d logits`` of the merged sides (fastgan.piecewise): (value, c_real, c_fake)."""
+    r_d, f_d = out_r.detach(), out_f.detach()
+    wrt = [t for t, m in ((r_d, merged_r), (f_d, merged_f)) if m]
+
+    def fn(*ts):
+        it = iter(ts)
+        return _loss_value(loss, next(it) if merged_r else r_d, next(it) if merged_f else f_d)
+    if not wrt:
+        cs = []
+    elif torch.compiler.is_compiling():
+        _, pull = torch.func.vjp(fn, *wrt)
+        cs = list(pull(torch.ones((), dtype=out_r.dtype, device=out_r.device)))
+    else:
+        leaves = [t.detach().requires_grad_(True) for t in wrt]
+        cs = list(torch.autograd.grad(fn(*leaves), leaves))
+    value = _loss_value(loss, r_d if merged_r else out_r, f_d if merged_f else out_f)
+    return value, (cs.pop(0) if merged_r else None), (cs.pop(0) if merged_f else None)
+
+
+def _rng_states(x: torch.Tensor):
+    states = [torch.random.get_rng_state()]
+    if x.is_cuda:
+        states.append(torch.cuda.get_rng_state(x.device))
+    return states
+
+
+def _set_rng_states(x: torch.Tensor, states) -> None:
+    torch.random.set_rng_state(states[0])
+    if x.is_cuda:
+        torch.cuda.set_rng_state(states[1], x.device)
+
+
+def _run_piecewise(plan: Linearized, pw: Piecewise, inner, real, fake, loss, active, eps, generator, cond_real,
+                   cond_fake, state, pack, check: bool):
+    """The step on the fast path of fastgan.piecewise: each penalised side runs without an
+    autograd graph (its loss gradient and penalty gradient folded into one weight-gradient
+    product per layer); an unpenalised side takes an ordinary primal pass."""
+    sides = {PenaltySide(p.side) for p, _ in active}
+
+    def primal(x, cond, merged, name):
+        if merged:
+            out, rec = plan.primal((x,) + cond[0], cond[1], state, pw, x.shape[0] // pack if check else None)
+        else:
+            out, rec = plan.primal((x,) + cond[0], cond[1], state)
+        return _check_output(out, x, pack, name, inner), rec
+
+    m_r, m_f = PenaltySide.REAL in sides, PenaltySide.FAKE in sides
+    xr, xf = real.detach(), fake.detach()
+    out_r, rec_r = primal(xr, cond_real, m_r, "real")
+    out_f, rec_f = primal(xf, cond_fake, m_f, "fake")
+    value, c_r, c_f = _loss_and_coefficients(loss, out_r, out_f, m_r, m_f)
+
+    groups: dict = {}
+    for p, s in active:
+        side = PenaltySide(p.side)
+        if side == PenaltySide.REAL:
+            groups.setdefault("real", (xr, out_r, rec_r, c_r, []))[4].append((p, s))
+        elif side == PenaltySide.FAKE:
+            groups.setdefault("fake", (xf, out_f, rec_f, c_f, []))[4].append((p, s))
+        else:
+            xp = p.penalty_input(xr, xf, pack, eps=eps, generator=generator).detach()
+            out_p, rec_p = primal(xp, cond_real, True, "the penalty's points")
+            groups[len(groups)] = (xp, out_p, rec_p, None, [(p, s)])
+
+    pen_value = value.new_zeros(())
+    acc: dict = {}
+    for x, out, rec, c, pens in groups.values():
+        rows = x.shape[0] // pack
+        g, deltas = pw.backward(rec, torch.ones_like(out))
+        g_rows = (g if g is not None else torch.zeros_like(x)).reshape(rows, -1)
+        values, coeff = _tangent_input(g_rows, pens)
+        for v_p in values:
+            pen_value = pen_value + v_p
+        pw.weight_grads(rec, (g_rows * coeff).reshape(x.shape), deltas, c, rows, acc)
+    total = value + pen_value.detach()
+    s = surrogate(acc)
+    if s is not None:
+        total = total + (s - s.detach())
+    parts = StepParts(value.detach(), pen_value.detach(), out_r.detach().mean(), out_f.detach().mean())
+    return total, parts
+
+
 def _run(inner: nn.Module, real, fake, loss, penalties, eps, generator, cond_real, cond_fake):
     plan = linearized(inner)
     pack = discriminator_pack(inner)
@@ -231,6 +327,23 @@ def _run(inner: nn.Module, real, fake, loss, penalties, eps, generator, cond_rea
     state = StepState()
     with torch.enable_grad(), parametrize.cached():
         _effective_weights(inner)
+        pw = plan.piecewise
+        if active and pw.ok and plan.double_backward is None:
+            compiling = torch.compiler.is_compiling()
+            key = (tuple(real.shape), tuple(fake.shape))
+            check = compiling or key not in pw.verified
+            rng = _rng_states(real) if check and pw.random and not compiling else None
+            try:
+                done = _run_piecewise(plan, pw, inner, real, fake, loss, active, eps, generator, cond_real,
+                                      cond_fake, state, pack, check)
+            except RowsMixed as err:  # the general path below, from now on
+                pw.reason = str(err)
+                if rng is not None:
+                    _set_rng_states(real, rng)
+            else:
+                if check and not compiling:
+                    pw.verified.add(key)
+                return done
         out_r, rec_r, xr, g_r = _forward(plan, real.detach(), cond_real, state, PenaltySide.REAL in sides)
         out_r = _check_output(out_r, xr, pack, "real", inner)
         out_f, rec_f, xf, g_f = _forward(plan, fake.detach(), cond_fake, state, PenaltySide.FAKE in sides)
@@ -266,11 +379,7 @@ def _run(inner: nn.Module, real, fake, loss, penalties, eps, generator, cond_rea
             rows = x.shape[0] // pack
             if plan.double_backward is None:
                 g_rows = grp.g.reshape(rows, -1)
-                values, coeff = [], 0
-                for p, s in grp.penalties:
-                    v_p, c_p = _coefficients(g_rows, p, s)
-                    values.append(v_p)
-                    coeff = coeff + c_p
+                values, coeff = _tangent_input(g_rows, grp.penalties)
                 try:
                     t = plan.tangent(grp.rec, (g_rows * coeff).reshape(x.shape))
                 except LinearizationError as err:

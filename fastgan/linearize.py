@@ -948,7 +948,7 @@ class Linearized:
                             f"{extra or len(args) - len(self.placeholders)} given in condition=")
         return values
 
-    def _call_module(self, m: nn.Module, primal, a, k, state: StepState):
+    def _call_module(self, m: nn.Module, primal, a, k, state: StepState, detached: bool = False):
         hooked = bool(m._forward_pre_hooks)
         if hooked and id(m) not in state.hooked:
             state.hooked.add(id(m))
@@ -956,18 +956,25 @@ class Linearized:
                 res = hook(m, a)
                 if res is not None:
                     a = res if isinstance(res, tuple) else (res,)
+        if detached:  # a plain Linear / Conv without a graph to its weights (fastgan.piecewise)
+            b = None if m.bias is None else m.bias.detach()
+            w = m.weight.detach()
+            return (F.linear(a[0], w, b) if isinstance(m, nn.Linear) else m._conv_forward(a[0], w, b)), None
         if primal is not None:
             return primal(m, a, k)
         return (m.forward(*a, **k) if hooked else m(*a, **k)), None
 
-    def primal(self, args: tuple, kwargs: dict, state: StepState):
-        """D(*args, **kwargs) step by step; returns (output, Record)."""
+    def primal(self, args: tuple, kwargs: dict, state: StepState, piecewise=None, rows: int | None = None):
+        """D(*args, **kwargs) step by step; returns (output, Record). With ``piecewise`` (a
+        :class:`fastgan.piecewise.Piecewise` of this graph) its layers run on detached weights,
+        and with ``rows`` too every node on the input's path is checked not to mix rows."""
         if self.root_leaf:
             return self.module(*args, **kwargs), Record([(args, kwargs)], [])
         env: list = [None] * self.n
         extras: list = [None] * self.n
         for (i, _, _), value in zip(self.placeholders, self._bind(args, kwargs)):
             env[i] = value
+        layers = piecewise.layers if piecewise is not None else ()
         for i, st in enumerate(self.steps):
             op = st.op
             if op == "placeholder" or op == "output":
@@ -978,7 +985,7 @@ class Linearized:
             a = _fill(st.args, env)
             k = _fill(st.kwargs, env)
             if op == "call_module":
-                env[i], extras[i] = self._call_module(st.module, st.primal, a, k, state)
+                env[i], extras[i] = self._call_module(st.module, st.primal, a, k, state, i in layers)
             elif op == "call_function":
                 if st.primal is not None:
                     env[i], extras[i] = st.primal(a, k)
@@ -986,6 +993,8 @@ class Linearized:
                     env[i] = st.target(*a, **k)
             else:  # call_method
                 env[i] = getattr(a[0], st.target)(*a[1:], **k)
+            if rows is not None:
+                piecewise.check(i, a, k, env[i], rows, env)
         return _fill(self.output, env), Record(env, extras)
 
     # ------------------------------------------------------------------------ tangent ----

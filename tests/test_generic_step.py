@@ -490,7 +490,7 @@ def test_ddp_matches_full_batch(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["spectral32", "projection32", "norms32", "stylegan2_64"])
+@pytest.mark.parametrize("name", ["spectral32", "projection32", "norms32", "stylegan2_64", "residual64"])
 def test_compiled_zoo(name):
     """Parametrizations (cached weights made outside torch.func.vjp), conditions, norms and
     minibatch std under torch.compile(fullgraph=True) (aot_eager), R1 + R2, against eager."""
@@ -552,3 +552,127 @@ def test_misc_layers(pen_name, train, monkeypatch):
         warnings.filterwarnings("error", message=_FALLBACK)
         got = _ours(D, real, fake, loss, [(pen, SCALE)], eps, None)
     harness.assert_close(got, want, None, torch.float64, f"misc {pen_name} train={train}")
+
+
+# ---- the piecewise-linear fast path (fastgan.piecewise) ----
+
+class _Piecewise(nn.Module):
+    """Every kind of node the fast path transposes by its own rules: convs with and without bias,
+    in-place activations, max / average pooling, padding, up-sampling, a concatenation with a
+    constant, slicing, permutes, products with constants and a buffer, clamps, dropout, sums and
+    means over non-batch dimensions, reshapes and a Linear on a 3-d input."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 5, 3, stride=2, padding=1, bias=False)
+        self.c3 = nn.Conv1d(5, 4, 3, padding=1)
+        self.act = nn.LeakyReLU(0.1, inplace=True)
+        self.pool = nn.MaxPool2d(2)
+        self.avg = nn.AvgPool2d(2, stride=1)
+        self.drop = nn.Dropout(0.2)
+        self.up = nn.Upsample(scale_factor=2)
+        self.fc3 = nn.Linear(4, 3)
+        self.fc = nn.Linear(3 * 4 + 4, 1)
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 5).view(1, 5, 1, 1))
+
+    def forward(self, x):
+        h = self.act(self.c1(x))                                           # (n, 6, 8, 8)
+        h = torch.cat([h, torch.ones_like(h[:, :2])], 1)                  # (n, 8, 8, 8), a constant part
+        h = self.pool(nn.functional.pad(h, (1, 1, 1, 1)))                  # (n, 8, 5, 5)
+        h = self.c2(self.up(h)) * self.scale - 0.5 * h[:, 1:6].sum(1, keepdim=True).mean((2, 3), keepdim=True)
+        h = nn.functional.hardtanh(torch.relu(self.avg(h)), 0.0, 2.0).clamp(max=1.5)  # (n, 5, 4, 4)
+        h = self.drop(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+        h = torch.where(self.scale > 1, h, -h).flatten(2)                   # (n, 5, 16)
+        t = self.fc3(nn.functional.relu6(self.c3(h)).transpose(1, 2))      # (n, 16, 3)
+        t = t.reshape(t.shape[0], 4, 4, 3).sum(2).view(-1, 12)             # (n, 12)
+        return self.fc(torch.cat([t, h[..., :4].mean(1)], 1))
+
+
+class _MixesRows(nn.Module):
+    """Piecewise linear but not row-wise (a mean over the batch): the general path."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 1)
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(self.drop(h - h.mean(0, keepdim=True)))
+
+
+def test_piecewise_eligibility():
+    expect = {"dcgan32": True, "residual64": True, "ctgan": True, "spectral32": True, "weightnorm32": True,
+              "stylegan2_64": False, "projection32": False, "smooth32": False, "norms32": False}
+    for name, ok in expect.items():
+        assert fastgan.generic_step.linearized(zoo.build(name)).piecewise.ok == ok, name
+    assert fastgan.generic_step.linearized(zoo.spectral_hook32(4)).piecewise.ok
+
+
+@pytest.mark.parametrize("loss_name", ["non_saturating", "relativistic"])
+@pytest.mark.parametrize("pens", [("r1",), ("r2",), ("gp",), ("dragan",), ("r1", "r2", "gp")])
+def test_piecewise_rules_fp64(pens, loss_name, monkeypatch):
+    torch.manual_seed(0)
+    D = _Piecewise().double().eval()
+    real, fake, _ = zoo.batch("dcgan32", 5)
+    real, fake = real[..., :8, :8].contiguous(), fake[..., :8, :8].contiguous()
+    plan = fastgan.generic_step.linearized(D)
+    assert plan.piecewise.ok, plan.piecewise.reason
+    penalties = [(PENALTIES[p](), SCALE) for p in pens]
+    eps = _eps("dcgan32", PENALTIES["gp"](), real, torch.float64) if "gp" in pens else \
+        _eps("dcgan32", PENALTIES["dragan"](), real, torch.float64)
+    loss = fastgan.LOSSES[loss_name]()
+    want = _reference(copy.deepcopy(D), real, fake, loss, [(PENALTIES[p](), SCALE) for p in pens], eps, None, 1)
+    _no_double_backward(monkeypatch)
+    monkeypatch.setattr(plan, "tangent", None)  # the general path's tangent pass is not used
+    got = _ours(D, real, fake, loss, penalties, eps, None)
+    assert plan.piecewise.ok, plan.piecewise.reason
+    harness.assert_close(got, want, None, torch.float64, f"piecewise {pens} {loss_name}")
+
+
+def test_piecewise_rows_mixed_falls_back():
+    """A row-mixing D takes the general path, exactly, with the same dropout draws as if it had
+    never tried the fast path."""
+    torch.manual_seed(0)
+    D = _MixesRows().double().train()
+    D_general = copy.deepcopy(D)
+    real, fake = torch.randn(6, 6, dtype=torch.float64), torch.randn(6, 6, dtype=torch.float64)
+    loss = fastgan.NonSaturatingLoss()
+    pens = [(fastgan.R1Penalty(2.0), 1), (fastgan.R2Penalty(1.0), 1)]
+    assert fastgan.generic_step.linearized(D).piecewise.ok  # by its nodes; the rows are found mixed at run time
+    torch.manual_seed(1)
+    got = _ours(D, real, fake, loss, pens, None, None)
+    after = torch.rand(1)
+    assert "rows" in fastgan.generic_step.linearized(D).piecewise.reason
+    fastgan.generic_step.linearized(D_general).piecewise.reason = "off"
+    torch.manual_seed(1)
+    want = _ours(D_general, real, fake, loss, pens, None, None)
+    assert torch.equal(torch.rand(1), after)
+    harness.assert_close(got, want, None, torch.float64, "rows mixed")
+    D.eval()
+    D_eval = copy.deepcopy(D)
+    got = _ours(D, real, fake, loss, pens, None, None)
+    want = _reference(D_eval, real, fake, loss, [(fastgan.R1Penalty(2.0), 1), (fastgan.R2Penalty(1.0), 1)], None,
+                      None, 1)
+    harness.assert_close(got, want, None, torch.float64, "rows mixed, eval")
+
+
+@pytest.mark.slow
+def test_piecewise_compiled(monkeypatch):
+    """The fast path's own transposes (torch.func.vjp for the generic ones) under
+    torch.compile(fullgraph=True), R1 + R2 + WGAN-GP, against eager."""
+    torch.manual_seed(0)
+    D = _Piecewise().double().eval()
+    real, fake, _ = zoo.batch("dcgan32", 5)
+    real, fake = real[..., :8, :8].contiguous(), fake[..., :8, :8].contiguous()
+    eps = torch.rand(5, dtype=torch.float64)
+    D_eager = copy.deepcopy(D)
+    loss = fastgan.RelativisticLoss()
+    pens = [(fastgan.R1Penalty(3.0), 1), (fastgan.R2Penalty(1.0), 2), (fastgan.GradientPenalty(2.0), 1)]
+    monkeypatch.setattr(fastgan.generic_step.prepare(D), "tangent", None)  # the fast path only
+    compiled = torch.compile(lambda r, f, e: discriminator_step(D, r, f, loss=loss, penalties=pens, eps=e)[0],
+                             fullgraph=True, backend="aot_eager")
+    got = _grads(D, compiled(real, fake, eps))
+    want = _ours(D_eager, real, fake, loss, pens, eps, None)
+    harness.assert_close(got, want, None, torch.float64, "compiled piecewise")

@@ -3,8 +3,10 @@
     python -m fastgan.bench.any_discriminator --output any_discriminator.md
 
 One training step of the discriminator (loss + penalties, every parameter gradient) on the
-zoo's conv discriminators (fastgan/bench/zoo.py), three providers:
+zoo's conv discriminators (fastgan/bench/zoo.py), four providers:
 
+- ``loss_only``: ``loss.discriminator_loss(D(real), D(fake)).backward()`` without the penalty:
+  one forward and one backward of both batches, the unit of the floors (benchmarks/NOTES.md);
 - ``double_backward``: ``loss.discriminator_loss(D(real), D(fake)) + scale * penalty(D, real,
   fake)`` and ``.backward()`` (the penalty's ``autograd.grad(create_graph=True)``);
 - ``fastgan``: ``fastgan.generic_step.discriminator_step(..., backward=True)``, eager;
@@ -12,14 +14,24 @@ zoo's conv discriminators (fastgan/bench/zoo.py), three providers:
   on its total.
 
 Times are interleaved medians (fastgan.bench.timing.interleaved: rotating rounds, so drifts of
-a shared machine hit every provider alike) with the 20th-80th percentile range. Peak memory is
-not measured on CPU (tracemalloc does not see tensor allocations); on CUDA the table gives
-``torch.cuda.max_memory_allocated`` per step.
+a shared machine hit every provider alike) with the 20th-80th percentile range; ``--cpu-time``
+times each step by the process's CPU time on one thread instead. ``vs loss only`` is the step's
+time over ``loss_only``'s.
+
+Peak memory (``--memory``): the most memory in use during one step above what was in use just
+before it (the previous step's gradients released). On CUDA ``torch.cuda.max_memory_allocated``;
+on CPU the peak-RSS delta of fastgan.bench.memory (``VmHWM`` after the step minus ``VmRSS``
+before, with glibc serving allocations of 128 KiB or more by mmap so that freed tensors leave
+the RSS at once), measured in a subprocess after two warm-up steps of each provider, the
+compiled provider excluded (its compilation would dominate the process).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -69,6 +81,13 @@ def providers(config: str, device: torch.device, dtype: torch.dtype, compiled: b
     loss = fastgan.LOSSES[loss_name]()
     steps = {}
 
+    D_plain = copy.deepcopy(D0)
+
+    def loss_only():
+        D_plain.zero_grad(set_to_none=True)
+        loss.discriminator_loss(D_plain(real), D_plain(fake)).backward()
+    steps["loss_only"] = loss_only
+
     D1, p1 = copy.deepcopy(D0), [(_penalty(n, w), 1) for n, w in pens]
 
     def double_backward():
@@ -116,6 +135,54 @@ def _cpu_time(steps: dict, repeats: int):
     return {n: summarize(v) for n, v in samples.items()}, {}
 
 
+class _Runner:
+    """A provider's step as fastgan.bench.memory measures it (``release`` drops every provider's
+    gradients, so the memory in use before a measured step is the same for all)."""
+
+    setup_peak = None
+
+    def __init__(self, steps: dict, name: str):
+        self.steps, self.step = steps, steps[name]
+
+    def release(self) -> None:
+        for step in self.steps.values():
+            for cell in step.__closure__ or ():
+                if isinstance(cell.cell_contents, torch.nn.Module):
+                    cell.cell_contents.zero_grad(set_to_none=True)
+
+
+def peaks(config: str, device: torch.device, threads: int) -> dict[str, int | None]:
+    """{provider: peak bytes} of one configuration's eager providers: on CUDA in this process,
+    on CPU in a subprocess (``--memory-child``) with glibc's mmap threshold at 128 KiB."""
+    from fastgan.bench import memory
+    if device.type == "cuda":
+        steps = providers(config, device, torch.float32, compiled=False)
+        for step in steps.values():
+            step()
+            step()
+        return {name: memory.cuda_peak(_Runner(steps, name)) for name in steps}
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    done = subprocess.run([sys.executable, "-m", "fastgan.bench.any_discriminator", "--memory-child", config,
+                           "--threads", str(threads)], capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the memory subprocess failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _memory_child(config: str, threads: int) -> None:
+    from fastgan.bench import memory
+    torch.set_num_threads(threads)
+    steps = providers(config, torch.device("cpu"), torch.float32, compiled=False)
+    for step in steps.values():
+        step()
+        step()
+    print(json.dumps({name: memory.rss_peak(_Runner(steps, name)) for name in steps}))
+
+
+def _mib(b: int | None) -> str:
+    return "n/a" if b is None else f"{b / 2 ** 20:.0f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", help="markdown file to write (also printed)")
@@ -126,9 +193,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-time", action="store_true",
                     help="one thread, and time each step by the process's CPU time (time.process_time) instead "
                          "of the wall clock: the work done, robust to other jobs on a shared machine")
+    ap.add_argument("--memory", action="store_true", help="also measure each eager provider's peak memory")
+    ap.add_argument("--no-layout-optimization", action="store_true",
+                    help="compile with torch._inductor.config.layout_optimization off (Inductor's channels-last "
+                         "conversion of conv graphs)")
+    ap.add_argument("--memory-child", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.memory_child:
+        _memory_child(args.memory_child, args.threads or torch.get_num_threads())
+        return 0
     if args.cpu_time:
         torch.set_num_threads(1)
+    if args.no_layout_optimization:
+        from torch._inductor import config as inductor_config
+        inductor_config.layout_optimization = False
     device = torch.device(args.device)
     dtype = torch.float32
     rows = []
@@ -143,10 +222,14 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}, {dtype}, {torch.get_num_threads()} threads; interleaved medians of "
         f"{args.repeats} rounds (ms per step: forward, penalties and every parameter gradient)"
         + ("; **process CPU time**, not wall clock." if args.cpu_time else "; wall clock."),
-        "Peak memory: not measured on CPU (tracemalloc does not see tensor allocations).",
+        ("Peak memory per step above the memory in use before it: "
+         + ("`torch.cuda.max_memory_allocated`." if device.type == "cuda" else
+            "peak-RSS delta (VmHWM - VmRSS) in a subprocess, glibc mmap threshold 128 KiB (eager providers).")
+         if args.memory else "Peak memory: not measured (`--memory`)."),
+        "`vs loss only`: the step's time over `loss_only` (loss forward + backward, no penalty).",
         "",
-        "| config | provider | median ms | p20-p80 ms | vs double backward |",
-        "|---|---|---|---|---|",
+        "| config | provider | median ms | p20-p80 ms | vs double backward | vs loss only | peak MiB |",
+        "|---|---|---|---|---|---|---|",
     ]
 
     def write():
@@ -175,15 +258,18 @@ def main(argv: list[str] | None = None) -> int:
         if compile_error:
             errors["fastgan_compiled"] = compile_error
             steps["fastgan_compiled"] = None
-        base = stats.get("double_backward")
+        base, unit = stats.get("double_backward"), stats.get("loss_only")
+        peak = peaks(config, device, torch.get_num_threads()) if args.memory else {}
         for name in steps:
             if name in errors:
-                rows.append(f"| {config} | {name} | error: {errors[name][:80]} | | |")
+                rows.append(f"| {config} | {name} | error: {errors[name][:80]} | | | | |")
                 continue
             s = stats[name]
             speed = f"{base.median / s.median:.2f}x" if base else ""
+            over = f"{s.median / unit.median:.2f}" if unit else ""
             note = f" (compile {compile_s:.0f} s)" if name == "fastgan_compiled" and compile_s else ""
-            rows.append(f"| {config} | {name}{note} | {s.median * 1e3:.1f} | {s.p20 * 1e3:.1f}-{s.p80 * 1e3:.1f} | {speed} |")
+            rows.append(f"| {config} | {name}{note} | {s.median * 1e3:.1f} | {s.p20 * 1e3:.1f}-{s.p80 * 1e3:.1f} | "
+                        f"{speed} | {over} | {_mib(peak.get(name)) if args.memory else ''} |")
         print(f"{config}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
         write()
     print(write())

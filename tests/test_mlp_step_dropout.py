@@ -136,10 +136,14 @@ def _backend_paths(paths):
 
 
 def _op(backend, path, which):
+    """The backend's registered operator; for triton its Python function with ``poison=True`` (an
+    option beyond the schema: an element no kernel writes shows as NaN)."""
     op = fused.step_ops(backend)[which]
     options = {"path": path} if path != "auto" else {}
     if backend == "triton":
-        options["poison"] = True  # an element no kernel writes shows as NaN
+        from fastgan.kernels import mlp_step
+        op = (mlp_step.mlp_disc_step, mlp_step.mlp_gen_step)[which]
+        options["poison"] = True
     return functools.partial(op, **options)
 
 

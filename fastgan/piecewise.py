@@ -389,10 +389,10 @@ class Piecewise:
             m = st.module
             return [(ins[0], _AVG_POOL_BACKWARD[type(m)](go, x, m.kernel_size, m.stride, m.padding, m.ceil_mode,
                                                          m.count_include_pad, m.divisor_override))]
-        if kind == _ADD and not k and st.target in _PLAIN_ADD:
-            pos = _refs(st.args, [])
-            negate = st.target in _PLAIN_SUB
-            return [(j, _to_size(-go if (negate and n > 0) else go, env[j])) for n, j in enumerate(pos) if j in ins]
+        if kind == _ADD and not k and len(st.args) == 2 and st.target in _PLAIN_ADD:
+            negate = st.target in _PLAIN_SUB  # a - b: -go for b
+            return [(r.i, _to_size(-go if (negate and n == 1) else go, env[r.i])) for n, r in enumerate(st.args)
+                    if isinstance(r, L._Ref) and r.i in ins]
         return self._generic(i, st, a, k, go, out, extra, env)
 
     def _generic(self, i, st, a, k, go, out, extra, env):

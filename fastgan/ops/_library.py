@@ -17,6 +17,7 @@ and defaults; tests/test_ops.py checks that they do.
 """
 from __future__ import annotations
 
+import functools
 from collections import namedtuple
 from dataclasses import dataclass
 from typing import Callable
@@ -46,8 +47,14 @@ class Operator:
         return f"fastgan::{self.name}" if backend in NATIVE else f"fastgan::{self.name}_{backend}"
 
     def op(self, backend: str) -> torch._ops.OpOverload:
-        """The backend's registered operator (``torch.ops.fastgan.<name>[_<backend>].default``)."""
-        return getattr(torch.ops.fastgan, self.qualname(backend).split("::")[1]).default
+        """The backend's registered operator (``torch.ops.fastgan.<name>[_<backend>].default``),
+        looked up once per backend (every step and loss call asks)."""
+        return _overload(self.qualname(backend))
+
+
+@functools.cache
+def _overload(qualname: str) -> torch._ops.OpOverload:
+    return getattr(torch.ops.fastgan, qualname.split("::")[1]).default
 
 
 def _argument_tuple(name: str, schema: str) -> type:

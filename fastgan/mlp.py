@@ -122,15 +122,20 @@ def dropout_generator(generator: torch.Generator | None):
 def dropout_masks(D: MLPDiscriminator, rows: int, *, like: torch.Tensor,
                   generator: torch.Generator | None = None) -> list[torch.Tensor]:
     """The dropout multipliers of one forward of ``D`` over ``rows`` packed rows: one ``(rows,
-    width_l)`` tensor per hidden layer, drawn in layer order as ``torch.empty(rows, width_l)
-    .bernoulli_(1 - p, generator)`` and divided by ``1 - p`` (what ``F.dropout`` draws), with
-    ``like``'s dtype and device. An empty list when dropout is off (eval mode or ``p = 0``):
-    nothing is drawn. ``generator``: None takes :func:`dropout_generator`'s, else the device's
-    default generator."""
+    width_l)`` tensor per hidden layer (1/(1-p) where kept, else 0), with ``like``'s dtype and
+    device. An empty list when dropout is off (eval mode or ``p = 0``): nothing is drawn.
+
+    One draw per forward: ``u = torch.rand(rows * sum(hidden))`` in float32 (whatever the
+    working dtype, so fp16, fp32 and fp64 steps see the same masks), then ``keep = u < 1-p``,
+    layer after layer in ``u``'s order. A float32 uniform gives the keep probability to 2^-24,
+    as ``nn.Dropout``'s draw; it costs a quarter of torch's CPU ``bernoulli_`` (whose bits it
+    does not reproduce). ``generator``: None takes :func:`dropout_generator`'s, else the
+    device's default generator."""
     if not D.dropout_active:
         return []
     if generator is None:
         generator = getattr(_rng, "generator", None)
     keep = 1.0 - D.dropout
-    return [torch.empty(rows, width, dtype=like.dtype, device=like.device).bernoulli_(keep, generator=generator)
-            .div_(keep) for width in D.hidden]
+    u = torch.rand(rows * sum(D.hidden), dtype=torch.float32, device=like.device, generator=generator)
+    scaled = (u < keep).to(like.dtype).div_(keep)
+    return [m.view(rows, width) for m, width in zip(scaled.split([rows * w for w in D.hidden]), D.hidden)]

@@ -300,9 +300,8 @@ class Problem(NamedTuple):
         """Within the block, the dropout masks of a step (its D(real), D(fake) and penalty passes,
         in that order) are the case's: torch's CPU RNG seeded with the case's seed, and the masks
         drawn on the CPU and moved to the rows' device, so that every backend, the reference and
-        the op arguments see the same masks in every dtype on every device (CUDA's bernoulli_
-        draws other bits for float32 than for float64; the CPU's are the same). Nothing without
-        dropout."""
+        the op arguments see the same masks on every device (the CUDA generator draws other bits
+        than the CPU's; the draw is float32 in every dtype). Nothing without dropout."""
         if not self.case.dropout:
             yield
             return

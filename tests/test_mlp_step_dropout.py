@@ -171,8 +171,8 @@ def test_the_generator_op_on_every_path_matches_the_reference(backend, path, cas
     harness.check_gen_op(case.with_(loss=loss_name).build(torch.float64), _op(backend, path, 1))
 
 
-def test_masks_are_nn_dropouts():
-    """Keep probability 1-p, kept values exactly 1/(1-p) (as F.dropout, which draws the same bits)."""
+def test_masks_have_nn_dropouts_statistics():
+    """Keep probability 1-p, kept values exactly 1/(1-p), no structure across rows or columns."""
     p = 0.3
     D = fastgan.MLPDiscriminator(4, (256, 128), dropout=p)
     masks = dropout_masks(D, 4000, like=torch.empty(0), generator=torch.Generator().manual_seed(11))
@@ -188,22 +188,36 @@ def test_masks_are_nn_dropouts():
             rate = kept.double().mean(dim)
             k = m.shape[dim]
             assert ((rate - (1 - p)).abs() < 6 * ((1 - p) * p / k) ** 0.5).all()
-    torch.manual_seed(0)
-    want = F.dropout(torch.ones(50, 256), p)
-    torch.manual_seed(0)
-    assert torch.equal(dropout_masks(D, 50, like=torch.empty(0))[0], want)
+    # the layers' masks are independent: their keep patterns agree no more than chance does
+    a, b = (m[:, :128] != 0 for m in masks)
+    agree = (a == b).double().mean().item()
+    want = (1 - p) ** 2 + p ** 2
+    assert abs(agree - want) < 6 * (want * (1 - want) / a.numel()) ** 0.5
 
 
-def test_the_forward_is_nn_dropouts():
-    """MLPDiscriminator.forward with dropout equals the nn.Dropout composition under one seed."""
+def test_masks_are_the_same_in_every_dtype():
+    """One seed, one set of masks, whatever the working dtype (the draw is float32)."""
+    D = fastgan.MLPDiscriminator(4, (64, 32), dropout=0.4)
+    draws = [dropout_masks(D, 20, like=torch.empty(0, dtype=dtype), generator=torch.Generator().manual_seed(5))
+             for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)]
+    for masks in draws:
+        assert [m.dtype for m in masks] == [masks[0].dtype] * 2
+        for m, ref in zip(masks, draws[-1]):
+            assert torch.equal(m != 0, ref != 0)
+    assert dropout_masks(D.eval(), 20, like=torch.empty(0)) == []
+
+
+def test_the_forward_is_the_nn_dropout_composition_with_its_masks():
+    """MLPDiscriminator.forward with dropout is Linear -> LeakyReLU -> (times the mask) per layer,
+    with the masks dropout_masks draws from the same RNG state."""
     D = fastgan.MLPDiscriminator(3, (16, 8), dropout=0.5)
-    seq = torch.nn.Sequential(D.layers[0], torch.nn.LeakyReLU(0.2), torch.nn.Dropout(0.5),
-                              D.layers[1], torch.nn.LeakyReLU(0.2), torch.nn.Dropout(0.5), D.out)
     x = torch.randn(10, 3)
     torch.manual_seed(4)
-    a = D(x)
+    masks = dropout_masks(D, 10, like=x)
+    want = D.out(F.leaky_relu(D.layers[1](F.leaky_relu(D.layers[0](x), 0.2) * masks[0]), 0.2) * masks[1]).squeeze(1)
     torch.manual_seed(4)
-    assert torch.equal(a, seq(x).squeeze(1))
+    assert torch.equal(D(x), want)
+    assert not torch.equal(D(x), want)  # a fresh draw: other masks
 
 
 @pytest.mark.parametrize("backend", MASK_BACKENDS)

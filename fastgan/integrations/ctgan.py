@@ -12,7 +12,8 @@ output activations (tanh, Gumbel-softmax with tau 0.2), the conditional cross-en
 ``sample``, ``save``/``load`` (a pickle of the model, which holds the generator but, as in
 ctgan, not the discriminator) and ``set_random_state``. The loop in :meth:`CTGAN.fit` draws the
 same batches and runs the same updates with the same optimisers (Adam, betas (0.5, 0.9), the
-learning rates and weight decays of the constructor), epochs, steps per epoch
+learning rates and weight decays of the constructor; torch's fused Adam kernel on CPU and CUDA,
+the same update as ctgan's per-tensor loop to rounding), epochs, steps per epoch
 (``max(rows // batch_size, 1)``) and ``discriminator_steps``; two things differ:
 
 - The discriminator is a :class:`fastgan.MLPDiscriminator` with ctgan's architecture (Linear ->
@@ -174,12 +175,18 @@ class CTGAN(_ctgan.CTGAN):
         return MLPDiscriminator(data_dim, self._discriminator_dim, negative_slope=CTGAN_NEGATIVE_SLOPE,
                                 pack=self.pac, dropout=CTGAN_DROPOUT).to(self._device)
 
-    def _make_optimizers(self, discriminator: nn.Module):
-        optimizer_g = optim.Adam(self._generator.parameters(), lr=self._generator_lr, betas=(0.5, 0.9),
-                                 weight_decay=self._generator_decay)
-        optimizer_d = optim.Adam(discriminator.parameters(), lr=self._discriminator_lr, betas=(0.5, 0.9),
-                                 weight_decay=self._discriminator_decay)
-        return optimizer_g, optimizer_d
+    def _make_optimizers(self, discriminator: nn.Module, fused: bool | None = None):
+        """ctgan's optimisers: Adam, betas (0.5, 0.9), the constructor's learning rates and weight
+        decays. ``fused`` (None: wherever torch has the kernel, i.e. CPU and CUDA parameters)
+        takes torch's fused implementation of that update, one kernel over every parameter where
+        ctgan's default loops over the tensors (the values agree to rounding)."""
+        def adam(params, lr, decay):
+            params = list(params)
+            use = fused if fused is not None else all(p.device.type in ("cpu", "cuda") for p in params)
+            return optim.Adam(params, lr=lr, betas=(0.5, 0.9), weight_decay=decay, fused=use or None)
+
+        return (adam(self._generator.parameters(), self._generator_lr, self._generator_decay),
+                adam(discriminator.parameters(), self._discriminator_lr, self._discriminator_decay))
 
     def _discriminator_update(self, discriminator, optimizer, real_cat, fake_cat, eps=None):
         """One WGAN-GP update of the discriminator; ``eps`` (rows,) are the interpolation weights

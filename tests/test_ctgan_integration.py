@@ -23,7 +23,7 @@ from ctgan.synthesizers.ctgan import Generator  # noqa: E402
 import fastgan  # noqa: E402
 from fastgan import MLPDiscriminator  # noqa: E402
 from fastgan.integrations.ctgan import (  # noqa: E402
-    CTGAN, PacError, from_ctgan_discriminator, to_ctgan_discriminator)
+    CTGAN, PacError, from_ctgan_discriminator, sample_rows, to_ctgan_discriminator)
 
 PAC = 10
 
@@ -260,6 +260,25 @@ def test_fit_trains_what_ctgan_trains(monkeypatch):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     samples = [m.sample(30) for m in (theirs, ours)]
     pd.testing.assert_frame_equal(samples[1], samples[0], rtol=1e-3, atol=1e-4)
+
+
+def test_sample_rows_draws_ctgans_rows(transformed):
+    """The one-draw sampler returns ctgan's sample_data rows and leaves numpy's stream where
+    ctgan's leaves it."""
+    _, sampler, data = transformed
+    for seed in range(20):
+        np.random.seed(seed)
+        _, _, col, opt = sampler.sample_condvec(50)
+        state = np.random.get_state()
+        theirs, after = sampler.sample_data(data, 50, col, opt), np.random.rand()
+        np.random.set_state(state)
+        ours = sample_rows(sampler, data, 50, col, opt)
+        np.testing.assert_array_equal(ours, theirs)
+        assert np.random.rand() == after
+    np.random.seed(0)
+    no_condition = sample_rows(sampler, data, 7, None, None)
+    np.random.seed(0)
+    np.testing.assert_array_equal(no_condition, sampler.sample_data(data, 7, None, None))
 
 
 def test_fit_on_a_table_without_discrete_columns():

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import shlex
@@ -162,7 +163,7 @@ def discriminator_updates(args, table, discrete):
     from ctgan.synthesizers.ctgan import Discriminator, Generator
 
     import fastgan
-    from fastgan.integrations.ctgan import CTGAN, from_ctgan_discriminator
+    from fastgan.integrations.ctgan import CTGAN, from_ctgan_discriminator, sample_rows
 
     torch.manual_seed(0)
     np.random.seed(0)
@@ -178,11 +179,11 @@ def discriminator_updates(args, table, discrete):
     mean = torch.zeros(batch, model._embedding_dim)
     std = mean + 1
 
-    def batch_tensors():
+    def batch_tensors(sample=sampler.sample_data):
         fakez, c1, _, col, opt = model._condition(torch.normal(mean=mean, std=std))
         perm = np.arange(batch)
         np.random.shuffle(perm)
-        real = torch.from_numpy(sampler.sample_data(data, batch, col[perm], opt[perm]).astype("float32"))
+        real = torch.from_numpy(sample(data, batch, col[perm], opt[perm]).astype("float32"))
         return fakez, c1, torch.cat([real, c1[perm]], dim=1)
 
     theirs = Discriminator(data_dim + cond_dim, model._discriminator_dim, pac=pac)
@@ -206,8 +207,8 @@ def discriminator_updates(args, table, discrete):
         fake = model._generator(fakez)  # ctgan keeps the generator's graph
         ctgan_update(torch.cat([model._apply_activate(fake), c1], dim=1), real_cat)
 
-    def fastgan_iteration():
-        fakez, c1, real_cat = batch_tensors()
+    def fastgan_iteration():  # its loop draws the real rows with sample_rows (the same rows)
+        fakez, c1, real_cat = batch_tensors(functools.partial(sample_rows, sampler))
         with torch.no_grad():
             fake_cat = torch.cat([model._apply_activate(model._generator(fakez)), c1], dim=1)
         model._discriminator_update(ours, opt_ours, real_cat, fake_cat)
@@ -350,7 +351,7 @@ def render(args, argv, info, speed, qual) -> str:
         for (mode, what), samples in updates.items():
             label = "train (dropout on)" if mode == "train" else "eval (dropout off)"
             lines.append(f"| {label} | {what} | " + speed_cells(samples, 1e3, "{:.2f}") + " |")
-        lines += ["", "'iteration': noise, condition, real batch, fakes and one update, as each loop runs it "
+        lines += ["", "'iteration': noise, condition, real batch (fastgan: sample_rows), fakes and one update, as each loop runs it "
                   "(ctgan keeps the generator's graph and backpropagates into it; fastgan generates under no_grad). "
                   "'fixed batch': the update alone on one batch (fastgan's CTGAN steps torch's fused Adam; "
                   "'ctgan's Adam on both': its per-tensor loop on both sides, the step's share alone). CPU: this process's CPU time; wall: the wall "

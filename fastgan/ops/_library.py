@@ -17,7 +17,6 @@ and defaults; tests/test_ops.py checks that they do.
 """
 from __future__ import annotations
 
-import functools
 from collections import namedtuple
 from dataclasses import dataclass
 from typing import Callable
@@ -49,12 +48,16 @@ class Operator:
     def op(self, backend: str) -> torch._ops.OpOverload:
         """The backend's registered operator (``torch.ops.fastgan.<name>[_<backend>].default``),
         looked up once per backend (every step and loss call asks)."""
-        return _overload(self.qualname(backend))
+        qualname = self.qualname(backend)
+        found = _OVERLOADS.get(qualname)
+        if found is None:
+            found = _OVERLOADS[qualname] = getattr(torch.ops.fastgan, qualname.split("::")[1]).default
+        return found
 
 
-@functools.cache
-def _overload(qualname: str) -> torch._ops.OpOverload:
-    return getattr(torch.ops.fastgan, qualname.split("::")[1]).default
+# qualname -> OpOverload (a plain dict: torch.compile traces through it, where it warns on a
+# functools cache)
+_OVERLOADS: dict[str, torch._ops.OpOverload] = {}
 
 
 def _argument_tuple(name: str, schema: str) -> type:

@@ -271,39 +271,39 @@ def _set_rng_states(x: torch.Tensor, states) -> None:
 
 def _run_piecewise(plan: Linearized, pw: Piecewise, inner, real, fake, loss, active, eps, generator, cond_real,
                    cond_fake, state, pack, check: bool):
-    """The step on the fast path of fastgan.piecewise: each penalised side runs without an
-    autograd graph (its loss gradient and penalty gradient folded into one weight-gradient
-    product per layer); an unpenalised side takes an ordinary primal pass."""
-    sides = {PenaltySide(p.side) for p, _ in active}
-
-    def primal(x, cond, merged, name):
-        if merged:
-            out, rec = plan.primal((x,) + cond[0], cond[1], state, pw, x.shape[0] // pack if check else None)
-        else:
-            out, rec = plan.primal((x,) + cond[0], cond[1], state)
+    """The step on the fast path of fastgan.piecewise: no side builds an autograd graph. A
+    penalised side's loss backward and penalty gradient are folded into one weight-gradient
+    product per layer; an unpenalised side's loss backward runs by the same layer rules. Autograd
+    gets the gradients through the surrogate alone, so under torch.compile no activation is saved
+    for a backward graph (Inductor would save LeakyReLU's sign as a bool tensor, whose stores
+    cost 20x a float kernel on AMD CPUs)."""
+    def primal(x, cond, name):
+        out, rec = plan.primal((x,) + cond[0], cond[1], state, pw, x.shape[0] // pack if check else None)
         return _check_output(out, x, pack, name, inner), rec
 
-    m_r, m_f = PenaltySide.REAL in sides, PenaltySide.FAKE in sides
     xr, xf = real.detach(), fake.detach()
-    out_r, rec_r = primal(xr, cond_real, m_r, "real")
-    out_f, rec_f = primal(xf, cond_fake, m_f, "fake")
-    value, c_r, c_f = _loss_and_coefficients(loss, out_r, out_f, m_r, m_f)
+    out_r, rec_r = primal(xr, cond_real, "real")
+    out_f, rec_f = primal(xf, cond_fake, "fake")
+    value, c_r, c_f = _loss_and_coefficients(loss, out_r, out_f, True, True)
 
-    groups: dict = {}
+    groups: dict = {"real": (xr, out_r, rec_r, c_r, []), "fake": (xf, out_f, rec_f, c_f, [])}
     for p, s in active:
         side = PenaltySide(p.side)
         if side == PenaltySide.REAL:
-            groups.setdefault("real", (xr, out_r, rec_r, c_r, []))[4].append((p, s))
+            groups["real"][4].append((p, s))
         elif side == PenaltySide.FAKE:
-            groups.setdefault("fake", (xf, out_f, rec_f, c_f, []))[4].append((p, s))
+            groups["fake"][4].append((p, s))
         else:
             xp = p.penalty_input(xr, xf, pack, eps=eps, generator=generator).detach()
-            out_p, rec_p = primal(xp, cond_real, True, "the penalty's points")
+            out_p, rec_p = primal(xp, cond_real, "the penalty's points")
             groups[len(groups)] = (xp, out_p, rec_p, None, [(p, s)])
 
     pen_value = value.new_zeros(())
     acc: dict = {}
     for x, out, rec, c, pens in groups.values():
+        if not pens:
+            pw.loss_backward(rec, c, acc)
+            continue
         rows = x.shape[0] // pack
         g, deltas = pw.backward(rec, torch.ones_like(out))
         g_rows = (g if g is not None else torch.zeros_like(x)).reshape(rows, -1)

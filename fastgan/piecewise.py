@@ -354,6 +354,47 @@ class Piecewise:
                     grads[j] = gj if prev is None else prev + gj
         return grads.get(self.x), deltas
 
+    def loss_backward(self, rec: L.Record, c: torch.Tensor, acc: dict) -> None:
+        """An unpenalised side's loss backward by the same rules: the signals ``c_r delta_l``
+        (``c = d loss / d D(x)``), each layer's weight and bias gradients taken in the product
+        that passes the signal on (as autograd's backward does; none into x), added into ``acc``."""
+        lin, env = self.lin, rec.values
+        grads: dict[int, torch.Tensor] = {self.out: c.reshape(env[self.out].shape)}
+        for i in range(lin.n - 1, -1, -1):
+            st = lin.steps[i]
+            if i not in grads or st.op == "placeholder":
+                continue
+            go = grads.pop(i)
+            a = L._fill(st.args, env)
+            kind = self.kinds[i]
+            if kind == _LAYER:
+                found = self._layer_backward(self.layers[i], a[0], go, self.xin[i] != [self.x], acc)
+                pairs = [] if found is None else [(self.xin[i][0], found)]
+            else:
+                pairs = self._vjp(i, st, kind, a, L._fill(st.kwargs, env), go, env[i], rec.extras[i], env)
+            for j, gj in pairs:
+                if gj is not None:
+                    prev = grads.get(j)
+                    grads[j] = gj if prev is None else prev + gj
+
+    @staticmethod
+    def _layer_backward(m, x, go, need_input: bool, acc: dict):
+        """A layer's input gradient (None unless ``need_input``), with its weight and bias
+        gradients ``go (x) x`` and ``sum go`` added into ``acc``."""
+        w, has_bias = m.weight.detach(), m.bias is not None
+        if isinstance(m, nn.Linear):
+            go2 = go.reshape(-1, go.shape[-1])
+            gw = go2.t().mm(x.reshape(-1, x.shape[-1]))
+            gb = go2.sum(0) if has_bias else None
+            gi = go.matmul(w) if need_input else None
+        else:
+            d = len(m.kernel_size)
+            gi, gw, gb = torch.ops.aten.convolution_backward(
+                go, x, w, [w.shape[0]] if has_bias else None, m.stride, m.padding, m.dilation, False, [0] * d,
+                m.groups, [need_input, True, has_bias])
+        _add_grads(acc, m, gw, gb)
+        return gi
+
     def _vjp(self, i, st, kind, a, k, go, out, extra, env):
         ins = self.xin[i]
         x = a[0] if a else None
@@ -461,12 +502,17 @@ class Piecewise:
         gb = None
         if c is not None and m.bias is not None:
             gb = torch.mv(per_row.t(), c.reshape(rows)).view(-1, m.bias.shape[0]).sum(0)
-        entry = acc.get(id(m))
-        if entry is None:
-            acc[id(m)] = [m, gw, gb]
-        else:
-            entry[1] = entry[1] + gw
-            entry[2] = gb if entry[2] is None else (entry[2] if gb is None else entry[2] + gb)
+        _add_grads(acc, m, gw, gb)
+
+
+def _add_grads(acc: dict, m: nn.Module, gw: torch.Tensor, gb: torch.Tensor | None) -> None:
+    """``acc[id(m)] = [m, G_w, G_b]``, summed over the products that reach layer ``m``."""
+    entry = acc.get(id(m))
+    if entry is None:
+        acc[id(m)] = [m, gw, gb]
+    else:
+        entry[1] = entry[1] + gw
+        entry[2] = gb if entry[2] is None else (entry[2] if gb is None else entry[2] + gb)
 
 
 def surrogate(acc: dict):

@@ -318,6 +318,15 @@ def mean_se(values) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) / math.sqrt(len(values)):.4f}"
 
 
+def agreement(theirs, ours) -> str:
+    """'difference | bound | agrees': fastgan's mean minus ctgan's, and the issue's bound on it:
+    the larger of 0.02 and two standard errors of the difference (the two SEs in quadrature)."""
+    diff = statistics.mean(ours) - statistics.mean(theirs)
+    se = math.sqrt(sum(statistics.variance(v) / len(v) for v in (theirs, ours) if len(v) > 1))
+    bound = max(0.02, 2 * se)
+    return f"{diff:+.4f} | {bound:.4f} | {'yes' if abs(diff) <= bound else '**no**'}"
+
+
 def speed_cells(samples: dict, unit: float, fmt: str) -> str:
     """'ctgan CPU | fastgan CPU | ratio | ctgan wall | fastgan wall | ratio' from :func:`interleave`'s samples."""
     from fastgan.bench.timing import percentile
@@ -375,6 +384,14 @@ def render(args, argv, info, speed, qual) -> str:
             for name, r in per_impl.items():
                 lines.append(f"| {table_name} | {rows} | {name} | {mean_se(r['Column Shapes'])} | "
                              f"{mean_se(r['Column Pair Trends'])} | {statistics.median(r['fit s']):.1f} |")
+        lines += ["", "Agreement: fastgan's mean minus ctgan's; bound: the larger of 0.02 and two standard errors "
+                  "of that difference.", "",
+                  "| table | property | difference | bound | agrees |", "|---|---|---|---|---|"]
+        for table_name, per_impl in qual.items():
+            if set(per_impl) >= {"ctgan", "fastgan"}:
+                for prop in ("Column Shapes", "Column Pair Trends"):
+                    lines.append(f"| {table_name} | {prop} | "
+                                 f"{agreement(per_impl['ctgan'][prop], per_impl['fastgan'][prop])} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -448,6 +448,10 @@ def _fp_leaky_in_place(a, k):
     return F.leaky_relu(a[0], slope, inplace=True), None
 
 
+# layers whose output is a fresh tensor (their own forward, not a subclass's override)
+_STOCK_FORWARDS = (nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
+
+
 def _in_place_primal(n, modules: dict):
     """For a ReLU / LeakyReLU node (slope >= 0, no hooks) whose input is a Linear / Conv output
     read by nothing else: its primal in place, which changes no value but what autograd saves.
@@ -458,7 +462,7 @@ def _in_place_primal(n, modules: dict):
     src = n.args[0] if n.args else None
     if not (isinstance(src, torch.fx.Node) and len(src.users) == 1):
         return None
-    fresh = (src.op == "call_module" and isinstance(modules.get(src.target), (nn.Linear, nn.modules.conv._ConvNd))
+    fresh = (src.op == "call_module" and getattr(type(modules.get(src.target)), "forward", None) in _STOCK_FORWARDS
              or src.op == "call_function" and src.target in (F.linear, F.conv1d, F.conv2d, F.conv3d))
     if not fresh:
         return None
@@ -471,13 +475,14 @@ def _in_place_primal(n, modules: dict):
         if type(m) is nn.LeakyReLU and m.negative_slope >= 0:
             return _p_leaky_in_place
         return None
-    if n.kwargs.get("inplace") or (n.target is F.leaky_relu and len(n.args) > 2) or len(n.args) > 2:
+    kw = dict(n.kwargs)
+    if kw.pop("inplace", False) is not False:
         return None
-    if n.target in (F.relu, torch.relu) and len(n.args) == 1 and not n.kwargs:
+    if n.target in (F.relu, torch.relu) and len(n.args) == 1 and not kw:
         return _fp_relu_in_place
-    if n.target is F.leaky_relu:
-        slope = n.args[1] if len(n.args) > 1 else n.kwargs.get("negative_slope", 0.01)
-        if isinstance(slope, (int, float)) and slope >= 0 and set(n.kwargs) <= {"negative_slope"}:
+    if n.target is F.leaky_relu and len(n.args) <= 2 and set(kw) <= {"negative_slope"}:
+        slope = n.args[1] if len(n.args) > 1 else kw.get("negative_slope", 0.01)
+        if isinstance(slope, (int, float)) and slope >= 0:
             return _fp_leaky_in_place
     return None
 

@@ -394,6 +394,44 @@ def test_inputs_and_state_untouched():
         assert torch.equal(v, before[k]), k
 
 
+class _ActivationsEverywhere(nn.Module):
+    """A LeakyReLU on the input itself, one after a conv whose output nothing else reads, one
+    after a conv whose output the skip reads too, and F.relu after a linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.act0, self.act1, self.act2 = nn.LeakyReLU(0.2), nn.LeakyReLU(0.2), nn.LeakyReLU(0.1)
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.lin, self.out = nn.Linear(4 * 8 * 8, 5), nn.Linear(5, 1)
+
+    def forward(self, x):
+        h = self.act1(self.conv1(self.act0(x)))
+        z = self.conv2(h)
+        h = self.act2(z) + z
+        return self.out(nn.functional.relu(self.lin(h.flatten(1)))).squeeze(1)
+
+
+@pytest.mark.parametrize("pen_name", ["r1", "r2", "gp"])
+def test_activations_run_in_place_only_where_nothing_else_reads_their_input(pen_name):
+    """The primal runs an activation in place only on a fresh layer output with no other reader:
+    the input rows and the skip's conv output keep their values, and the step stays exact."""
+    from fastgan import linearize
+    torch.manual_seed(0)
+    D = _ActivationsEverywhere().double()
+    in_place = (linearize._p_leaky_in_place, linearize._fp_relu_in_place)
+    chosen = sorted(st.where for st in linearize.Linearized(D).steps if st.primal in in_place)
+    assert len(chosen) == 2 and any("act1" in w for w in chosen) and any("relu" in w for w in chosen)
+    real, fake = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.randn(6, 3, 8, 8, dtype=torch.float64)
+    r, f = real.clone(), fake.clone()
+    pen = PENALTIES[pen_name]()
+    eps = torch.rand(6, dtype=torch.float64) if pen_name == "gp" else None
+    loss = fastgan.NonSaturatingLoss()
+    got = _ours(D, real, fake, loss, [(pen, 1.0)], eps, None)
+    assert torch.equal(real, r) and torch.equal(fake, f)
+    want = _reference(copy.deepcopy(D), real, fake, loss, [(PENALTIES[pen_name](), 1.0)], eps, None, 1)
+    harness.assert_close(got, want, None, torch.float64, pen_name)
+
+
 # ---- torch.compile ----
 
 @pytest.mark.parametrize("compiler", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])

@@ -333,10 +333,15 @@ class Piecewise:
                 raise RowsMixed(f"{where} indexes the batch dimension")
 
     # ------------------------------------------------------------------- backward ----
-    def backward(self, rec: L.Record, seed: torch.Tensor):
-        """``d sum(seed * D(x)) / d`` (x, every layer's output): (g, {layer step: delta})."""
+    def backward(self, rec: L.Record, seed: torch.Tensor, acc: dict | None = None):
+        """``d sum(seed * D(x)) / d`` (x, every layer's output): (g, {layer step: delta}).
+
+        With ``acc`` (an unpenalised side's loss backward: ``seed = c = d loss / d D(x)``), each
+        layer's weight and bias gradients are taken in the product that passes its signal on,
+        as autograd's backward does, and added into ``acc``; nothing flows into x (g is None)
+        and no deltas are kept."""
         lin, env = self.lin, rec.values
-        grads: dict[int, torch.Tensor] = {self.out: seed}
+        grads: dict[int, torch.Tensor] = {self.out: seed.reshape(env[self.out].shape)}
         deltas: dict[int, torch.Tensor] = {}
         for i in range(lin.n - 1, -1, -1):
             st = lin.steps[i]
@@ -344,38 +349,19 @@ class Piecewise:
                 continue
             go = grads.pop(i)
             a = L._fill(st.args, env)
-            k = L._fill(st.kwargs, env)
             kind = self.kinds[i]
-            if kind == _LAYER:
-                deltas[i] = go
-            for j, gj in self._vjp(i, st, kind, a, k, go, env[i], rec.extras[i], env):
-                if gj is not None:
-                    prev = grads.get(j)
-                    grads[j] = gj if prev is None else prev + gj
-        return grads.get(self.x), deltas
-
-    def loss_backward(self, rec: L.Record, c: torch.Tensor, acc: dict) -> None:
-        """An unpenalised side's loss backward by the same rules: the signals ``c_r delta_l``
-        (``c = d loss / d D(x)``), each layer's weight and bias gradients taken in the product
-        that passes the signal on (as autograd's backward does; none into x), added into ``acc``."""
-        lin, env = self.lin, rec.values
-        grads: dict[int, torch.Tensor] = {self.out: c.reshape(env[self.out].shape)}
-        for i in range(lin.n - 1, -1, -1):
-            st = lin.steps[i]
-            if i not in grads or st.op == "placeholder":
-                continue
-            go = grads.pop(i)
-            a = L._fill(st.args, env)
-            kind = self.kinds[i]
-            if kind == _LAYER:
-                found = self._layer_backward(self.layers[i], a[0], go, self.xin[i] != [self.x], acc)
-                pairs = [] if found is None else [(self.xin[i][0], found)]
+            if kind == _LAYER and acc is not None:
+                gi = self._layer_backward(self.layers[i], a[0], go, self.xin[i] != [self.x], acc)
+                pairs = [] if gi is None else [(self.xin[i][0], gi)]
             else:
+                if kind == _LAYER:
+                    deltas[i] = go
                 pairs = self._vjp(i, st, kind, a, L._fill(st.kwargs, env), go, env[i], rec.extras[i], env)
             for j, gj in pairs:
                 if gj is not None:
                     prev = grads.get(j)
                     grads[j] = gj if prev is None else prev + gj
+        return grads.get(self.x) if acc is None else None, deltas
 
     @staticmethod
     def _layer_backward(m, x, go, need_input: bool, acc: dict):

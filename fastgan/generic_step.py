@@ -270,8 +270,8 @@ def _run_piecewise(plan: Linearized, pw: Piecewise, inner, real, fake, loss, act
     penalised side's loss backward and penalty gradient are folded into one weight-gradient
     product per layer; an unpenalised side's loss backward runs by the same layer rules. Autograd
     gets the gradients through the surrogate alone, so under torch.compile no activation is saved
-    for a backward graph (Inductor would save LeakyReLU's sign as a bool tensor, whose stores
-    cost 20x a float kernel on AMD CPUs)."""
+    for a backward graph (Inductor would save LeakyReLU's sign as a bool tensor: slow on AMD
+    CPUs, benchmarks/NOTES.md)."""
     def primal(x, cond, name):
         out, rec = plan.primal((x,) + cond[0], cond[1], state, pw, x.shape[0] // pack if check else None)
         return _check_output(out, x, pack, name, inner), rec

@@ -256,10 +256,8 @@ def _t_conv_transpose(m, a, k, t, out, extra):
 def _relu_tangent(t, out):
     """``t`` where the input ``x > 0``, else 0: one kernel (ReLU's backward), differentiable in
     ``t``. The mask is read from the output (``relu(x) > 0`` exactly where ``x > 0``, as torch's
-    own ReLU backward does), detached: the primal's mask is a constant. Reading the output, which
-    the next layer keeps anyway, spares torch.compile a saved mask: with the input overwritten by
-    the output in place, Inductor otherwise stores ``x > 0`` as a bool tensor, and its bool
-    stores cost 20x a float kernel on AMD CPUs (AVX2 masked stores)."""
+    own ReLU backward does; the input may have been overwritten, see :func:`_in_place_primal`),
+    detached: the primal's mask is a constant."""
     return torch.ops.aten.threshold_backward(t, out.detach(), 0)
 
 
@@ -453,12 +451,12 @@ _STOCK_FORWARDS = (nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.C
 
 
 def _in_place_primal(n, modules: dict):
-    """For a ReLU / LeakyReLU node (slope >= 0, no hooks) whose input is a Linear / Conv output
-    read by nothing else: its primal in place, which changes no value but what autograd saves.
-    In place, ReLU's and LeakyReLU's backward read the sign from the result, which the next layer
-    keeps anyway; out of place they read the input, and torch.compile's partitioner saves that
-    sign as a bool tensor instead, whose stores cost 20x a float kernel on AMD CPUs (AVX2 masked
-    stores). The tangent rules read the output too. None where it does not apply."""
+    """For a ReLU / LeakyReLU node (slope >= 0, no hooks) whose input is a stock Linear / Conv
+    output read by nothing else: its primal in place, which changes no value but what autograd
+    saves. In place, the activation's backward reads the sign from the result, which the next
+    layer keeps anyway; out of place it reads the input, and torch.compile's partitioner saves
+    that sign as a bool tensor instead, whose stores and loads are slow on AMD CPUs
+    (benchmarks/NOTES.md, "Compiled"). None where it does not apply."""
     src = n.args[0] if n.args else None
     if not (isinstance(src, torch.fx.Node) and len(src.users) == 1):
         return None

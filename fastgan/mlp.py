@@ -128,8 +128,8 @@ def dropout_masks(D: MLPDiscriminator, rows: int, *, like: torch.Tensor,
     One draw per forward: ``u = torch.rand(rows * sum(hidden))`` in float32 (whatever the
     working dtype, so fp16, fp32 and fp64 steps see the same masks), then ``keep = u < 1-p``,
     layer after layer in ``u``'s order. A float32 uniform gives the keep probability to 2^-24,
-    as ``nn.Dropout``'s draw, at 40-60% of the cost of torch's CPU ``bernoulli_`` (whose bits
-    it does not reproduce). ``generator``: None takes :func:`dropout_generator`'s, else the
+    as ``nn.Dropout``'s draw, and costs less than torch's CPU ``bernoulli_`` (whose bits it
+    does not reproduce; benchmarks/dropout_cost.py). ``generator``: None takes :func:`dropout_generator`'s, else the
     device's default generator."""
     if not D.dropout_active:
         return []

@@ -119,23 +119,73 @@ def dropout_generator(generator: torch.Generator | None):
         _rng.generator = previous
 
 
+def keep_bits(keep: float) -> int | None:
+    """The fewest random bits ``k`` (at most 8) that make ``keep * 2^k`` an integer, i.e. that
+    give the keep probability exactly from ``k`` uniform bits; None when there are none (the
+    draw then takes a float32 uniform per mask). ``keep = 0.5`` (ctgan's dropout) needs 1 bit."""
+    for k in range(1, 9):
+        if (keep * (1 << k)).is_integer():
+            return k
+    return None
+
+
 def dropout_masks(D: MLPDiscriminator, rows: int, *, like: torch.Tensor,
                   generator: torch.Generator | None = None) -> list[torch.Tensor]:
     """The dropout multipliers of one forward of ``D`` over ``rows`` packed rows: one ``(rows,
     width_l)`` tensor per hidden layer (1/(1-p) where kept, else 0), with ``like``'s dtype and
     device. An empty list when dropout is off (eval mode or ``p = 0``): nothing is drawn.
 
-    One draw per forward: ``u = torch.rand(rows * sum(hidden))`` in float32 (whatever the
-    working dtype, so fp16, fp32 and fp64 steps see the same masks), then ``keep = u < 1-p``,
-    layer after layer in ``u``'s order. A float32 uniform gives the keep probability to 2^-24,
-    as ``nn.Dropout``'s draw, and costs less than torch's CPU ``bernoulli_`` (whose bits it
-    does not reproduce; benchmarks/dropout_cost.py). ``generator``: None takes :func:`dropout_generator`'s, else the
+    One draw per forward, ``n = rows * sum(hidden)`` keep decisions laid out layer after layer,
+    independent of the working dtype (fp16, bf16, fp32 and fp64 steps see the same masks):
+
+    - when ``keep = 1-p`` is a multiple of ``2^-k`` for some ``k <= 8`` (:func:`keep_bits`; p =
+      0.5, 0.25, 0.125, ...), from random bits: ``int64.random_()`` words (63 uniform bits
+      each) cut into ``k``-bit fields ``f``, kept where ``f < keep * 2^k``: exactly ``keep``,
+      63 // k decisions per word (ctgan's p = 0.5: 63);
+    - otherwise from ``u = torch.rand(n)`` in float32, kept where ``u < keep``: ``keep`` to
+      2^-24, as ``nn.Dropout``'s draw.
+
+    Either costs less than torch's CPU ``bernoulli_`` (whose bits it does not reproduce;
+    benchmarks/dropout_cost.py). ``generator``: None takes :func:`dropout_generator`'s, else the
     device's default generator."""
     if not D.dropout_active:
         return []
     if generator is None:
         generator = getattr(_rng, "generator", None)
     keep = 1.0 - D.dropout
-    u = torch.rand(rows * sum(D.hidden), dtype=torch.float32, device=like.device, generator=generator)
-    scaled = (u < keep).to(like.dtype).div_(keep)
-    return [m.view(rows, width) for m, width in zip(scaled.split([rows * w for w in D.hidden]), D.hidden)]
+    n = rows * sum(D.hidden)
+    k = keep_bits(keep)
+    if k is None:
+        u = torch.rand(n, dtype=torch.float32, device=like.device, generator=generator)
+        scaled = (u < keep).to(like.dtype).div_(keep)
+    else:
+        shifts, values = _bit_tables(k, keep, like.dtype, like.device)
+        words = torch.empty(-(-n // len(shifts)), dtype=torch.int64, device=like.device).random_(generator=generator)
+        fields = (words[:, None] >> shifts).bitwise_and_((1 << k) - 1)
+        scaled = values.index_select(0, fields.view(-1)[:n])
+    masks, start = [], 0
+    for width in D.hidden:
+        masks.append(scaled[start:start + rows * width].view(rows, width))
+        start += rows * width
+    return masks
+
+
+_BIT_TABLES: dict = {}
+
+
+def _bit_tables(k: int, keep: float, dtype: torch.dtype, device: torch.device):
+    """``(shifts, values)`` of the random-bits draw: the offsets of the ``k``-bit fields in a
+    63-bit word, and each field value's multiplier (``1/keep`` below ``keep * 2^k``, else 0,
+    computed as the float draw computes it). Cached per configuration, except while
+    torch.compile traces or a CUDA graph captures (a tensor made during capture holds nothing
+    until the graph replays)."""
+    key = (k, keep, dtype, device)
+    hit = _BIT_TABLES.get(key)
+    if hit is not None:
+        return hit
+    shifts = torch.arange(0, k * (63 // k), k, device=device)
+    values = (torch.arange(1 << k, device=device) < round(keep * (1 << k))).to(dtype).div_(keep)
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if not (capturing or torch.compiler.is_compiling()):
+        _BIT_TABLES[key] = shifts, values
+    return shifts, values

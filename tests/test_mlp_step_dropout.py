@@ -171,9 +171,9 @@ def test_the_generator_op_on_every_path_matches_the_reference(backend, path, cas
     harness.check_gen_op(case.with_(loss=loss_name).build(torch.float64), _op(backend, path, 1))
 
 
-def test_masks_have_nn_dropouts_statistics():
+@pytest.mark.parametrize("p", [0.3, 0.5, 0.375])  # a float32 uniform per mask; 1 and 3 random bits per mask
+def test_masks_have_nn_dropouts_statistics(p):
     """Keep probability 1-p, kept values exactly 1/(1-p), no structure across rows or columns."""
-    p = 0.3
     D = fastgan.MLPDiscriminator(4, (256, 128), dropout=p)
     masks = dropout_masks(D, 4000, like=torch.empty(0), generator=torch.Generator().manual_seed(11))
     assert [tuple(m.shape) for m in masks] == [(4000, 256), (4000, 128)]
@@ -195,9 +195,10 @@ def test_masks_have_nn_dropouts_statistics():
     assert abs(agree - want) < 6 * (want * (1 - want) / a.numel()) ** 0.5
 
 
-def test_masks_are_the_same_in_every_dtype():
-    """One seed, one set of masks, whatever the working dtype (the draw is float32)."""
-    D = fastgan.MLPDiscriminator(4, (64, 32), dropout=0.4)
+@pytest.mark.parametrize("p", [0.4, 0.5])
+def test_masks_are_the_same_in_every_dtype(p):
+    """One seed, one set of masks, whatever the working dtype (the draw is float32 or bits)."""
+    D = fastgan.MLPDiscriminator(4, (64, 32), dropout=p)
     draws = [dropout_masks(D, 20, like=torch.empty(0, dtype=dtype), generator=torch.Generator().manual_seed(5))
              for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)]
     for masks in draws:
@@ -205,6 +206,12 @@ def test_masks_are_the_same_in_every_dtype():
         for m, ref in zip(masks, draws[-1]):
             assert torch.equal(m != 0, ref != 0)
     assert dropout_masks(D.eval(), 20, like=torch.empty(0)) == []
+
+
+@pytest.mark.parametrize("p, bits", [(0.5, 1), (0.25, 2), (0.75, 2), (0.375, 3), (1 - 2 ** -8, 8), (0.3, None),
+                                     (2 ** -9, None)])
+def test_keep_bits_is_the_fewest_exact_bits(p, bits):
+    assert fastgan.mlp.keep_bits(1 - p) == bits
 
 
 def test_the_forward_is_the_nn_dropout_composition_with_its_masks():

@@ -159,7 +159,6 @@ def discriminator_step(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, 
                 for p in penalties:
                     p.advance()
             else:
-                _check_params(inner, real)
                 # Through D's forward (fused=...), so DistributedDataParallel sees a forward and
                 # all-reduces the gradients the fused function hands to autograd.
                 run = functools.partial(_fused_step, fake=fake, loss=loss, penalties=penalties,
@@ -428,14 +427,16 @@ def step_ops(name: str):
 
 def _check_params(inner: MLPDiscriminator, x: torch.Tensor, params=None) -> None:
     """Every parameter (effective weights included) shares ``x``'s dtype and device."""
-    weights, biases, w_out, b_out = params if params is not None else step_spec.mlp_params(inner)
-    named = [(f"layers[{i}].weight", w) for i, w in enumerate(weights)]
-    named += [(f"layers[{i}].bias", b) for i, b in enumerate(biases)]
-    named += [("out.weight", w_out)] + ([("out.bias", b_out)] if b_out is not None else [])
-    for name, p in named:
-        if p.dtype != x.dtype or p.device != x.device:
-            raise ValueError(f"the inputs are {x.dtype} on {x.device} but D's parameters are {p.dtype} on "
-                             f"{p.device} (from {name}); the fused step needs one dtype and device (D.to(x))")
+    params = params if params is not None else step_spec.mlp_params(inner)
+    flat = _flat(params)
+    if all(p.dtype == x.dtype and p.device == x.device for p in flat):
+        return
+    weights, biases, _, b_out = params
+    names = [f"layers[{i}].weight" for i in range(len(weights))] + [f"layers[{i}].bias" for i in range(len(biases))]
+    names += ["out.weight"] + (["out.bias"] if b_out is not None else [])
+    name, p = next((n, p) for n, p in zip(names, flat) if p.dtype != x.dtype or p.device != x.device)
+    raise ValueError(f"the inputs are {x.dtype} on {x.device} but D's parameters are {p.dtype} on "
+                     f"{p.device} (from {name}); the fused step needs one dtype and device (D.to(x))")
 
 
 def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalties, backend, eps, generator, backward):
@@ -444,6 +445,7 @@ def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalties, backend
     gradient for them. One op call carries the loss and the first penalty; each further due
     penalty is one more call with no loss terms. Lazy phases move on once the ops have run."""
     params = step_spec.mlp_params(inner)
+    _check_params(inner, real, params)
     calls = [(p, p.due_scale()) for p in penalties] or [(None, 0)]
     calls = calls[:1] + [(p, scale) for p, scale in calls[1:] if scale]
     totals, stats, grads, loss_masks = [], [], None, None

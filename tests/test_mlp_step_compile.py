@@ -9,6 +9,8 @@ harness's one bound (tests/harness.py).
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -168,3 +170,26 @@ def test_compiling_the_steps_draws_no_dynamo_warning(backend):
         disc(real, fake.detach()).backward()
         gen(fake).backward()
     assert [str(w.message) for w in caught if "_dynamo" in w.filename] == []
+
+
+_FIRST_CALL_COMPILED = """
+import torch, fastgan
+D = fastgan.MLPDiscriminator(3, (8, 8), pack=2)
+loss, r1 = fastgan.NonSaturatingLoss(), fastgan.R1Penalty(gamma=2.0)
+step = torch.compile(lambda r, f: fastgan.discriminator_step(D, r, f, loss=loss, penalty=r1, backend="torch"),
+                     fullgraph=True, backend="aot_eager")
+for i in range(3):
+    with torch._dynamo.config.patch(error_on_recompile=i > 0):
+        step(torch.randn(6, 3), torch.randn(6, 3)).backward()
+print("one graph")
+"""
+
+
+def test_a_step_compiled_before_any_eager_call_compiles_once():
+    """In a fresh interpreter (no operator looked up yet), the first step runs compiled, and the
+    next ones reuse its graph: looking the operator up under Dynamo leaves no guard that fails
+    once the lookup has been made (fastgan.ops._library fills its table when it declares)."""
+    done = subprocess.run([sys.executable, "-c", _FIRST_CALL_COMPILED], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("one graph")

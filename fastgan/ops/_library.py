@@ -46,17 +46,13 @@ class Operator:
         return f"fastgan::{self.name}" if backend in NATIVE else f"fastgan::{self.name}_{backend}"
 
     def op(self, backend: str) -> torch._ops.OpOverload:
-        """The backend's registered operator (``torch.ops.fastgan.<name>[_<backend>].default``),
-        looked up once per backend (every step and loss call asks)."""
-        qualname = self.qualname(backend)
-        found = _OVERLOADS.get(qualname)
-        if found is None:
-            found = _OVERLOADS[qualname] = getattr(torch.ops.fastgan, qualname.split("::")[1]).default
-        return found
+        """The backend's registered operator (``torch.ops.fastgan.<name>[_<backend>].default``)."""
+        return _OVERLOADS[self.qualname(backend)]
 
 
-# qualname -> OpOverload (a plain dict: torch.compile traces through it, where it warns on a
-# functools cache)
+# qualname -> OpOverload, filled when an operator is declared: every step and loss call looks its
+# operator up, and under torch.compile a lookup that only reads the dict leaves a guard that stays
+# true (one that filled it on first use, while Dynamo traced, would recompile on the next call)
 _OVERLOADS: dict[str, torch._ops.OpOverload] = {}
 
 
@@ -80,6 +76,9 @@ def declare(name: str, schema: str, *, fake: Callable | None, python: dict[str, 
         LIB.impl(f"{name}_{backend}", impl, _KEYS[backend])
         if fake is not None and _KEYS[backend] != "CompositeImplicitAutograd":
             torch.library.register_fake(op.qualname(backend), fake, lib=LIB)
+    for backend in ("cpu", *python):  # cpu and cuda share the native operator
+        qualname = op.qualname(backend)
+        _OVERLOADS[qualname] = getattr(torch.ops.fastgan, qualname.split("::")[1]).default
     return op
 
 

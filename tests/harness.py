@@ -159,15 +159,27 @@ def assert_close(got: Tensors, want: Tensors, baseline: Tensors | None, dtype: t
             + ", ".join(f"{k} {v:.2g}" for k, v in errs.items()))
 
 
+# Each backend's matmul also has an ``fp32_precision`` ("none" until set). On torch 2.15
+# set_float32_matmul_precision overwrites it ("ieee" for "highest"), so restoring the precision
+# alone leaves "ieee" where "none" was: a change torch.compile's global-state guard sees (a
+# recompile of the next compiled call).
+_MATMUL_BACKENDS = [b.matmul for b in (torch.backends.cuda, torch.backends.mkldnn)
+                    if hasattr(getattr(b, "matmul", None), "fp32_precision")]
+
+
 @contextlib.contextmanager
 def precision(allow_tf32: bool):
-    """float32 matmul precision for the block: 'high' (TF32 allowed) or 'highest'."""
+    """float32 matmul precision for the block: 'high' (TF32 allowed) or 'highest'; the whole
+    state restored after it."""
     before = torch.get_float32_matmul_precision()
+    per_backend = [b.fp32_precision for b in _MATMUL_BACKENDS]
     torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
     try:
         yield
     finally:
         torch.set_float32_matmul_precision(before)
+        for b, value in zip(_MATMUL_BACKENDS, per_backend):
+            b.fp32_precision = value
 
 
 def expected(reference: Callable[..., Tensors], inputs: Sequence, dtype: torch.dtype, allow_tf32: bool = False):

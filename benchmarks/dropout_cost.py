@@ -16,7 +16,13 @@ g = torch.Generator().manual_seed(1)
 times = {k: [] for k in cfgs}
 D5 = make(0.5)
 from fastgan.mlp import dropout_masks
-mt, mb = [], []
+mt, mf, mb = [], [], []
+
+
+def float_masks(D, rows, generator):  # the previous draw: one float32 uniform per decision
+    keep = 1.0 - D.dropout
+    u = torch.rand(rows * sum(D.hidden), generator=generator)
+    return list((u < keep).to(torch.float32).div_(keep).split([rows * w for w in D.hidden]))
 
 
 def bernoulli_masks(D, rows, generator):  # the earlier draw (F.dropout's bits): the baseline
@@ -36,9 +42,15 @@ for it in range(60):
     mt.append(time.perf_counter() - t)
     t = time.perf_counter()
     for rows in (50, 50, 50):
+        float_masks(D5, rows, g)
+    mf.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    for rows in (50, 50, 50):
         bernoulli_masks(D5, rows, g)
     mb.append(time.perf_counter() - t)
 for k, v in times.items():
     print(f"{k:18s} median {statistics.median(v[3:])*1e3:.3f} ms")
-print(f"mask draws alone (3 passes x 2 layers, 50x256) median {statistics.median(mt[3:])*1e3:.3f} ms")
+print(f"mask draws alone (3 passes x 2 layers, 50x256; random bits, p = 0.5) median {statistics.median(mt[3:])*1e3:.3f} ms")
+print(f"the same draws from one float32 rand per pass (the previous draw; p not a multiple of 2^-k) median "
+      f"{statistics.median(mf[3:])*1e3:.3f} ms")
 print(f"the same draws by bernoulli_ per layer (the earlier draw) median {statistics.median(mb[3:])*1e3:.3f} ms")

@@ -316,6 +316,21 @@ def test_a_step_that_raises_while_timed_is_dropped_and_reported():
     assert set(stats) == {"fine"} and stats["fine"].samples == 4
 
 
+def test_paired_ratio_is_the_median_of_the_rounds_ratios():
+    """Each round's ratio first, then their median (here 1.5 in four rounds of five, whatever the
+    machine's speed in that round; the ratio of the medians would be 3.0); a provider missing a
+    round gives no ratio."""
+    fast = [1.0, 1.0, 2.0, 2.0, 0.5]
+    slow = [1.5, 1.5, 3.0, 3.0, 4.0]
+    assert timing.paired(slow, fast) == pytest.approx(1.5)
+    assert timing.percentile(slow, 50) / timing.percentile(fast, 50) == pytest.approx(3.0)
+    assert timing.paired(slow, fast[:4]) is None and timing.paired([], []) is None
+    rounds = {}
+    timing.interleaved({"a": lambda: None, "b": lambda: None}, torch.device("cpu"), repeats=3, warmup=1,
+                       min_sample_s=0, rounds=rounds)
+    assert set(rounds) == {"a", "b"} and len(rounds["a"]) == len(rounds["b"]) == 3
+
+
 def test_check_error_is_relative_and_floored_at_the_gradients_scale():
     ref = [torch.tensor(0.5), torch.ones(3, 4), torch.zeros(2)]
     assert check.relative_error([t.clone() for t in ref], ref) == 0

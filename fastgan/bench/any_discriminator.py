@@ -40,7 +40,7 @@ import torch
 
 import fastgan
 from fastgan.bench import machine
-from fastgan.bench.timing import interleaved
+from fastgan.bench.timing import interleaved, paired
 
 
 CONFIGS = {  # name: (zoo network, width, batch, resolution, loss, penalties as (name, weight))
@@ -119,8 +119,9 @@ def providers(config: str, device: torch.device, dtype: torch.dtype, compiled: b
     return steps
 
 
-def _cpu_time(steps: dict, repeats: int):
-    """Interleaved medians of each step's process CPU time (one warm-up call each)."""
+def _cpu_time(steps: dict, repeats: int, rounds: dict):
+    """Interleaved medians of each step's process CPU time (one warm-up call each); ``rounds``
+    gets the samples in round order."""
     from fastgan.bench.timing import summarize
     for step in steps.values():
         step()
@@ -132,6 +133,7 @@ def _cpu_time(steps: dict, repeats: int):
             c = time.process_time()
             steps[n]()
             samples[n].append(time.process_time() - c)
+    rounds.update(samples)
     return {n: summarize(v) for n, v in samples.items()}, {}
 
 
@@ -177,6 +179,10 @@ def _memory_child(config: str, threads: int) -> None:
         step()
         step()
     print(json.dumps({name: memory.rss_peak(_Runner(steps, name)) for name in steps}))
+
+
+def _ratio(r: float | None) -> str:
+    return "" if r is None else f"{r:.2f}x"
 
 
 def _mib(b: int | None) -> str:
@@ -226,10 +232,13 @@ def main(argv: list[str] | None = None) -> int:
          + ("`torch.cuda.max_memory_allocated`." if device.type == "cuda" else
             "peak-RSS delta (VmHWM - VmRSS) in a subprocess, glibc mmap threshold 128 KiB (eager providers).")
          if args.memory else "Peak memory: not measured (`--memory`)."),
-        "`vs loss only`: the step's time over `loss_only` (loss forward + backward, no penalty).",
+        "`vs double backward`, `vs fastgan eager`: that provider's time over this one's, the median of the "
+        "rounds' ratios (each round times every provider, so the machine's drift between rounds cancels); "
+        "above 1: this provider is faster. `vs loss only`: the step's median over `loss_only`'s (loss forward "
+        "+ backward, no penalty).",
         "",
-        "| config | provider | median ms | p20-p80 ms | vs double backward | vs loss only | peak MiB |",
-        "|---|---|---|---|---|---|---|",
+        "| config | provider | median ms | p20-p80 ms | vs double backward | vs fastgan eager | vs loss only | peak MiB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
     def write():
@@ -251,25 +260,26 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # reported in the table; the eager providers go on
                 compile_error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:100]}"
                 del steps["fastgan_compiled"]
+        rounds: dict[str, list[float]] = {}
         if args.cpu_time:
-            stats, errors = _cpu_time(steps, args.repeats)
+            stats, errors = _cpu_time(steps, args.repeats, rounds)
         else:
-            stats, errors = interleaved(steps, device, repeats=args.repeats, warmup=1, min_sample_s=0.0)
+            stats, errors = interleaved(steps, device, repeats=args.repeats, warmup=1, min_sample_s=0.0, rounds=rounds)
         if compile_error:
             errors["fastgan_compiled"] = compile_error
             steps["fastgan_compiled"] = None
-        base, unit = stats.get("double_backward"), stats.get("loss_only")
+        unit = stats.get("loss_only")
         peak = peaks(config, device, torch.get_num_threads()) if args.memory else {}
         for name in steps:
             if name in errors:
-                rows.append(f"| {config} | {name} | error: {errors[name][:80]} | | | | |")
+                rows.append(f"| {config} | {name} | error: {errors[name][:80]} | | | | | |")
                 continue
             s = stats[name]
-            speed = f"{base.median / s.median:.2f}x" if base else ""
+            speed, eager = (paired(rounds.get(other, []), rounds[name]) for other in ("double_backward", "fastgan"))
             over = f"{s.median / unit.median:.2f}" if unit else ""
             note = f" (compile {compile_s:.0f} s)" if name == "fastgan_compiled" and compile_s else ""
             rows.append(f"| {config} | {name}{note} | {s.median * 1e3:.1f} | {s.p20 * 1e3:.1f}-{s.p80 * 1e3:.1f} | "
-                        f"{speed} | {over} | {_mib(peak.get(name)) if args.memory else ''} |")
+                        f"{_ratio(speed)} | {_ratio(eager)} | {over} | {_mib(peak.get(name)) if args.memory else ''} |")
         print(f"{config}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
         write()
     print(write())

@@ -49,10 +49,22 @@ def _sample(step: Callable[[], None], inner: int, device: torch.device) -> float
     return (time.perf_counter() - start) / inner
 
 
+def paired(numerator: list[float], denominator: list[float]) -> float | None:
+    """The median over rounds of ``numerator[r] / denominator[r]``: two providers' ratio from the
+    samples each round took of both, so a drift of the machine's speed between rounds (tens of
+    percent on a shared CPU) cancels in each round's ratio, as it does not in a ratio of medians.
+    None unless both have a sample in every round."""
+    if not numerator or len(numerator) != len(denominator):
+        return None
+    return percentile([a / b for a, b in zip(numerator, denominator)], 50)
+
+
 def interleaved(steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int = 2,
-                min_sample_s: float = 0.005) -> tuple[dict[str, Stats], dict[str, str]]:
+                min_sample_s: float = 0.005, rounds: dict[str, list[float]] | None = None
+                ) -> tuple[dict[str, Stats], dict[str, str]]:
     """Per-step time statistics for every step function, sampled in rotating rounds, and the
-    error of any step function that raised (it is dropped from the remaining rounds)."""
+    error of any step function that raised (it is dropped from the remaining rounds).
+    ``rounds``: filled with each step function's samples in round order (for :func:`paired`)."""
     inner: dict[str, int] = {}
     errors: dict[str, str] = {}
 
@@ -80,6 +92,8 @@ def interleaved(steps: dict[str, Callable[[], None]], device: torch.device, repe
                 t = attempt(name, lambda: _sample(steps[name], inner[name], device))
                 if t is not None:
                     samples[name].append(t)
+    if rounds is not None:
+        rounds.update(samples)
     return {n: summarize(s) for n, s in samples.items() if n not in errors and s}, errors
 
 

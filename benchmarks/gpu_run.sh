@@ -34,7 +34,8 @@ unset TRITON_INTERPRET
 
 # GPU tests, to the end (no -x): real Triton, the CUDA backend, capture and compile recipes.
 step gpu-tests-cuda 120 python -m pytest -q -p no:cacheprovider tests/test_losses_gpu.py tests/test_mlp_step_cuda.py \
-  tests/test_mlp_step_capture.py tests/test_cuda_graph.py tests/test_lab.py::test_cuda_graph_run_is_reproducible
+  tests/test_mlp_step_capture.py tests/test_cuda_graph.py tests/test_lab.py::test_cuda_graph_run_is_reproducible \
+  tests/test_generic_step_capture.py tests/test_bench.py::test_any_discriminator_graph_providers_replay_the_eager_steps
 step gpu-tests-triton 90 python -m pytest -q -p no:cacheprovider tests/test_mlp_step_triton.py
 # Host cost per call (tiny problem: the Python path and launches), then the benchmarks:
 # targets fp32 'highest' (with every graphed provider), TF32, bf16 wide networks, PacGAN.
@@ -43,6 +44,11 @@ step triton-first-call 90 python tools/triton_first_call.py --configs targets,wi
 step host-cuda 60 python -m fastgan.bench.host --device cuda --backend cuda --calls 500
 step host-triton 90 python -m fastgan.bench.host --device cuda --backend triton --calls 500
 step bench-fp32 150 python -m fastgan.bench --quick --no-progress --output "$RUN/gpu-targets-fp32"
+# Any discriminator: the residual D at B 64 (the target: fastgan+graph at 2x eager double
+# backward) and DCGAN-32, with the CUDA-graph providers; the compiled one is left out (its
+# Inductor compile would take this call's budget).
+step any-discriminator 90 python -m fastgan.bench.any_discriminator --device cuda --configs residual64-b64,dcgan32-b64 \
+  --repeats 10 --no-compile --output "$RUN/gpu-any-discriminator.md"
 # The unrolled-GAN regime at its published length, every training step one CUDA-graph replay
 # (ring and grid).
 step lab-full-cuda 120 python -m fastgan lab --regime unrolled-gan --full --device cuda --quiet --out "$RUN/lab-full-cuda"

@@ -348,3 +348,24 @@ def test_help_fits_80_columns():
     done = subprocess.run([sys.executable, "-m", "fastgan.bench", "--help"], capture_output=True, text=True, check=True,
                           env=env)
     assert max(len(line) for line in done.stdout.splitlines()) <= 80
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_any_discriminator_graph_providers_replay_the_eager_steps():
+    """On CUDA the bench adds the double-backward and fastgan steps replayed from CUDA graphs;
+    a replay leaves the same gradients as the eager step (same D, same data)."""
+    from fastgan.bench import any_discriminator
+    steps = any_discriminator.providers("dcgan32-b64", torch.device("cuda"), torch.float32, compiled=False)
+    assert {"double_backward+graph", "fastgan+graph"} <= set(steps) and steps["fastgan+graph"].captured
+    for name in ("double_backward", "fastgan"):
+        eager, graphed = steps[name], steps[f"{name}+graph"]
+        eager()
+        graphed()
+        torch.cuda.synchronize()
+        (D_eager,), (D_graph,) = ([c.cell_contents for c in step.__closure__
+                                   if isinstance(c.cell_contents, torch.nn.Module) and
+                                   not isinstance(c.cell_contents, fastgan.GANLoss)]
+                                  for step in (eager, graphed.train_step))
+        for p, q in zip(D_eager.parameters(), D_graph.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, msg=f"{name}: the replay's gradients differ")

@@ -3,7 +3,7 @@
     python -m fastgan.bench.any_discriminator --output any_discriminator.md
 
 One training step of the discriminator (loss + penalties, every parameter gradient) on the
-zoo's conv discriminators (fastgan/bench/zoo.py), four providers:
+zoo's conv discriminators (fastgan/bench/zoo.py), four providers (six on CUDA):
 
 - ``loss_only``: ``loss.discriminator_loss(D(real), D(fake)).backward()`` without the penalty:
   one forward and one backward of both batches, the unit of the floors (benchmarks/NOTES.md);
@@ -11,12 +11,17 @@ zoo's conv discriminators (fastgan/bench/zoo.py), four providers:
   fake)`` and ``.backward()`` (the penalty's ``autograd.grad(create_graph=True)``);
 - ``fastgan``: ``fastgan.generic_step.discriminator_step(..., backward=True)``, eager;
 - ``fastgan_compiled``: the same step under ``torch.compile(fullgraph=True)``, ``.backward()``
-  on its total.
+  on its total;
+- on CUDA, ``double_backward+graph`` and ``fastgan+graph``: those steps recorded once into a
+  CUDA graph and replayed (``fastgan.GraphedStep``), which removes the host's cost per launch.
+  The GPU target: ``--device cuda --configs residual64-b64``, ``fastgan+graph`` against
+  ``double_backward``.
 
 Times are interleaved medians (fastgan.bench.timing.interleaved: rotating rounds, so drifts of
 a shared machine hit every provider alike) with the 20th-80th percentile range; ``--cpu-time``
-times each step by the process's CPU time on one thread instead. ``vs loss only`` is the step's
-time over ``loss_only``'s.
+times each step by the process's CPU time on one thread instead. The ratios between providers
+are medians of the rounds' paired ratios (fastgan.bench.timing.paired); ``vs loss only`` is the
+step's median over ``loss_only``'s.
 
 Peak memory (``--memory``): the most memory in use during one step above what was in use just
 before it (the previous step's gradients released). On CUDA ``torch.cuda.max_memory_allocated``;
@@ -49,7 +54,9 @@ CONFIGS = {  # name: (zoo network, width, batch, resolution, loss, penalties as 
     "residual64-b32": ("residual64", 32, 32, 64, "non_saturating", [("r1", 10.0)]),
     "stylegan2_64-b32": ("stylegan2_64", 32, 32, 64, "non_saturating", [("r1", 10.0)]),
     "r3gan-residual64-b32": ("residual64", 32, 32, 64, "relativistic", [("r1", 1.0), ("r2", 1.0)]),
+    "residual64-b64": ("residual64", 32, 64, 64, "non_saturating", [("r1", 10.0)]),  # the GPU target's
 }
+DEFAULT_CONFIGS = [name for name in CONFIGS if name != "residual64-b64"]  # the CPU runs
 
 
 def _zoo():
@@ -69,8 +76,12 @@ def _penalty(name: str, weight: float):
     return {"r1": fastgan.R1Penalty, "r2": fastgan.R2Penalty}[name](weight)
 
 
-def providers(config: str, device: torch.device, dtype: torch.dtype, compiled: bool = True):
-    """{provider: step function} for one configuration (each on its own copy of D)."""
+def providers(config: str, device: torch.device, dtype: torch.dtype, compiled: bool = True,
+              graphs: bool | None = None):
+    """{provider: step function} for one configuration (each on its own copy of D). ``graphs``
+    (default: on CUDA) adds ``double_backward+graph`` and ``fastgan+graph``: those two steps on
+    copies of their own, recorded into a CUDA graph here (:class:`fastgan.GraphedStep`: eager
+    warm-up calls, then the recording) and replayed by each call."""
     from fastgan import generic_step
     zoo = _zoo()
     net, width, batch, res, loss_name, pens = CONFIGS[config]
@@ -81,6 +92,9 @@ def providers(config: str, device: torch.device, dtype: torch.dtype, compiled: b
     loss = fastgan.LOSSES[loss_name]()
     steps = {}
 
+    def fresh():
+        return copy.deepcopy(D0), [(_penalty(n, w), 1) for n, w in pens]
+
     D_plain = copy.deepcopy(D0)
 
     def loss_only():
@@ -88,25 +102,26 @@ def providers(config: str, device: torch.device, dtype: torch.dtype, compiled: b
         loss.discriminator_loss(D_plain(real), D_plain(fake)).backward()
     steps["loss_only"] = loss_only
 
-    D1, p1 = copy.deepcopy(D0), [(_penalty(n, w), 1) for n, w in pens]
+    def double_backward_of(D, penalties):
+        def double_backward():
+            D.zero_grad(set_to_none=True)
+            total = loss.discriminator_loss(D(real), D(fake))
+            for p, s in penalties:
+                total = total + s * p(D, real, fake)
+            total.backward()
+        return double_backward
 
-    def double_backward():
-        D1.zero_grad(set_to_none=True)
-        total = loss.discriminator_loss(D1(real), D1(fake))
-        for p, s in p1:
-            total = total + s * p(D1, real, fake)
-        total.backward()
-    steps["double_backward"] = double_backward
+    def fastgan_of(D, penalties):
+        def eager():
+            D.zero_grad(set_to_none=True)
+            generic_step.discriminator_step(D, real, fake, loss=loss, penalties=penalties, backward=True)
+        return eager
 
-    D2, p2 = copy.deepcopy(D0), [(_penalty(n, w), 1) for n, w in pens]
-
-    def eager():
-        D2.zero_grad(set_to_none=True)
-        generic_step.discriminator_step(D2, real, fake, loss=loss, penalties=p2, backward=True)
-    steps["fastgan"] = eager
+    steps["double_backward"] = double_backward_of(*fresh())
+    steps["fastgan"] = fastgan_of(*fresh())
 
     if compiled:
-        D3, p3 = copy.deepcopy(D0), [(_penalty(n, w), 1) for n, w in pens]
+        D3, p3 = fresh()
         generic_step.prepare(D3)
         torch._dynamo.reset()  # one configuration's graphs (no dynamic-shape recompiles across them)
         fn = torch.compile(lambda r, f: generic_step.discriminator_step(D3, r, f, loss=loss, penalties=p3)[0],
@@ -116,6 +131,13 @@ def providers(config: str, device: torch.device, dtype: torch.dtype, compiled: b
             D3.zero_grad(set_to_none=True)
             fn(real, fake).backward()
         steps["fastgan_compiled"] = compiled_step
+
+    if graphs if graphs is not None else device.type == "cuda":
+        from fastgan.cuda_graph import GraphedStep
+        for name, make in (("double_backward", double_backward_of), ("fastgan", fastgan_of)):
+            graphed = GraphedStep(make(*fresh()))
+            graphed.capture()
+            steps[f"{name}+graph"] = graphed
     return steps
 
 
@@ -148,7 +170,7 @@ class _Runner:
 
     def release(self) -> None:
         for step in self.steps.values():
-            for cell in step.__closure__ or ():
+            for cell in getattr(step, "__closure__", None) or ():  # a GraphedStep has none
                 if isinstance(cell.cell_contents, torch.nn.Module):
                     cell.cell_contents.zero_grad(set_to_none=True)
 
@@ -158,7 +180,7 @@ def peaks(config: str, device: torch.device, threads: int) -> dict[str, int | No
     on CPU in a subprocess (``--memory-child``) with glibc's mmap threshold at 128 KiB."""
     from fastgan.bench import memory
     if device.type == "cuda":
-        steps = providers(config, device, torch.float32, compiled=False)
+        steps = providers(config, device, torch.float32, compiled=False, graphs=False)
         for step in steps.values():
             step()
             step()
@@ -192,7 +214,8 @@ def _mib(b: int | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", help="markdown file to write (also printed)")
-    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {list(CONFIGS)}")
+    ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                    help=f"comma-separated, of {list(CONFIGS)} (default: {DEFAULT_CONFIGS})")
     ap.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled provider")

@@ -139,9 +139,9 @@ def dropout_masks(D: MLPDiscriminator, rows: int, *, like: torch.Tensor,
     independent of the working dtype (fp16, bf16, fp32 and fp64 steps see the same masks):
 
     - when ``keep = 1-p`` is a multiple of ``2^-k`` for some ``k <= 8`` (:func:`keep_bits`; p =
-      0.5, 0.25, 0.125, ...), from random bits: ``int64.random_()`` words (63 uniform bits
-      each) cut into ``k``-bit fields ``f``, kept where ``f < keep * 2^k``: exactly ``keep``,
-      63 // k decisions per word (ctgan's p = 0.5: 63);
+      0.5, 0.25, 0.125, ...), from random bits: ``torch.randint(0, 2^31)`` words (31 uniform
+      bits each, one 32-bit draw) cut into ``k``-bit fields ``f``, kept where ``f < keep *
+      2^k``: exactly ``keep``, 31 // k decisions per word (ctgan's p = 0.5: 31);
     - otherwise from ``u = torch.rand(n)`` in float32, kept where ``u < keep``: ``keep`` to
       2^-24, as ``nn.Dropout``'s draw.
 
@@ -160,7 +160,8 @@ def dropout_masks(D: MLPDiscriminator, rows: int, *, like: torch.Tensor,
         scaled = (u < keep).to(like.dtype).div_(keep)
     else:
         shifts, values = _bit_tables(k, keep, like.dtype, like.device)
-        words = torch.empty(-(-n // len(shifts)), dtype=torch.int64, device=like.device).random_(generator=generator)
+        words = torch.randint(0, 1 << _WORD_BITS, (-(-n // len(shifts)),), dtype=torch.int64, device=like.device,
+                              generator=generator)
         fields = (words[:, None] >> shifts).bitwise_and_((1 << k) - 1)
         scaled = values.index_select(0, fields.view(-1)[:n])
     masks, start = [], 0
@@ -171,21 +172,28 @@ def dropout_masks(D: MLPDiscriminator, rows: int, *, like: torch.Tensor,
 
 
 _BIT_TABLES: dict = {}
+_WORD_BITS = 31  # uniform bits per torch.randint word: one 32-bit draw each (an out-of-place op, which
+# torch.compile traces; Dynamo does not trace Tensor.random_)
 
 
 def _bit_tables(k: int, keep: float, dtype: torch.dtype, device: torch.device):
     """``(shifts, values)`` of the random-bits draw: the offsets of the ``k``-bit fields in a
-    63-bit word, and each field value's multiplier (``1/keep`` below ``keep * 2^k``, else 0,
+    random word, and each field value's multiplier (``1/keep`` below ``keep * 2^k``, else 0,
     computed as the float draw computes it). Cached per configuration, except while
     torch.compile traces or a CUDA graph captures (a tensor made during capture holds nothing
     until the graph replays)."""
+    if torch.compiler.is_compiling():  # no read of the cache either: its guard would fail once filled
+        return _make_bit_tables(k, keep, dtype, device)
     key = (k, keep, dtype, device)
     hit = _BIT_TABLES.get(key)
-    if hit is not None:
-        return hit
-    shifts = torch.arange(0, k * (63 // k), k, device=device)
+    if hit is None:
+        hit = _make_bit_tables(k, keep, dtype, device)
+        if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            _BIT_TABLES[key] = hit
+    return hit
+
+
+def _make_bit_tables(k: int, keep: float, dtype: torch.dtype, device: torch.device):
+    shifts = torch.arange(0, k * (_WORD_BITS // k), k, device=device)
     values = (torch.arange(1 << k, device=device) < round(keep * (1 << k))).to(dtype).div_(keep)
-    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-    if not (capturing or torch.compiler.is_compiling()):
-        _BIT_TABLES[key] = shifts, values
     return shifts, values

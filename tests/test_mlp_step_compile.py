@@ -193,3 +193,22 @@ def test_a_step_compiled_before_any_eager_call_compiles_once():
                           timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("one graph")
+
+
+def test_a_compiled_dropout_step_keeps_its_graph_after_an_eager_forward():
+    """The random-bits mask draw caches its tables on eager calls only: a compiled training-mode
+    dropout step traced before the cache is filled is not recompiled once an eager forward has
+    filled it (its trace reads no cache)."""
+    torch._dynamo.reset()
+    fastgan.mlp._BIT_TABLES.clear()
+    D = fastgan.MLPDiscriminator(3, (8, 8), pack=2, dropout=0.5)
+    loss, gp = fastgan.WassersteinLoss(), fastgan.GradientPenalty(10.0)
+    step = torch.compile(lambda r, f, e: discriminator_step(D, r, f, loss=loss, penalty=gp, eps=e, backend="torch"),
+                         fullgraph=True, backend="aot_eager")
+    real, fake, eps = torch.randn(6, 3), torch.randn(6, 3), torch.rand(3)
+    step(real, fake, eps).backward()
+    D(real)  # eager: fills the tables
+    assert fastgan.mlp._BIT_TABLES
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        total = step(real, fake, eps)
+    assert torch.isfinite(total)

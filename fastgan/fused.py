@@ -375,7 +375,7 @@ def generator_step(D: nn.Module, fake: torch.Tensor, *, loss: GANLoss | str, rea
             return _reference_generator_step(inner, fake, real, loss)
     with parametrized.weights_once(inner, grad=False), torch.no_grad():
         params = step_spec.mlp_params(inner)  # effective weights, computed once
-    _check_params(inner, fake, params)
+    _check_params(fake, params)
     spec, fake_p, real_p, masks = step_spec.gen_step_operands(inner, fake, loss=loss, real=real,
                                                               allow_tf32=_allow_tf32(), generator=generator)
     # D's parameters (and the dropout masks) are constants here: they travel inside a non-tensor
@@ -425,9 +425,9 @@ def step_ops(name: str):
     return mlp_step_ops.DISC.op(name), mlp_step_ops.GEN.op(name)
 
 
-def _check_params(inner: MLPDiscriminator, x: torch.Tensor, params=None) -> None:
-    """Every parameter (effective weights included) shares ``x``'s dtype and device."""
-    params = params if params is not None else step_spec.mlp_params(inner)
+def _check_params(x: torch.Tensor, params) -> None:
+    """Every parameter of ``params`` (:func:`fastgan.step_spec.mlp_params`'s tuple, effective
+    weights included) shares ``x``'s dtype and device."""
     flat = _flat(params)
     if all(p.dtype == x.dtype and p.device == x.device for p in flat):
         return
@@ -445,7 +445,7 @@ def _fused_step(inner: MLPDiscriminator, real, *, fake, loss, penalties, backend
     gradient for them. One op call carries the loss and the first penalty; each further due
     penalty is one more call with no loss terms. Lazy phases move on once the ops have run."""
     params = step_spec.mlp_params(inner)
-    _check_params(inner, real, params)
+    _check_params(real, params)
     calls = [(p, p.due_scale()) for p in penalties] or [(None, 0)]
     calls = calls[:1] + [(p, scale) for p, scale in calls[1:] if scale]
     totals, stats, grads, loss_masks = [], [], None, None

@@ -441,11 +441,6 @@ def _fp_relu_in_place(a, k):
     return F.relu(a[0], inplace=True), None
 
 
-def _fp_leaky_in_place(a, k):
-    slope = a[1] if len(a) > 1 else k.get("negative_slope", 0.01)
-    return F.leaky_relu(a[0], slope, inplace=True), None
-
-
 # layers whose output is a fresh tensor (their own forward, not a subclass's override)
 _STOCK_FORWARDS = (nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
 
@@ -481,7 +476,7 @@ def _in_place_primal(n, modules: dict):
     if n.target is F.leaky_relu and len(n.args) <= 2 and set(kw) <= {"negative_slope"}:
         slope = n.args[1] if len(n.args) > 1 else kw.get("negative_slope", 0.01)
         if isinstance(slope, (int, float)) and slope >= 0:
-            return _fp_leaky_in_place
+            return lambda a, k: (F.leaky_relu(a[0], slope, inplace=True), None)
     return None
 
 

@@ -314,8 +314,29 @@ def _run_piecewise(plan: Linearized, pw: Piecewise, inner, real, fake, loss, act
     return total, parts
 
 
+_ONEDNN = torch.backends.mkldnn.is_available()  # (dynamo does not trace the call)
+
+
+def _compiled_layout(plan: Linearized, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the memory layout that Inductor gives the convolutions of a compiled step.
+
+    On the CPU with oneDNN, Inductor's layout optimisation runs every convolution channels-last,
+    while the step is traced with the input's strides. Every tensor that a convolution's
+    backward reads is then kept in the traced layout, so each activation gets transposed away
+    from channels-last and back in the generated kernels. Tracing on a channels-last input
+    makes the two layouts agree. Eager steps, other devices, and a compile with
+    ``torch._inductor.config.layout_optimization`` off keep the input's layout."""
+    if not torch.compiler.is_compiling() or x.device.type != "cpu" or x.dim() - 2 not in plan.conv_ranks:
+        return x
+    from torch._inductor import config
+    if not (config.layout_optimization and torch.backends.mkldnn.enabled and _ONEDNN):
+        return x
+    return x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+
+
 def _run(inner: nn.Module, real, fake, loss, penalties, eps, generator, cond_real, cond_fake):
     plan = linearized(inner)
+    real, fake = _compiled_layout(plan, real), _compiled_layout(plan, fake)
     pack = discriminator_pack(inner)
     active = [(p, s) for p, s in penalties if s != 0]
     sides = {PenaltySide(p.side) for p, _ in active}

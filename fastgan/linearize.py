@@ -442,6 +442,18 @@ def _fp_relu_in_place(a, k):
 
 
 # layers whose output is a fresh tensor (their own forward, not a subclass's override)
+_CONV_RANKS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3, nn.ConvTranspose1d: 1, nn.ConvTranspose2d: 2,
+               nn.ConvTranspose3d: 3, F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, F.conv_transpose1d: 1,
+               F.conv_transpose2d: 2, F.conv_transpose3d: 3}
+
+
+def _conv_rank(st: _Step) -> int:
+    """The spatial rank of a convolution step (0 for any other step)."""
+    if st.op == "call_module":
+        return _CONV_RANKS.get(type(st.module), 0)
+    return _CONV_RANKS.get(st.target, 0) if st.op == "call_function" else 0
+
+
 _STOCK_FORWARDS = (nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
 
 
@@ -979,6 +991,8 @@ class Linearized:
             self.steps.append(_Step(n.op, n.target, _template(n.args, index), _template(dict(n.kwargs), index),
                                     mod, rule, primal, where))
         self.n = len(nodes)
+        self.conv_ranks = frozenset(r for r in map(_conv_rank, self.steps) if r)
+        """The spatial ranks of D's convolutions (2 for ``Conv2d`` / ``F.conv2d``, ...)."""
         for name, why in self.untraceable.items():
             warnings.warn(f"fastgan: {name} cannot be traced by torch.fx ({why}); its tangent uses "
                           "forward-mode AD (slower, and dropout inside it draws fresh masks)", stacklevel=3)

@@ -441,7 +441,6 @@ def _fp_relu_in_place(a, k):
     return F.relu(a[0], inplace=True), None
 
 
-# layers whose output is a fresh tensor (their own forward, not a subclass's override)
 _CONV_RANKS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3, nn.ConvTranspose1d: 1, nn.ConvTranspose2d: 2,
                nn.ConvTranspose3d: 3, F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, F.conv_transpose1d: 1,
                F.conv_transpose2d: 2, F.conv_transpose3d: 3}
@@ -454,6 +453,7 @@ def _conv_rank(st: _Step) -> int:
     return _CONV_RANKS.get(st.target, 0) if st.op == "call_function" else 0
 
 
+# layers whose output is a fresh tensor (their own forward, not a subclass's override)
 _STOCK_FORWARDS = (nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
 
 

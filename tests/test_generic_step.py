@@ -454,6 +454,30 @@ def test_compiled_fullgraph(compiler):
         harness.assert_close(got, want, None, torch.float64, f"compiled ({compiler})")
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+def test_a_compiled_cpu_step_traces_its_convolutions_channels_last():
+    """Inductor runs a CPU graph's convolutions channels-last (oneDNN); the compiled step takes
+    its inputs in that layout. Eager steps, networks without a convolution of the input's rank
+    and compiles with Inductor's layout optimisation off keep the input's layout."""
+    from torch._inductor import config
+
+    from fastgan.generic_step import _compiled_layout
+    conv = fastgan.generic_step.prepare(zoo.build("dcgan32", width=4, dtype=torch.float32))
+    mlp = fastgan.generic_step.prepare(nn.Sequential(nn.Flatten(), nn.Linear(12, 1)))
+    x = torch.randn(2, 3, 2, 2)
+
+    def layout(plan):
+        torch._dynamo.reset()
+        y = torch.compile(lambda t: _compiled_layout(plan, t) * 1, fullgraph=True, backend="eager")(x)
+        assert torch.equal(y, x)
+        return y.is_contiguous(memory_format=torch.channels_last), y.is_contiguous()
+    assert _compiled_layout(conv, x) is x
+    assert layout(conv) == (True, False)
+    assert layout(mlp) == (False, True)
+    with config.patch(layout_optimization=False):
+        assert layout(conv) == (False, True)
+
+
 # ---- DistributedDataParallel ----
 
 def _ddp_rank(rank: int, workdir: str) -> None:

@@ -64,6 +64,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd import forward_ad as fwAD
 
+from fastgan import activation_signs
+
 __all__ = ["Linearized", "LinearizationError", "StepState", "linearize"]
 
 
@@ -256,18 +258,24 @@ def _t_conv_transpose(m, a, k, t, out, extra):
 def _relu_tangent(t, out):
     """``t`` where the input ``x > 0``, else 0: one kernel (ReLU's backward), differentiable in
     ``t``. The mask is read from the output (``relu(x) > 0`` exactly where ``x > 0``, as torch's
-    own ReLU backward does; the input may have been overwritten, see :func:`_in_place_primal`),
+    own ReLU backward does; the input may have been overwritten, see :func:`_activation_primal`),
     detached: the primal's mask is a constant."""
-    return torch.ops.aten.threshold_backward(t, out.detach(), 0)
+    return _leaky_tangent(t, None, out, 0.0)
 
 
 def _leaky_tangent(t, x, out, slope):
     """``t`` where ``x > 0``, else ``slope * t``: one kernel (LeakyReLU's backward). For a slope
-    >= 0 the sign is read from the output, as in :func:`_relu_tangent`; a negative slope flips it,
-    so the input is read then."""
-    if slope >= 0:
-        return torch.ops.aten.leaky_relu_backward(t, out.detach(), slope, True)
-    return torch.ops.aten.leaky_relu_backward(t, x.detach(), slope, False)
+    >= 0 the sign is read from the output, as in :func:`_relu_tangent` (through
+    :func:`fastgan.activation_signs.masked` when a compiled graph will differentiate it, so the
+    partitioner saves the float output rather than a bool sign); a negative slope flips it, so
+    the input is read then."""
+    if slope < 0:
+        return torch.ops.aten.leaky_relu_backward(t, x.detach(), slope, False)
+    if t.requires_grad and torch.compiler.is_compiling():
+        return activation_signs.masked(t, out.detach(), slope)
+    if slope == 0:
+        return torch.ops.aten.threshold_backward(t, out.detach(), 0)
+    return torch.ops.aten.leaky_relu_backward(t, out.detach(), slope, True)
 
 
 def _t_relu(m, a, k, t, out, extra):
@@ -429,16 +437,19 @@ def _p_dropout(m, a, k):
     return x * mask, mask
 
 
-def _p_relu_in_place(m, a, k):
-    return F.relu(a[0], inplace=True), None
-
-
-def _p_leaky_in_place(m, a, k):
-    return F.leaky_relu(a[0], m.negative_slope, inplace=True), None
-
-
-def _fp_relu_in_place(a, k):
-    return F.relu(a[0], inplace=True), None
+def _activation_run(slope: float, in_place: bool, module: bool):
+    """The primal of a plain ReLU (``slope`` 0) / LeakyReLU node: under ``torch.compile`` with a
+    graph, :func:`fastgan.activation_signs.activation` (the backward reads the output's sign,
+    never a saved bool); else in place where :func:`_activation_primal` allows it."""
+    def run(x):
+        if x.requires_grad and torch.compiler.is_compiling():
+            return activation_signs.activation(x, slope), None
+        if slope == 0:
+            return F.relu(x, inplace=in_place), None
+        return F.leaky_relu(x, slope, inplace=in_place), None
+    primal = (lambda m, a, k: run(a[0])) if module else (lambda a, k: run(a[0]))
+    primal.in_place = in_place
+    return primal
 
 
 _CONV_RANKS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3, nn.ConvTranspose1d: 1, nn.ConvTranspose2d: 2,
@@ -457,39 +468,48 @@ def _conv_rank(st: _Step) -> int:
 _STOCK_FORWARDS = (nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
 
 
-def _in_place_primal(n, modules: dict):
-    """For a ReLU / LeakyReLU node (slope >= 0, no hooks) whose input is a stock Linear / Conv
-    output read by nothing else: its primal in place, which changes no value but what autograd
-    saves. In place, the activation's backward reads the sign from the result, which the next
-    layer keeps anyway; out of place it reads the input, and torch.compile's partitioner saves
-    that sign as a bool tensor instead, whose stores and loads are slow on AMD CPUs
-    (benchmarks/NOTES.md, "Compiled"). None where it does not apply."""
-    src = n.args[0] if n.args else None
-    if not (isinstance(src, torch.fx.Node) and len(src.users) == 1):
-        return None
-    fresh = (src.op == "call_module" and getattr(type(modules.get(src.target)), "forward", None) in _STOCK_FORWARDS
-             or src.op == "call_function" and src.target in (F.linear, F.conv1d, F.conv2d, F.conv3d))
-    if not fresh:
-        return None
+def _activation_slope(n, modules: dict) -> float | None:
+    """The slope of a plain ReLU (0) / LeakyReLU node: a stock module without hooks or a
+    ``F.relu`` / ``torch.relu`` / ``F.leaky_relu`` call, with a slope >= 0 and not in place
+    itself. None for any other node."""
     if n.op == "call_module":
         m = modules[n.target]
         if m._forward_hooks or m._forward_pre_hooks or getattr(m, "inplace", False):
             return None
         if type(m) is nn.ReLU:
-            return _p_relu_in_place
-        if type(m) is nn.LeakyReLU and m.negative_slope >= 0:
-            return _p_leaky_in_place
-        return None
+            return 0.0
+        return float(m.negative_slope) if type(m) is nn.LeakyReLU and m.negative_slope >= 0 else None
     kw = dict(n.kwargs)
-    if kw.pop("inplace", False) is not False:
+    if n.op != "call_function" or kw.pop("inplace", False) is not False:
         return None
     if n.target in (F.relu, torch.relu) and len(n.args) == 1 and not kw:
-        return _fp_relu_in_place
+        return 0.0
     if n.target is F.leaky_relu and len(n.args) <= 2 and set(kw) <= {"negative_slope"}:
         slope = n.args[1] if len(n.args) > 1 else kw.get("negative_slope", 0.01)
         if isinstance(slope, (int, float)) and slope >= 0:
-            return lambda a, k: (F.leaky_relu(a[0], slope, inplace=True), None)
+            return float(slope)
     return None
+
+
+def _activation_primal(n, modules: dict):
+    """The primal of a plain ReLU / LeakyReLU node (:func:`_activation_slope`; None for any other).
+
+    In place when its input is a stock Linear / Conv output read by nothing else, which changes
+    no value but what autograd saves: in place, the activation's backward reads the sign from
+    the result, which the next layer keeps anyway; out of place it reads the input, and
+    torch.compile's partitioner saves that sign as a bool tensor instead, whose stores are slow
+    on AMD CPUs (benchmarks/NOTES.md, "Compiled"). Under torch.compile with a graph, the
+    partitioner finds the bool either way, so the primal runs through
+    :mod:`fastgan.activation_signs` there (:func:`_activation_run`)."""
+    slope = _activation_slope(n, modules)
+    if slope is None:
+        return None
+    src = n.args[0] if n.args else None
+    in_place = (isinstance(src, torch.fx.Node) and len(src.users) == 1
+                and (src.op == "call_module" and getattr(type(modules.get(src.target)), "forward", None)
+                     in _STOCK_FORWARDS
+                     or src.op == "call_function" and src.target in (F.linear, F.conv1d, F.conv2d, F.conv3d)))
+    return _activation_run(slope, in_place, n.op == "call_module")
 
 
 MODULE_PRIMALS: dict[type, Callable] = {
@@ -975,13 +995,13 @@ class Linearized:
                 self.output = _template(n.args[0], index)
             elif n.op == "call_module":
                 mod = modules[n.target]
-                rule, primal = _module_rule(mod), MODULE_PRIMALS.get(type(mod)) or _in_place_primal(n, modules)
+                rule, primal = _module_rule(mod), MODULE_PRIMALS.get(type(mod)) or _activation_primal(n, modules)
                 if rule is None:
                     self.fallbacks.append(where)
             elif n.op == "call_function":
                 rule, primal = FUNCTION_RULES.get(n.target), FUNCTION_PRIMALS.get(n.target)
                 if primal is None and rule is not None:
-                    primal = _in_place_primal(n, modules)
+                    primal = _activation_primal(n, modules)
                 if rule is None and n.target is not builtins.getattr:
                     self.fallbacks.append(where)
             elif n.op == "call_method":

@@ -325,6 +325,10 @@ def test_paired_ratio_is_the_median_of_the_rounds_ratios():
     assert timing.paired(slow, fast) == pytest.approx(1.5)
     assert timing.percentile(slow, 50) / timing.percentile(fast, 50) == pytest.approx(3.0)
     assert timing.paired(slow, fast[:4]) is None and timing.paired([], []) is None
+    assert timing.paired(slow, fast, 80) == pytest.approx(2.8)  # [1.5, 1.5, 1.5, 1.5, 8.0] at 80%
+    from fastgan.bench import any_discriminator
+    assert any_discriminator._paired_ratio(slow, fast) == "1.50x (1.50-2.80)"
+    assert any_discriminator._paired_ratio(slow, fast[:4]) == ""
     rounds = {}
     timing.interleaved({"a": lambda: None, "b": lambda: None}, torch.device("cpu"), repeats=3, warmup=1,
                        min_sample_s=0, rounds=rounds)

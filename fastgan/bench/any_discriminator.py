@@ -203,8 +203,10 @@ def _memory_child(config: str, threads: int) -> None:
     print(json.dumps({name: memory.rss_peak(_Runner(steps, name)) for name in steps}))
 
 
-def _ratio(r: float | None) -> str:
-    return "" if r is None else f"{r:.2f}x"
+def _paired_ratio(numerator: list[float], denominator: list[float]) -> str:
+    """The rounds' median ratio with their 20th-80th percentiles: ``1.07x (1.01-1.12)``."""
+    mid, lo, hi = (paired(numerator, denominator, q) for q in (50, 20, 80))
+    return "" if mid is None else f"{mid:.2f}x ({lo:.2f}-{hi:.2f})"
 
 
 def _mib(b: int | None) -> str:
@@ -256,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             "peak-RSS delta (VmHWM - VmRSS) in a subprocess, glibc mmap threshold 128 KiB (eager providers).")
          if args.memory else "Peak memory: not measured (`--memory`)."),
         "`vs double backward`, `vs fastgan eager`: that provider's time over this one's, the median of the "
-        "rounds' ratios (each round times every provider, so the machine's drift between rounds cancels); "
+        "rounds' ratios, their 20th-80th percentiles in brackets (each round times every provider, so the "
+        "machine's drift between rounds cancels); "
         "above 1: this provider is faster. `vs loss only`: the step's median over `loss_only`'s (loss forward "
         "+ backward, no penalty).",
         "",
@@ -298,11 +301,12 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(f"| {config} | {name} | error: {errors[name][:80]} | | | | | |")
                 continue
             s = stats[name]
-            speed, eager = (paired(rounds.get(other, []), rounds[name]) for other in ("double_backward", "fastgan"))
+            speed, eager = (_paired_ratio(rounds.get(other, []), rounds[name]) if other != name else "1.00x"
+                            for other in ("double_backward", "fastgan"))
             over = f"{s.median / unit.median:.2f}" if unit else ""
             note = f" (compile {compile_s:.0f} s)" if name == "fastgan_compiled" and compile_s else ""
             rows.append(f"| {config} | {name}{note} | {s.median * 1e3:.1f} | {s.p20 * 1e3:.1f}-{s.p80 * 1e3:.1f} | "
-                        f"{_ratio(speed)} | {_ratio(eager)} | {over} | {_mib(peak.get(name)) if args.memory else ''} |")
+                        f"{speed} | {eager} | {over} | {_mib(peak.get(name)) if args.memory else ''} |")
         print(f"{config}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
         write()
     print(write())

@@ -49,14 +49,14 @@ def _sample(step: Callable[[], None], inner: int, device: torch.device) -> float
     return (time.perf_counter() - start) / inner
 
 
-def paired(numerator: list[float], denominator: list[float]) -> float | None:
-    """The median over rounds of ``numerator[r] / denominator[r]``: two providers' ratio from the
-    samples each round took of both, so a drift of the machine's speed between rounds (tens of
-    percent on a shared CPU) cancels in each round's ratio, as it does not in a ratio of medians.
-    None unless both have a sample in every round."""
+def paired(numerator: list[float], denominator: list[float], q: float = 50) -> float | None:
+    """The median (``q``: that percentile) over rounds of ``numerator[r] / denominator[r]``: two
+    providers' ratio from the samples each round took of both, so a drift of the machine's speed
+    between rounds (tens of percent on a shared CPU) cancels in each round's ratio, as it does
+    not in a ratio of medians. None unless both have a sample in every round."""
     if not numerator or len(numerator) != len(denominator):
         return None
-    return percentile([a / b for a, b in zip(numerator, denominator)], 50)
+    return percentile([a / b for a, b in zip(numerator, denominator)], q)
 
 
 def interleaved(steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int = 2,

@@ -17,15 +17,24 @@ partitioner cannot split, so it saves its float ``out`` argument and nothing els
   saved output. An ``autograd.Function`` with ``setup_context``, so it also runs inside
   ``torch.func`` transforms (the compiled step's input gradient).
 
-Eager code does not need either: ATen's own backward reads the output's sign from the float
-output already (fastgan.linearize chooses in-place activations for that).
+:func:`wanted` says where fastgan.linearize uses them: under ``torch.compile``, on the CPU, for
+a tensor that autograd will differentiate. Eager code does not need them (ATen's own backward
+reads the sign from the float output; fastgan.linearize chooses in-place activations for that),
+and on a GPU Inductor's bool stores are not known to be slow, while the opaque op would keep the
+mask out of Inductor's fused kernels.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["activation", "masked"]
+__all__ = ["activation", "masked", "wanted"]
+
+
+def wanted(x: torch.Tensor) -> bool:
+    """Whether an activation of ``x`` (or its tangent mask) should go through this module: in a
+    compiled CPU graph that autograd will differentiate."""
+    return x.requires_grad and x.device.type == "cpu" and torch.compiler.is_compiling()
 
 
 @torch.library.custom_op("fastgan::activation_mask", mutates_args=())

@@ -266,12 +266,12 @@ def _relu_tangent(t, out):
 def _leaky_tangent(t, x, out, slope):
     """``t`` where ``x > 0``, else ``slope * t``: one kernel (LeakyReLU's backward). For a slope
     >= 0 the sign is read from the output, as in :func:`_relu_tangent` (through
-    :func:`fastgan.activation_signs.masked` when a compiled graph will differentiate it, so the
-    partitioner saves the float output rather than a bool sign); a negative slope flips it, so
-    the input is read then."""
+    :func:`fastgan.activation_signs.masked` when a compiled CPU graph will differentiate it, so
+    the partitioner saves the float output rather than a bool sign); a negative slope flips it,
+    so the input is read then."""
     if slope < 0:
         return torch.ops.aten.leaky_relu_backward(t, x.detach(), slope, False)
-    if t.requires_grad and torch.compiler.is_compiling():
+    if activation_signs.wanted(t):
         return activation_signs.masked(t, out.detach(), slope)
     if slope == 0:
         return torch.ops.aten.threshold_backward(t, out.detach(), 0)
@@ -438,11 +438,12 @@ def _p_dropout(m, a, k):
 
 
 def _activation_run(slope: float, in_place: bool, module: bool):
-    """The primal of a plain ReLU (``slope`` 0) / LeakyReLU node: under ``torch.compile`` with a
-    graph, :func:`fastgan.activation_signs.activation` (the backward reads the output's sign,
-    never a saved bool); else in place where :func:`_activation_primal` allows it."""
+    """The primal of a plain ReLU (``slope`` 0) / LeakyReLU node: where
+    :func:`fastgan.activation_signs.wanted`, :func:`fastgan.activation_signs.activation` (the
+    backward reads the output's sign, never a saved bool); else in place where
+    :func:`_activation_primal` allows it."""
     def run(x):
-        if x.requires_grad and torch.compiler.is_compiling():
+        if activation_signs.wanted(x):
             return activation_signs.activation(x, slope), None
         if slope == 0:
             return F.relu(x, inplace=in_place), None
@@ -498,8 +499,8 @@ def _activation_primal(n, modules: dict):
     no value but what autograd saves: in place, the activation's backward reads the sign from
     the result, which the next layer keeps anyway; out of place it reads the input, and
     torch.compile's partitioner saves that sign as a bool tensor instead, whose stores are slow
-    on AMD CPUs (benchmarks/NOTES.md, "Compiled"). Under torch.compile with a graph, the
-    partitioner finds the bool either way, so the primal runs through
+    on AMD CPUs (benchmarks/NOTES.md, "Compiled"). Under torch.compile on the CPU with a graph,
+    the partitioner finds the bool either way, so the primal runs through
     :mod:`fastgan.activation_signs` there (:func:`_activation_run`)."""
     slope = _activation_slope(n, modules)
     if slope is None:

@@ -326,7 +326,8 @@ def _compiled_layout(plan: Linearized, x: torch.Tensor) -> torch.Tensor:
     from channels-last and back in the generated kernels. Tracing on a channels-last input
     makes the two layouts agree. Eager steps, other devices, and a compile with
     ``torch._inductor.config.layout_optimization`` off keep the input's layout."""
-    if not torch.compiler.is_compiling() or x.device.type != "cpu" or x.dim() - 2 not in plan.conv_ranks:
+    if (not torch.compiler.is_compiling() or x.device.type != "cpu" or x.dim() not in (4, 5)
+            or x.dim() - 2 not in plan.conv_ranks):  # channels-last layouts exist for 2-D and 3-D images
         return x
     from torch._inductor import config
     if not (config.layout_optimization and torch.backends.mkldnn.enabled and _ONEDNN):

@@ -473,6 +473,10 @@ def test_a_compiled_cpu_step_traces_its_convolutions_channels_last():
     assert _compiled_layout(conv, x) is x
     assert layout(conv) == (True, False)
     assert layout(mlp) == (False, True)
+    conv1d = fastgan.generic_step.prepare(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(2, 1)))
+    x1 = torch.randn(2, 1, 3)  # no channels-last layout for 1-D convolutions: left as it is
+    y1 = torch.compile(lambda t: _compiled_layout(conv1d, t) * 1, fullgraph=True, backend="eager")(x1)
+    assert torch.equal(y1, x1) and y1.is_contiguous()
     with config.patch(layout_optimization=False):
         assert layout(conv) == (False, True)
 

@@ -453,16 +453,16 @@ def _activation_run(slope: float, in_place: bool, module: bool):
     return primal
 
 
-_CONV_RANKS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3, nn.ConvTranspose1d: 1, nn.ConvTranspose2d: 2,
-               nn.ConvTranspose3d: 3, F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, F.conv_transpose1d: 1,
-               F.conv_transpose2d: 2, F.conv_transpose3d: 3}
+_CONV_FUNCTION_RANKS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, F.conv_transpose1d: 1, F.conv_transpose2d: 2,
+                        F.conv_transpose3d: 3}
 
 
 def _conv_rank(st: _Step) -> int:
-    """The spatial rank of a convolution step (0 for any other step)."""
+    """The spatial rank of a convolution step (a Conv / ConvTranspose module, subclasses
+    included, or an ``F.conv*`` call); 0 for any other step."""
     if st.op == "call_module":
-        return _CONV_RANKS.get(type(st.module), 0)
-    return _CONV_RANKS.get(st.target, 0) if st.op == "call_function" else 0
+        return len(st.module.kernel_size) if isinstance(st.module, nn.modules.conv._ConvNd) else 0
+    return _CONV_FUNCTION_RANKS.get(st.target, 0) if st.op == "call_function" else 0
 
 
 # layers whose output is a fresh tensor (their own forward, not a subclass's override)
